@@ -1,0 +1,3 @@
+from datamodules.speech import SpeechDataModule
+
+__all__ = ["SpeechDataModule"]

@@ -1,0 +1,136 @@
+"""LightningDataModule streaming WebDataset speech shards (train / val / test) for every stage.
+
+Use with `Trainer(use_distributed_sampler=False)`: the pipeline splits shards over ranks and
+workers itself (see entropy_asr.data.pipeline).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from entropy_asr.data.audio import load_cmvn
+from entropy_asr.data.augment import AugmentConfig
+from entropy_asr.data.pipeline import BatchConfig, build_pipeline, shard_urls
+
+log = logging.getLogger(__name__)
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Batches of fbank features, phone ids and transcripts from shard dirs.
+
+    Args:
+        train_dir / val_dir / test_dirs: shard dirs (index.json + shard-*.tar); test_dirs may be
+            several, e.g. test and test_unseen_voice.
+        cmvn: cmvn.json to normalize with; default: the training dir's (else the val dir's).
+        synthetic: if set, {"root": DIR, "utterances": N, "seed": S, ...}: build the synthetic
+            corpus into DIR (default: a cache dir named by N and S) in prepare_data when it is
+            missing; unset dirs default to its train / dev / [test, test_unseen_voice, nonspeech].
+        batches_per_epoch: training batches per epoch per rank (the training stream is endless).
+        rank / world_size: override the trainer's (for tests that simulate ranks).
+    """
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dirs: list[str] | None = None,
+        cmvn: str | None = None,
+        batch: BatchConfig | None = None,
+        augment: AugmentConfig | None = None,
+        num_workers: int = 2,
+        shuffle_buffer: int = 1000,
+        batches_per_epoch: int = 1000,
+        seed: int = 0,
+        synthetic: dict | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ):
+        super().__init__()
+        if synthetic is not None:  # unset dirs default to the synthetic corpus' splits
+            from entropy_asr.data.synthetic import corpus_dir
+
+            root = corpus_dir(**synthetic)
+            train_dir = train_dir or str(root / "train")
+            val_dir = val_dir or str(root / "dev")
+            test_dirs = test_dirs or [str(root / s) for s in ("test", "test_unseen_voice", "nonspeech")]
+        self.train_dir, self.val_dir, self.test_dirs = train_dir, val_dir, list(test_dirs or [])
+        self.cmvn_path = cmvn
+        self.batch = batch or BatchConfig()
+        self.augment = augment if augment is not None else AugmentConfig()
+        self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
+        self.batches_per_epoch, self.seed, self.synthetic = batches_per_epoch, seed, synthetic
+        self._rank, self._world_size = rank, world_size
+        self.data_counts: Counter = Counter()  # skipped/adjusted samples seen by this process
+        self._warned: set[str] = set()
+        self._cmvn = None
+
+    def prepare_data(self) -> None:
+        """Build the synthetic corpus once (rank 0 of each node) when configured and missing."""
+        if self.synthetic:
+            from entropy_asr.data.synthetic import ensure_corpus
+
+            ensure_corpus(**self.synthetic)
+
+    def _position(self) -> tuple[int, int]:
+        if self._rank is not None or self._world_size is not None:
+            rank, world = self._rank or 0, self._world_size or 1
+        elif self.trainer is not None:
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+        else:
+            rank, world = 0, 1
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside world_size {world}")
+        return rank, world
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load CMVN statistics (read once, shared by every loader)."""
+        path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
+        if path is None:
+            raise ValueError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
+        self._cmvn = load_cmvn(path)
+
+    def _loader(self, data_dir: str | None, name: str, train: bool) -> DataLoader:
+        if not data_dir:
+            raise ValueError(f"data.{name} is not set; point it at a shard dir (index.json + shard-*.tar)")
+        urls = shard_urls(data_dir)
+        if self._cmvn is None:
+            self.setup()
+        rank, world = self._position()
+        pipe = build_pipeline(
+            urls, train=train, cmvn=self._cmvn, batch=self.batch, augment=self.augment,
+            rank=rank, world_size=world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
+            batches_per_epoch=self.batches_per_epoch, num_workers=self.num_workers,
+        )
+        return DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=False, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        """Endless, resampled, shuffled training stream cut into epochs of batches_per_epoch."""
+        return self._loader(self.train_dir, "train_dir", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Every validation utterance exactly once across ranks and workers, in a fixed order."""
+        return self._loader(self.val_dir, "val_dir", train=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test dir, each read exactly once."""
+        return [self._loader(d, f"test_dirs[{i}]", train=False) for i, d in enumerate(self.test_dirs)] or \
+            [self._loader(None, "test_dirs", train=False)]
+
+    def account(self, batch: dict) -> dict:
+        """Move the batch's skipped-sample counts into `data_counts`, warning once per kind."""
+        for kind, (n, example) in batch.pop("data_counts", {}).items():
+            self.data_counts[kind] += n
+            if kind not in self._warned:
+                self._warned.add(kind)
+                log.warning("data: %s (%s); further cases are counted in data_counts", kind, example)
+        return batch
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Lightning hook: account for skipped samples on every batch."""
+        return self.account(batch)

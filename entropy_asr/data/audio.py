@@ -1,0 +1,153 @@
+"""Audio I/O and the acoustic front end: decode, resample to 16 kHz, 80-dim Kaldi fbank, CMVN."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.compliance.kaldi as kaldi
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+NUM_MEL_BINS = 80
+FRAME_LENGTH_MS = 25.0
+FRAME_SHIFT_MS = 10.0
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """(T,) or (T, C) -> (T,) float32, channels averaged."""
+    if x.ndim == 2:
+        x = x.mean(axis=1)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarray:
+    """Band-limited sinc resampling (torchaudio) of a mono float waveform."""
+    if orig_sr == new_sr:
+        return x
+    g = math.gcd(int(orig_sr), int(new_sr))
+    y = AF.resample(torch.from_numpy(x), int(orig_sr) // g, int(new_sr) // g)
+    return y.numpy()
+
+
+def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
+    """Decode an encoded audio file (FLAC, WAV, ...) from bytes -> (mono float32 samples, rate)."""
+    x, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
+    return to_mono(x), int(sr)
+
+
+def read_audio(path: str | Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
+    """Read a file (or the [start, end) seconds segment of it) -> (mono float32, rate)."""
+    with sf.SoundFile(str(path)) as f:
+        sr = f.samplerate
+        first = int(round(start * sr))
+        last = f.frames if end is None else min(f.frames, int(round(end * sr)))
+        f.seek(first)
+        x = f.read(max(0, last - first), dtype="float32", always_2d=False)
+    return to_mono(x), int(sr)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float samples -> int16 on libsndfile's scale (a decoded int16 s reads back as s / 32768)."""
+    return np.clip(np.round(np.asarray(x, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
+
+
+def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
+    """Encode mono float audio as 16-bit FLAC bytes (deterministic for equal input)."""
+    buf = io.BytesIO()
+    sf.write(buf, to_pcm16(x), sr, format="FLAC", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def fbank(x: np.ndarray | torch.Tensor, sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """(T,) waveform in [-1, 1] -> (frames, 80) log-Mel filterbank, 25 ms window / 10 ms shift.
+
+    Kaldi-compatible (torchaudio.compliance.kaldi.fbank) on 16-bit scale samples, no dither, so
+    features and their CMVN statistics are deterministic.
+    """
+    w = torch.as_tensor(x, dtype=torch.float32).reshape(1, -1) * 32768.0  # (1, T): Kaldi's int16 scale
+    if w.shape[1] < int(sr * FRAME_LENGTH_MS / 1000):  # shorter than one window: zero frames
+        return torch.zeros(0, NUM_MEL_BINS)
+    return kaldi.fbank(
+        w,
+        num_mel_bins=NUM_MEL_BINS,
+        frame_length=FRAME_LENGTH_MS,
+        frame_shift=FRAME_SHIFT_MS,
+        dither=0.0,
+        energy_floor=0.0,
+        sample_frequency=float(sr),
+    )
+
+
+@dataclass
+class CMVNStats:
+    """Streaming sums for global mean/variance normalization (float64, mergeable across shards)."""
+
+    count: int
+    sum: np.ndarray  # (80,)
+    sum_sq: np.ndarray  # (80,)
+
+    @classmethod
+    def zeros(cls, dim: int = NUM_MEL_BINS) -> "CMVNStats":
+        """Empty statistics."""
+        return cls(0, np.zeros(dim, np.float64), np.zeros(dim, np.float64))
+
+    def add(self, feats: torch.Tensor) -> None:
+        """Accumulate the frames of one (frames, dim) feature matrix."""
+        f = feats.double().numpy()
+        self.count += f.shape[0]
+        self.sum += f.sum(0)
+        self.sum_sq += (f * f).sum(0)
+
+    def merge(self, other: "CMVNStats") -> "CMVNStats":
+        """Sum of two statistics (shards combine in any order)."""
+        return CMVNStats(self.count + other.count, self.sum + other.sum, self.sum_sq + other.sum_sq)
+
+    def mean_std(self, floor: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation per bin; var = E[x^2] - E[x]^2, floored."""
+        if self.count == 0:
+            raise ValueError("CMVN statistics are empty: no audio frames were accumulated")
+        mean = self.sum / self.count
+        var = np.maximum(self.sum_sq / self.count - mean * mean, floor)
+        return mean, np.sqrt(var)
+
+    def to_json(self) -> dict:
+        """JSON-able dict with the raw sums and the derived mean/std."""
+        mean, std = self.mean_std() if self.count else (self.sum, self.sum)
+        return {
+            "count": self.count,
+            "sum": self.sum.tolist(),
+            "sum_sq": self.sum_sq.tolist(),
+            "mean": mean.tolist(),
+            "std": std.tolist(),
+            "feature": {"type": "kaldi_fbank", "num_mel_bins": NUM_MEL_BINS,
+                        "frame_length_ms": FRAME_LENGTH_MS, "frame_shift_ms": FRAME_SHIFT_MS,
+                        "sample_rate": SAMPLE_RATE},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CMVNStats":
+        """Inverse of to_json."""
+        return cls(int(d["count"]), np.asarray(d["sum"], np.float64), np.asarray(d["sum_sq"], np.float64))
+
+
+def load_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read cmvn.json -> (mean, 1/std) float32 tensors of shape (80,)."""
+    path = Path(path)
+    try:
+        stats = CMVNStats.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: CMVN statistics not found; shard dirs written by entropy_asr.data.prepare "
+            "or entropy_asr.data.synthetic contain cmvn.json, or set cmvn to an existing file"
+        ) from None
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path}: not a valid cmvn.json ({e}); re-run entropy_asr.data.prepare") from None
+    mean, std = stats.mean_std()
+    return torch.from_numpy(mean).float(), torch.from_numpy(1.0 / std).float()

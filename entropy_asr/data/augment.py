@@ -1,0 +1,118 @@
+"""Training-only augmentations (METHOD.md): speed perturbation, silence padding, additive noise, SpecAugment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from entropy_asr.data.audio import SAMPLE_RATE
+
+
+@dataclass
+class AugmentConfig:
+    """Which augmentations run and how strong; all off => features are the clean ones."""
+
+    speed_factors: list[float] = field(default_factory=lambda: [0.9, 1.0, 1.1])  # one drawn per utterance
+    pad_silence_max: float = 0.0  # seconds of zeros added at each end, U(0, max) per end
+    noise_prob: float = 0.2  # share of utterances that get additive noise
+    noise_snr_mean: float = 10.0  # SNR ~ N(mean, std) dB (paper: N(10, 5))
+    noise_snr_std: float = 5.0
+    spec_freq_masks: int = 2
+    spec_freq_width: int = 27  # max width (bins) of each frequency mask, of 80
+    spec_time_masks: int = 2
+    spec_time_width: int = 40  # max width (frames) of each time mask
+    spec_time_max_ratio: float = 0.2  # a time mask never covers more than this share of frames
+
+    def __post_init__(self):
+        for f in self.speed_factors:
+            if not 0.5 <= f <= 2.0:
+                raise ValueError(f"augment.speed_factors: {f} is outside [0.5, 2.0]; use factors like 0.9, 1.0, 1.1")
+        if not 0.0 <= self.noise_prob <= 1.0:
+            raise ValueError(f"augment.noise_prob must be in [0, 1], got {self.noise_prob}")
+        for name in ("pad_silence_max", "noise_snr_std", "spec_freq_masks", "spec_freq_width",
+                     "spec_time_masks", "spec_time_width"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.spec_time_max_ratio <= 1.0:
+            raise ValueError(f"augment.spec_time_max_ratio must be in [0, 1], got {self.spec_time_max_ratio}")
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        """No augmentation at all."""
+        return cls(speed_factors=[1.0], pad_silence_max=0.0, noise_prob=0.0, spec_freq_masks=0, spec_time_masks=0)
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """Play `x` `factor` times faster (pitch shifts too, as in Kaldi's speed perturbation).
+
+    Resampling from SR*factor to SR: a rational ratio with small terms (0.9 -> 9:10) keeps the
+    sinc kernel short.
+    """
+    if factor == 1.0:
+        return x
+    orig = int(round(SAMPLE_RATE * factor / 100))
+    new = SAMPLE_RATE // 100
+    return AF.resample(torch.from_numpy(x), orig, new).numpy()
+
+
+def pad_silence(x: np.ndarray, rng: np.random.Generator, max_seconds: float) -> np.ndarray:
+    """Add U(0, max_seconds) of zeros at each end."""
+    if max_seconds <= 0:
+        return x
+    left, right = (rng.uniform(0, max_seconds, 2) * SAMPLE_RATE).astype(int)
+    return np.concatenate([np.zeros(left, np.float32), x, np.zeros(right, np.float32)])
+
+
+def colored_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Unit-power noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spec.shape[0], dtype=np.float64)
+    f[0] = 1.0
+    spec /= f ** (exponent / 2.0)
+    y = np.fft.irfft(spec, n)
+    return (y / (np.sqrt(np.mean(y * y)) + 1e-12)).astype(np.float32)
+
+
+def add_noise(x: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.ndarray:
+    """Add white/pink/brown noise at `snr_db` relative to the signal's mean power."""
+    if x.size == 0:
+        return x
+    noise = colored_noise(x.size, rng, float(rng.choice([0.0, 1.0, 2.0])))
+    p_signal = float(np.mean(x.astype(np.float64) ** 2))
+    if p_signal <= 0.0:
+        return x  # all-zero clip: SNR undefined, and non-speech clips carry their own noise
+    scale = np.sqrt(p_signal / (10.0 ** (snr_db / 10.0)))  # SNR = 10 log10(P_s / P_n)
+    return np.clip(x + scale * noise, -1.0, 1.0).astype(np.float32)
+
+
+def augment_waveform(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Speed, silence padding and noise on one (T,) waveform."""
+    x = speed_perturb(x, float(rng.choice(cfg.speed_factors)))
+    x = pad_silence(x, rng, cfg.pad_silence_max)
+    if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
+        x = add_noise(x, rng, rng.normal(cfg.noise_snr_mean, cfg.noise_snr_std))
+    return x
+
+
+def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+    """SpecAugment (Park et al. 2019) frequency and time masks on normalized (T, F) features.
+
+    Masked values are set to 0, the global mean after CMVN. Hand-rolled rather than
+    torchaudio's FrequencyMasking/TimeMasking so the masks come from the worker's own seeded
+    generator (reproducible streams) and a time mask is capped by a share of the utterance.
+    """
+    T, F = feats.shape
+    feats = feats.clone()
+    for _ in range(cfg.spec_freq_masks):
+        w = int(rng.integers(0, min(cfg.spec_freq_width, F) + 1))
+        f0 = int(rng.integers(0, F - w + 1))
+        feats[:, f0:f0 + w] = 0.0
+    max_w = min(cfg.spec_time_width, int(cfg.spec_time_max_ratio * T))
+    for _ in range(cfg.spec_time_masks):
+        w = int(rng.integers(0, max_w + 1))
+        t0 = int(rng.integers(0, T - w + 1))
+        feats[t0:t0 + w, :] = 0.0
+    return feats

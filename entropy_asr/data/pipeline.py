@@ -1,0 +1,282 @@
+"""The streaming input pipeline (plain torch + WebDataset): shards -> samples -> features -> batches.
+
+Training: each rank takes its own subset of the shards (explicit node split), each worker
+samples shards from its part with replacement (resampled, seeded by seed/rank/worker/epoch),
+a shuffle buffer mixes utterances, and the stream is cut into epochs with `with_epoch`.
+Evaluation: shard i goes to global worker i % (world_size * num_workers), read once, in order:
+every utterance exactly once across all ranks and workers, in a fixed order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import soundfile as sf
+import torch
+import webdataset as wds
+from torch.utils.data import IterableDataset, get_worker_info
+
+from entropy_asr.data.audio import SAMPLE_RATE, decode_audio, fbank, resample
+from entropy_asr.data.augment import AugmentConfig, augment_waveform, spec_augment
+from entropy_asr.data.shards import read_index
+from entropy_asr.text import inventory_fingerprint, phones_to_ids
+
+log = logging.getLogger(__name__)
+
+FRAME_SHIFT_S = 0.01
+
+
+@dataclass
+class BatchConfig:
+    """Duration-bucketed batching and the per-utterance duration limits."""
+
+    max_batch_seconds: float = 200.0  # cap on padded audio seconds per batch (B * longest)
+    max_batch_size: int = 256
+    bucket_boundaries: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0])
+    max_duration: float = 30.0  # longer clips are skipped and counted
+    min_duration: float = 0.1
+
+    def __post_init__(self):
+        if self.max_duration > self.max_batch_seconds:
+            raise ValueError(f"batch.max_duration ({self.max_duration} s) exceeds batch.max_batch_seconds "
+                             f"({self.max_batch_seconds} s): a maximal clip would not fit a batch; raise the cap")
+        if self.max_batch_size < 1:
+            raise ValueError(f"batch.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if list(self.bucket_boundaries) != sorted(self.bucket_boundaries):
+            raise ValueError(f"batch.bucket_boundaries must be increasing, got {self.bucket_boundaries}")
+
+
+def worker_position() -> tuple[int, int]:
+    """(worker id, number of workers) of the current DataLoader worker; (0, 1) in the main process."""
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class EvalShards(IterableDataset):
+    """Shard source for evaluation: shard i goes to global worker i % (world * workers), in order."""
+
+    def __init__(self, urls: list[str], rank: int, world_size: int):
+        self.urls, self.rank, self.world_size = list(urls), rank, world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = worker_position()
+        me, total = self.rank * num_workers + worker, self.world_size * num_workers
+        for url in self.urls[me::total]:
+            yield {"url": url}
+
+
+class TrainShards(IterableDataset):
+    """Endless shard source for training: the rank's own shards, sampled with replacement per worker."""
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int):
+        if len(urls) < world_size:
+            raise ValueError(f"{len(urls)} training shards for {world_size} ranks: each rank needs its own shard; "
+                             "re-shard with a smaller --shard-size")
+        self.urls = list(urls)[rank::world_size]  # explicit node split: ranks read disjoint shards
+        self.rank, self.seed, self.epoch = rank, seed, 0
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, num_workers = worker_position()
+        # Per-worker split where there are enough shards, so workers do not read the same ones.
+        urls = self.urls[worker::num_workers] if len(self.urls) >= num_workers else self.urls
+        self.epoch += 1
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.epoch}")
+        while True:
+            yield {"url": rng.choice(urls)}
+
+
+class DataCounts:
+    """Per-worker tally of skipped/adjusted samples; deltas ride along on the next batch."""
+
+    def __init__(self):
+        self.pending: Counter = Counter()
+        self.examples: dict[str, str] = {}
+
+    def add(self, kind: str, detail: str) -> None:
+        """Count one case of `kind`, keeping the first detail to show in the warning."""
+        self.pending[kind] += 1
+        self.examples.setdefault(kind, detail)
+
+    def take(self) -> dict[str, tuple[int, str]]:
+        """Pop the pending counts as {kind: (count, example detail)}."""
+        out = {k: (n, self.examples[k]) for k, n in self.pending.items()}
+        self.pending.clear()
+        return out
+
+
+def _shard_handler(counts: DataCounts):
+    def handler(exn: Exception) -> bool:
+        counts.add("corrupt_shard", f"unreadable tar member or shard ({exn!r}); rest of shard skipped")
+        return True  # keep going with the next shard
+    return handler
+
+
+class Featurizer:
+    """Decode, validate, augment and featurize one raw WebDataset sample (None => skipped, counted)."""
+
+    def __init__(self, cmvn: tuple[torch.Tensor, torch.Tensor], batch: BatchConfig,
+                 augment: AugmentConfig | None, seed: int, counts: DataCounts):
+        self.mean, self.inv_std = cmvn
+        self.batch, self.augment, self.seed, self.counts = batch, augment, seed, counts
+        self.rng: np.random.Generator | None = None
+
+    def __call__(self, sample: dict) -> dict | None:
+        key = sample.get("__key__", "?")
+        where = f"{sample.get('__url__', '?')}:{key}"
+        if "json" not in sample:
+            self.counts.add("missing_json", f"{where}: no {key}.json member; skipped")
+            return None
+        if "flac" not in sample:
+            self.counts.add("missing_audio", f"{where}: no {key}.flac member; skipped")
+            return None
+        try:
+            meta = json.loads(sample["json"])
+            text, language, phones = meta["text"], meta["language"], meta["phones"]
+        except (ValueError, KeyError) as e:
+            self.counts.add("bad_json", f"{where}: unreadable metadata ({e!r}); skipped")
+            return None
+        try:
+            x, sr = decode_audio(sample["flac"])
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            self.counts.add("corrupt_audio", f"{where}: cannot decode audio ({e}); skipped")
+            return None
+        if sr != SAMPLE_RATE:
+            self.counts.add("resampled", f"{where}: {sr} Hz resampled to {SAMPLE_RATE} Hz")
+            x = resample(x, sr)
+        duration = len(x) / SAMPLE_RATE
+        if duration > self.batch.max_duration:
+            self.counts.add("too_long", f"{where}: {duration:.1f} s > max_duration {self.batch.max_duration} s; skipped")
+            return None
+        if duration < self.batch.min_duration:
+            self.counts.add("too_short", f"{where}: {duration:.3f} s < min_duration {self.batch.min_duration} s; skipped")
+            return None
+        if language != "none" and not text.strip():
+            self.counts.add("empty_text", f"{where}: empty transcript with language {language!r}; skipped")
+            return None
+        if self.augment is not None:
+            x = augment_waveform(x, self.augment, self._rng())
+        feats = (fbank(x) - self.mean) * self.inv_std  # (T, 80): global CMVN
+        if self.augment is not None:
+            feats = spec_augment(feats, self.augment, self._rng())
+        return {
+            "key": key,
+            "feats": feats,
+            "phones": torch.tensor(phones_to_ids(phones), dtype=torch.long),
+            "text": text,
+            "norm_text": meta.get("norm_text", ""),
+            "language": language,
+            "duration": duration,
+        }
+
+    def _rng(self) -> np.random.Generator:
+        if self.rng is None:  # created lazily inside the worker so each worker gets its own stream
+            worker, _ = worker_position()
+            self.rng = np.random.default_rng([self.seed, worker, torch.initial_seed() % 2**32])
+        return self.rng
+
+
+def collate(samples: list[dict], counts: dict | None = None) -> dict:
+    """Pad a list of featurized samples into a batch.
+
+    feats (B, T, 80) zero-padded, feat_lens (B,), phones (B, S) padded with 0 (= <blank>, never
+    a target; use phone_lens), phone_lens (B,), and lists text / norm_text / language / keys.
+    """
+    B = len(samples)
+    feat_lens = torch.tensor([s["feats"].shape[0] for s in samples], dtype=torch.long)
+    phone_lens = torch.tensor([s["phones"].shape[0] for s in samples], dtype=torch.long)
+    feats = torch.zeros(B, int(feat_lens.max()), samples[0]["feats"].shape[1])
+    phones = torch.zeros(B, max(1, int(phone_lens.max())), dtype=torch.long)
+    for i, s in enumerate(samples):
+        feats[i, : feat_lens[i]] = s["feats"]
+        phones[i, : phone_lens[i]] = s["phones"]
+    return {
+        "feats": feats,
+        "feat_lens": feat_lens,
+        "phones": phones,
+        "phone_lens": phone_lens,
+        "text": [s["text"] for s in samples],
+        "norm_text": [s["norm_text"] for s in samples],
+        "language": [s["language"] for s in samples],
+        "keys": [s["key"] for s in samples],
+        "durations": torch.tensor([s["duration"] for s in samples]),
+        "data_counts": counts or {},
+    }
+
+
+def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts) -> Iterator[dict]:
+    """Group samples of similar length; a batch's padded seconds (B * longest) stay <= the cap."""
+    bounds = list(cfg.bucket_boundaries)
+    buckets: list[list[dict]] = [[] for _ in range(len(bounds) + 1)]
+    longest = [0.0] * len(buckets)
+    for s in samples:
+        sec = s["feats"].shape[0] * FRAME_SHIFT_S
+        b = next((i for i, edge in enumerate(bounds) if sec <= edge), len(bounds))
+        n, new_longest = len(buckets[b]) + 1, max(longest[b], sec)
+        if buckets[b] and (n * new_longest > cfg.max_batch_seconds or n > cfg.max_batch_size):
+            yield collate(buckets[b], counts.take())
+            buckets[b], new_longest = [], sec
+        buckets[b].append(s)
+        longest[b] = new_longest
+    for b in buckets:  # end of stream: flush partial batches so evaluation misses nothing
+        if b:
+            yield collate(b, counts.take())
+    leftover = counts.take()
+    if leftover:  # skips after the last batch have no batch to ride on: log them here
+        log.warning("data counts after the last batch of this worker: %s", {k: v[0] for k, v in leftover.items()})
+
+
+def _worker_shuffle(src: Iterable[dict], bufsize: int, seed: str) -> Iterator[dict]:
+    """WebDataset's buffer shuffle with a generator seeded per rank and worker (not per pipeline)."""
+    worker, _ = worker_position()
+    return wds.filters._shuffle(src, bufsize, min(bufsize, 100), rng=random.Random(f"{seed}/{worker}"))
+
+
+def shard_urls(data_dir: str | Path) -> list[str]:
+    """The shard paths listed in DIR/index.json, after checking they are labelled with our inventory."""
+    index = read_index(data_dir)
+    inv = index.get("phone_inventory", {})
+    if inv.get("fingerprint") != inventory_fingerprint():
+        raise ValueError(
+            f"{data_dir}: shards were labelled with phone inventory {inv} but this code uses version "
+            f"fingerprint {inventory_fingerprint()}; rebuild the shards with entropy_asr.data.prepare/synthetic"
+        )
+    return [str(Path(data_dir) / s["name"]) for s in index["shards"]]
+
+
+def build_pipeline(
+    urls: list[str],
+    *,
+    train: bool,
+    cmvn: tuple[torch.Tensor, torch.Tensor],
+    batch: BatchConfig,
+    augment: AugmentConfig | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    shuffle_buffer: int = 1000,
+    batches_per_epoch: int | None = None,
+    num_workers: int = 0,
+) -> wds.DataPipeline:
+    """A WebDataset pipeline yielding padded batches; iterate it through DataLoader(batch_size=None)."""
+    counts = DataCounts()
+    featurize = Featurizer(cmvn, batch, augment if train else None, seed, counts)
+    if train:
+        stages = [TrainShards(urls, rank, world_size, seed),
+                  wds.tarfile_to_samples(handler=_shard_handler(counts)),
+                  lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}")]
+    else:
+        stages = [EvalShards(urls, rank, world_size), wds.tarfile_to_samples(handler=_shard_handler(counts))]
+    stages += [wds.map(featurize), lambda src: bucket_batches(src, batch, counts)]  # map drops None
+    pipe = wds.DataPipeline(*stages)
+    if train:
+        if not batches_per_epoch:
+            raise ValueError("batches_per_epoch must be set for training (the shard stream is endless)")
+        pipe = pipe.with_epoch(-(-batches_per_epoch // max(1, num_workers)))  # per worker, rounded up
+    return pipe

@@ -1,0 +1,232 @@
+"""Import a real corpus into WebDataset shards: JSONL manifest, Kaldi data dir, LibriSpeech, AISHELL-1.
+
+    python -m entropy_asr.data.prepare jsonl manifest.jsonl --out shards/mine
+    python -m entropy_asr.data.prepare kaldi data/train --out shards/train
+    python -m entropy_asr.data.prepare librispeech LibriSpeech/dev-clean --out shards/ls-dev-clean
+    python -m entropy_asr.data.prepare aishell data_aishell --split dev --out shards/aishell-dev
+
+Each importer only parses its layout into `Record`s; reading, resampling, validation,
+phonemization, CMVN and the tars are the shared writer's (`entropy_asr.data.shards`).
+Parallel across processes, resumable (finished shards are skipped), atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import soundfile as sf
+
+from entropy_asr.data.audio import read_audio
+from entropy_asr.data.shards import SkipCounter, Utterance, atomic_write_json, prepare_utterance, write_shards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One utterance of a source corpus: its audio (file or segment of one) and transcript."""
+
+    key: str
+    audio: str
+    text: str
+    language: str | None = None
+    speaker: str = "unknown"
+    start: float = 0.0
+    end: float | None = None
+
+
+class ManifestError(ValueError):
+    """An input file is malformed; the message names the file, line and fix."""
+
+
+def _require_file(audio: str, where: str) -> str:
+    if not os.path.isfile(audio):
+        raise ManifestError(f"{where}: audio file {audio!r} does not exist; fix the path or remove the line")
+    return audio
+
+
+def read_jsonl(path: Path) -> list[Record]:
+    """A JSONL manifest: {"audio": path, "text": str, optional "id", "language", "speaker", "start", "end"}."""
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
+        for k in ("audio", "text"):
+            if k not in d:
+                raise ManifestError(f"{where}: missing key {k!r}; each line needs \"audio\" and \"text\"")
+        audio = d["audio"] if os.path.isabs(d["audio"]) else str(path.parent / d["audio"])
+        _require_file(audio, where)
+        key = str(d.get("id") or Path(d["audio"]).with_suffix("").as_posix().replace("/", "_"))
+        records.append(Record(key, audio, str(d["text"]), d.get("language"), str(d.get("speaker", "unknown")),
+                              float(d.get("start", 0.0)), None if d.get("end") is None else float(d["end"])))
+    return records
+
+
+def _kaldi_table(path: Path, min_fields: int = 2) -> Iterator[tuple[int, list[str]]]:
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1) if min_fields == 2 else line.split()
+        if len(parts) < min_fields:
+            raise ManifestError(f"{path}:{n}: expected at least {min_fields} fields, got {line!r}")
+        yield n, parts
+
+
+def read_kaldi(data_dir: Path) -> list[Record]:
+    """A Kaldi data dir: wav.scp + text (+ optional segments, utt2spk)."""
+    for name in ("wav.scp", "text"):
+        if not (data_dir / name).exists():
+            raise ManifestError(f"{data_dir}: no {name}; a Kaldi data dir needs wav.scp and text")
+    wavs = {}
+    for n, (rec, path) in _kaldi_table(data_dir / "wav.scp"):
+        path = path.strip()
+        if path.endswith("|"):
+            raise ManifestError(f"{data_dir / 'wav.scp'}:{n}: piped commands are not supported ({path!r}); "
+                                "convert the audio to files and list their paths")
+        wavs[rec] = (path if os.path.isabs(path) else str(data_dir / path), f"{data_dir / 'wav.scp'}:{n}")
+    texts = {}
+    for _, parts in _kaldi_table(data_dir / "text", 1):
+        texts[parts[0]] = " ".join(parts[1:])
+    spk = {}
+    if (data_dir / "utt2spk").exists():
+        spk = {utt: s.strip() for _, (utt, s) in _kaldi_table(data_dir / "utt2spk")}
+    records = []
+    if (data_dir / "segments").exists():
+        for n, parts in _kaldi_table(data_dir / "segments", 4):
+            utt, rec, start, end = parts[:4]
+            where = f"{data_dir / 'segments'}:{n}"
+            if rec not in wavs:
+                raise ManifestError(f"{where}: recording {rec!r} is not in wav.scp")
+            if utt not in texts:
+                continue  # segments without transcripts are common (e.g. filtered): not utterances
+            _require_file(wavs[rec][0], wavs[rec][1])
+            records.append(Record(utt, wavs[rec][0], texts[utt], None, spk.get(utt, "unknown"), float(start), float(end)))
+    else:
+        for utt, (path, where) in wavs.items():
+            if utt not in texts:
+                continue
+            _require_file(path, where)
+            records.append(Record(utt, path, texts[utt], None, spk.get(utt, "unknown")))
+    return records
+
+
+def read_librispeech(split_dir: Path) -> list[Record]:
+    """A LibriSpeech split dir: SPK/CHAPTER/SPK-CHAPTER.trans.txt + SPK-CHAPTER-UTT.flac."""
+    trans = sorted(split_dir.glob("*/*/*.trans.txt"))
+    if not trans:
+        raise ManifestError(f"{split_dir}: no SPK/CHAPTER/*.trans.txt; point at a split dir such as LibriSpeech/dev-clean")
+    records = []
+    for t in trans:
+        for n, line in enumerate(t.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            utt, _, text = line.partition(" ")
+            audio = _require_file(str(t.parent / f"{utt}.flac"), f"{t}:{n}")
+            records.append(Record(utt, audio, text, "en", utt.split("-")[0]))
+    return records
+
+
+def read_aishell(root: Path, split: str | None) -> list[Record]:
+    """An AISHELL-1 root: wav/<split>/SPK/*.wav + transcript/aishell_transcript_v0.8.txt (space-separated words)."""
+    transcript = root / "transcript" / "aishell_transcript_v0.8.txt"
+    if not transcript.exists():
+        raise ManifestError(f"{root}: no transcript/aishell_transcript_v0.8.txt; point at the AISHELL-1 root (data_aishell)")
+    splits = sorted(p.name for p in (root / "wav").glob("*") if p.is_dir())
+    if split is None or split not in splits:
+        raise ManifestError(f"{root}: choose the split with --split (found: {', '.join(splits) or 'none'})")
+    text = {}
+    for n, line in enumerate(transcript.read_text(encoding="utf-8").splitlines(), 1):
+        utt, _, words = line.strip().partition(" ")
+        if utt:
+            text[utt] = "".join(words.split())  # the transcript is word-segmented with spaces
+    records, no_text = [], 0
+    for wav in sorted((root / "wav" / split).glob("*/*.wav")):
+        if wav.stem not in text:
+            no_text += 1  # AISHELL-1 ships some audio without transcripts: counted, not imported
+            continue
+        records.append(Record(wav.stem, str(wav), text[wav.stem], "zh", wav.parent.name))
+    if no_text:
+        log.warning("%s/%s: %d wav files have no transcript line; skipped", root, split, no_text)
+    return records
+
+
+def records_to_utterances(job: tuple[list[Record], str, float], skips: SkipCounter) -> Iterator[Utterance]:
+    """Read each record's audio and validate it (module level: it runs in worker processes)."""
+    records, source, max_duration = job
+    for r in records:
+        try:
+            samples, sr = read_audio(r.audio, r.start, r.end)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+            skips.add("corrupt_audio", f"{r.audio}: cannot decode ({e}); skipped")
+            continue
+        utt = prepare_utterance(r.key, samples, sr, r.text, r.language, r.speaker, source, skips,
+                                max_duration=max_duration)
+        if utt is not None:
+            yield utt
+
+
+def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: int = 1000,
+            num_workers: int | None = None, max_duration: float = 60.0, pre_skipped: dict | None = None) -> dict:
+    """Shard `records` into `out` (sorted by key, `shard_size` per shard); resumable. Returns the index."""
+    if not records:
+        raise ManifestError(f"no utterances found for {out}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    records = sorted(records, key=lambda r: r.key)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # The plan fingerprint guards resumption: finished shards are reused only for the same input.
+    plan = hashlib.sha256(json.dumps([asdict(r) for r in records] + [shard_size, max_duration, source]).encode()).hexdigest()[:16]
+    plan_file = out / "plan.json"
+    if plan_file.exists() and json.loads(plan_file.read_text())["fingerprint"] != plan:
+        raise ManifestError(f"{out} holds shards of a different input or settings; use a new --out or delete {out}")
+    atomic_write_json(plan_file, {"fingerprint": plan, "records": len(records), "shard_size": shard_size})
+    jobs = [(records[i:i + shard_size], source, max_duration) for i in range(0, len(records), shard_size)]
+    return write_shards(out, jobs, records_to_utterances, num_workers=num_workers or os.cpu_count() or 1,
+                        meta={"source": source}, pre_skipped=pre_skipped)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(prog="python -m entropy_asr.data.prepare", description=__doc__.split("\n")[0])
+    p.add_argument("format", choices=["jsonl", "kaldi", "librispeech", "aishell"])
+    p.add_argument("input", type=Path, help="manifest file, Kaldi data dir, LibriSpeech split dir or AISHELL-1 root")
+    p.add_argument("--out", type=Path, required=True, help="output shard dir")
+    p.add_argument("--split", help="AISHELL-1 split (train, dev, test)")
+    p.add_argument("--source", help="name recorded in each utterance's JSON (default: the format and input name)")
+    p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
+    p.add_argument("--max-duration", type=float, default=60.0, help="longer clips are skipped and counted (s)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not a.input.exists():
+        p.error(f"{a.input} does not exist")
+    try:
+        records = {"jsonl": lambda: read_jsonl(a.input), "kaldi": lambda: read_kaldi(a.input),
+                   "librispeech": lambda: read_librispeech(a.input),
+                   "aishell": lambda: read_aishell(a.input, a.split)}[a.format]()
+        source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")
+        index = prepare(records, a.out, source=source, shard_size=a.shard_size, num_workers=a.workers,
+                        max_duration=a.max_duration)
+    except ManifestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps({k: index[k] for k in ("utterances", "hours", "languages", "skipped")}, ensure_ascii=False))
+    return index
+
+
+if __name__ == "__main__":
+    main()

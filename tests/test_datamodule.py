@@ -1,0 +1,156 @@
+"""The streaming datamodule: coverage across ranks x workers, training splits, batching, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from datamodules import SpeechDataModule
+from entropy_asr.data.audio import encode_flac
+from entropy_asr.data.augment import AugmentConfig
+from entropy_asr.data.pipeline import BatchConfig
+from entropy_asr.data.shards import read_index
+from entropy_asr.text import PHONES
+from tests.conftest import tone
+
+
+def keys_in(data_dir: Path) -> dict[str, str]:
+    """key -> shard name for every utterance of a shard dir."""
+    out = {}
+    for s in read_index(data_dir)["shards"]:
+        with tarfile.open(data_dir / s["name"]) as tar:
+            for m in tar.getmembers():
+                out[m.name.split(".")[0]] = s["name"]
+    return out
+
+
+def dm_for(corpus: Path, **kw) -> SpeechDataModule:
+    kw.setdefault("batch", BatchConfig(max_batch_seconds=40.0, max_batch_size=16, max_duration=20.0))
+    return SpeechDataModule(train_dir=str(corpus / "train"), val_dir=str(corpus / "train"), **kw)
+
+
+def val_keys(dm: SpeechDataModule) -> list[str]:
+    return [k for b in dm.val_dataloader() for k in dm.account(b)["keys"]]
+
+
+def test_validation_covers_every_utterance_once_across_2_ranks_x_2_workers(tiny_corpus):
+    expected = keys_in(tiny_corpus / "train")
+    assert len(set(expected.values())) >= 4  # enough shards that every (rank, worker) gets some
+    per_rank = [val_keys(dm_for(tiny_corpus, rank=r, world_size=2, num_workers=2)) for r in (0, 1)]
+    assert all(per_rank)
+    assert not set(per_rank[0]) & set(per_rank[1])  # disjoint across ranks
+    merged = per_rank[0] + per_rank[1]
+    assert len(merged) == len(set(merged))  # nothing twice
+    assert set(merged) == set(expected)  # nothing missing
+    again = val_keys(dm_for(tiny_corpus, rank=0, world_size=2, num_workers=2))
+    assert again == per_rank[0]  # fixed order
+
+
+def test_training_ranks_read_disjoint_shards(tiny_corpus):
+    shard_of = keys_in(tiny_corpus / "train")
+    seen = []
+    for r in (0, 1):
+        dm = dm_for(tiny_corpus, rank=r, world_size=2, num_workers=0, batches_per_epoch=6, shuffle_buffer=20)
+        keys = [k for b in dm.train_dataloader() for k in b["keys"]]
+        seen.append({shard_of[k] for k in keys})
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_training_epoch_length_and_batch_contents(tiny_corpus):
+    cfg = BatchConfig(max_batch_seconds=30.0, max_batch_size=8, max_duration=20.0)
+    dm = dm_for(tiny_corpus, batch=cfg, num_workers=2, batches_per_epoch=6, shuffle_buffer=20)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 6
+    for b in batches:
+        B, T, F = b["feats"].shape
+        assert F == 80 and B == len(b["keys"]) == len(b["text"]) == len(b["language"]) <= 8
+        assert int(b["feat_lens"].max()) == T
+        assert B * T * 0.01 <= 30.0 + 1e-6  # padded seconds under the cap
+        assert b["phones"].shape[0] == B and (b["phone_lens"] > 0).all()
+        assert 0 <= int(b["phones"].min()) and int(b["phones"].max()) < len(PHONES)
+        for i in range(B):  # padding is zero beyond each length
+            assert float(b["feats"][i, b["feat_lens"][i]:].abs().sum()) == 0.0
+        assert set(b["language"]) <= {"zh", "en", "mix"}
+
+
+def test_eval_features_are_cmvn_normalized(tiny_corpus):
+    dm = dm_for(tiny_corpus, num_workers=0)
+    frames = torch.cat([b["feats"][i, : b["feat_lens"][i]] for b in dm.val_dataloader() for i in range(len(b["keys"]))])
+    # The corpus' own CMVN statistics applied to the same data: mean 0, std 1 per bin.
+    np.testing.assert_allclose(frames.mean(0).numpy(), 0.0, atol=1e-3)
+    np.testing.assert_allclose(frames.std(0).numpy(), 1.0, atol=1e-2)
+
+
+def write_bad_shard(d: Path) -> None:
+    """A shard with one good utterance and one of each bad kind."""
+    d.mkdir()
+    good = {"text": "hello", "norm_text": "hello", "language": "en", "phones": ["HH", "AH0", "L", "OW1"],
+            "duration": 1.0, "speaker": "s", "source": "t"}
+    members = {
+        "good.flac": encode_flac(tone(1.0)), "good.json": json.dumps(good).encode(),
+        "corrupt.flac": b"fLaC\x00\x00broken", "corrupt.json": json.dumps(good).encode(),
+        "nojson.flac": encode_flac(tone(1.0)),
+        "empty.flac": encode_flac(tone(1.0)), "empty.json": json.dumps({**good, "text": " "}).encode(),
+        "long.flac": encode_flac(tone(25.0)), "long.json": json.dumps(good).encode(),
+        "rate8k.json": json.dumps(good).encode(),
+    }
+    buf = io.BytesIO()
+    sf.write(buf, tone(1.0, sr=8000), 8000, format="FLAC")
+    members["rate8k.flac"] = buf.getvalue()
+    with tarfile.open(d / "shard-000000.tar", "w") as tar:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size = len(members[name])
+            tar.addfile(info, io.BytesIO(members[name]))
+    from entropy_asr.text import INVENTORY_VERSION, inventory_fingerprint
+
+    (d / "index.json").write_text(json.dumps({
+        "shards": [{"name": "shard-000000.tar", "count": 6, "seconds": 0}],
+        "phone_inventory": {"version": INVENTORY_VERSION, "fingerprint": inventory_fingerprint()}}))
+
+
+def test_bad_input_is_skipped_counted_and_warned_once(tiny_corpus, tmp_path, caplog):
+    bad = tmp_path / "bad"
+    write_bad_shard(bad)
+    dm = SpeechDataModule(val_dir=str(bad), cmvn=str(tiny_corpus / "train" / "cmvn.json"), num_workers=0,
+                          batch=BatchConfig(max_batch_seconds=40.0, max_duration=20.0))
+    with caplog.at_level(logging.WARNING):
+        keys = val_keys(dm) + val_keys(dm)  # twice: counts add up, warnings do not repeat
+    assert sorted(keys) == ["good", "good", "rate8k", "rate8k"]
+    assert dm.data_counts == Counter({"corrupt_audio": 2, "missing_json": 2, "empty_text": 2,
+                                      "too_long": 2, "resampled": 2})
+    warned = [r.getMessage() for r in caplog.records if r.name == "datamodules.speech"]
+    assert len(warned) == 5 and any("nojson" in w for w in warned)
+
+
+def test_inventory_mismatch_is_an_error(tiny_corpus, tmp_path):
+    import shutil
+
+    d = tmp_path / "old"
+    shutil.copytree(tiny_corpus / "dev", d)
+    index = json.loads((d / "index.json").read_text())
+    index["phone_inventory"]["fingerprint"] = "0000"
+    (d / "index.json").write_text(json.dumps(index))
+    dm = SpeechDataModule(val_dir=str(d), num_workers=0)
+    with pytest.raises(ValueError, match="rebuild the shards"):
+        dm.val_dataloader()
+
+
+def test_missing_dir_and_bad_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a shard dir"):
+        SpeechDataModule(val_dir=str(tmp_path), num_workers=0)._loader(str(tmp_path), "val_dir", False)
+    with pytest.raises(ValueError, match="max_duration"):
+        BatchConfig(max_batch_seconds=10.0, max_duration=20.0)
+    with pytest.raises(ValueError, match="noise_prob"):
+        AugmentConfig(noise_prob=1.5)
+    with pytest.raises(ValueError, match="data.train_dir is not set"):
+        SpeechDataModule(cmvn=str(tmp_path / "x"))._loader(None, "train_dir", True)

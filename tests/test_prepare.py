@@ -1,0 +1,205 @@
+"""Importers on fixtures built in each real layout, the shared shard writer, resumption, bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from entropy_asr.data.audio import CMVNStats, fbank, resample
+from entropy_asr.data.prepare import ManifestError, main, prepare, read_aishell, read_jsonl, read_kaldi, read_librispeech
+from entropy_asr.data.shards import read_index
+from tests.conftest import tone, write_audio
+
+
+def read_shards(out: Path) -> dict[str, dict]:
+    """All utterances of a shard dir: key -> {"json": dict, "audio": (samples, sr)}."""
+    utts: dict[str, dict] = {}
+    for s in read_index(out)["shards"]:
+        with tarfile.open(out / s["name"]) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                d = utts.setdefault(key, {})
+                if ext == "json":
+                    d["json"] = json.loads(data)
+                else:
+                    d["audio"] = sf.read(io.BytesIO(data), dtype="float32")
+    return utts
+
+
+def make_librispeech(root: Path) -> Path:
+    split = root / "dev-clean"
+    for spk, chap, n in (("84", "121123", 3), ("174", "50561", 2)):
+        d = split / spk / chap
+        lines = []
+        for i in range(n):
+            utt = f"{spk}-{chap}-{i:04d}"
+            write_audio(d / f"{utt}.flac", 1.0 + 0.25 * i, seed=i)
+            lines.append(f"{utt} HELLO WORLD NUMBER {i} IT'S FINE")
+        (d / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+    return split
+
+
+def make_aishell(root: Path) -> Path:
+    base = root / "data_aishell"
+    lines = []
+    for spk in ("S0724", "S0725"):
+        for i in range(2):
+            utt = f"BAC009{spk}W{i:04d}"
+            write_audio(base / "wav" / "dev" / spk / f"{utt}.wav", 1.2, seed=i)
+            lines.append(f"{utt} 而 对 楼市 成交 抑制 作用 最 大 的")
+    write_audio(base / "wav" / "dev" / "S0725" / "BAC009S0725W9999.wav", 1.0)  # audio without a transcript
+    write_audio(base / "wav" / "train" / "S0002" / "BAC009S0002W0001.wav", 1.0)
+    (base / "transcript").mkdir(parents=True)
+    (base / "transcript" / "aishell_transcript_v0.8.txt").write_text("\n".join(lines) + "\n")
+    return base
+
+
+def make_kaldi(root: Path) -> Path:
+    d = root / "kaldi"
+    d.mkdir()
+    write_audio(root / "rec1.wav", 4.0, sr=8000)  # 8 kHz: must be resampled and counted
+    write_audio(root / "rec2.wav", 1.5)
+    (d / "wav.scp").write_text(f"rec1 {root / 'rec1.wav'}\nrec2 {root / 'rec2.wav'}\n")
+    (d / "segments").write_text("rec1-a rec1 0.0 1.5\nrec1-b rec1 2.0 3.5\nrec2-a rec2 0.1 1.2\nrec2-x rec2 0 1\n")
+    (d / "text").write_text("rec1-a 今天 天气 很好\nrec1-b hello 世界\nrec2-a good morning\n")
+    (d / "utt2spk").write_text("rec1-a spk1\nrec1-b spk1\nrec2-a spk2\n")
+    return d
+
+
+def test_librispeech_roundtrip(tmp_path):
+    split = make_librispeech(tmp_path)
+    records = read_librispeech(split)
+    assert len(records) == 5 and {r.speaker for r in records} == {"84", "174"}
+    out = tmp_path / "out"
+    index = prepare(records, out, source="librispeech:dev-clean", shard_size=2, num_workers=2)
+    assert index["utterances"] == 5 and len(index["shards"]) == 3
+    assert index["hours"] == pytest.approx((3 * 1.25 + 2 * 1.125) / 3600, abs=1e-5)
+    utts = read_shards(out)
+    meta = utts["84-121123-0001"]["json"]
+    assert meta["text"] == "HELLO WORLD NUMBER 1 IT'S FINE"
+    assert meta["norm_text"] == "hello world number one it is fine"  # Whisper keeps a lone 1 as "one"
+    assert meta["language"] == "en" and meta["speaker"] == "84" and meta["source"] == "librispeech:dev-clean"
+    assert meta["duration"] == pytest.approx(1.25) and meta["phones"][:3] == ["HH", "AH0", "L"]
+    samples, sr = utts["84-121123-0001"]["audio"]
+    assert sr == 16000
+    np.testing.assert_allclose(samples, tone(1.25, seed=1), atol=1.0 / 32767)  # 16-bit FLAC round trip
+    assert not list(out.glob(".*tmp"))  # atomic writes leave no temp files
+
+
+def test_aishell_split_and_spaces(tmp_path):
+    root = make_aishell(tmp_path)
+    with pytest.raises(ManifestError, match="--split.*dev, train"):
+        read_aishell(root, None)
+    records = read_aishell(root, "dev")
+    assert len(records) == 4  # the wav without a transcript line is not imported
+    assert records[0].text == "而对楼市成交抑制作用最大的" and records[0].speaker == "S0724"
+    out = tmp_path / "out"
+    prepare(records, out, source="aishell", num_workers=1)
+    meta = next(iter(read_shards(out).values()))["json"]
+    assert meta["language"] == "zh" and meta["norm_text"] == "而对楼市成交抑制作用最大的"
+    assert meta["phones"][:4] == ["er2", "d", "uei4", "l"]
+
+
+def test_kaldi_segments_resample_and_speakers(tmp_path):
+    d = make_kaldi(tmp_path)
+    records = read_kaldi(d)
+    assert [r.key for r in records] == ["rec1-a", "rec1-b", "rec2-a"]  # rec2-x has no transcript
+    out = tmp_path / "out"
+    index = prepare(records, out, source="kaldi", num_workers=1)
+    assert index["skipped"]["resampled"] == 2  # both 8 kHz segments
+    utts = read_shards(out)
+    assert utts["rec1-b"]["json"]["language"] == "mix" and utts["rec1-b"]["json"]["speaker"] == "spk1"
+    assert utts["rec1-a"]["json"]["duration"] == pytest.approx(1.5, abs=1e-3)
+    samples, sr = utts["rec1-a"]["audio"]
+    expected = resample(tone(4.0, sr=8000)[:12000], 8000, 16000)
+    np.testing.assert_allclose(samples, expected, atol=2e-4)
+
+
+def test_kaldi_rejects_pipes(tmp_path):
+    d = tmp_path / "k"
+    d.mkdir()
+    (d / "wav.scp").write_text("r1 sox a.wav -t wav - |\n")
+    (d / "text").write_text("r1 hi\n")
+    with pytest.raises(ManifestError, match=r"wav.scp:1: piped commands"):
+        read_kaldi(d)
+
+
+def test_jsonl_missing_file_names_file_and_line(tmp_path):
+    write_audio(tmp_path / "a.wav", 1.0)
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": "a.wav", "text": "hi"}\n\n{"audio": "nope.wav", "text": "x"}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:3: audio file .*nope\.wav.* does not exist"):
+        read_jsonl(m)
+    m.write_text('{"audio": "a.wav"}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: missing key 'text'"):
+        read_jsonl(m)
+    m.write_text('{"audio": "a.wav", "text": "hi"\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: not valid JSON"):
+        read_jsonl(m)
+
+
+def test_cli_missing_file_exits_with_message(tmp_path, capsys):
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": "gone.flac", "text": "x"}\n')
+    with pytest.raises(SystemExit) as e:
+        main(["jsonl", str(m), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "m.jsonl:1" in capsys.readouterr().err
+
+
+def test_bad_inputs_are_skipped_and_counted(tmp_path):
+    write_audio(tmp_path / "ok.wav", 1.0)
+    write_audio(tmp_path / "ok2.flac", 1.0, sr=22050)
+    write_audio(tmp_path / "long.wav", 5.0)
+    (tmp_path / "corrupt.flac").write_bytes(b"fLaC" + b"\x00garbage" * 50)
+    lines = [
+        {"audio": "ok.wav", "text": "好的", "id": "ok"},
+        {"audio": "ok2.flac", "text": "fine", "id": "ok2"},
+        {"audio": "long.wav", "text": "too long", "id": "long"},
+        {"audio": "corrupt.flac", "text": "broken", "id": "corrupt"},
+        {"audio": "ok.wav", "text": "  ", "id": "empty"},
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    out = tmp_path / "out"
+    index = prepare(read_jsonl(m), out, source="jsonl", max_duration=3.0, num_workers=1)
+    assert index["utterances"] == 2
+    assert index["skipped"] == {"corrupt_audio": 1, "empty_text": 1, "resampled": 1, "too_long": 1}
+    assert set(read_shards(out)) == {"ok", "ok2"}
+
+
+def test_resume_skips_finished_shards_and_rejects_other_input(tmp_path):
+    split = make_librispeech(tmp_path)
+    out = tmp_path / "out"
+    first = prepare(read_librispeech(split), out, source="ls", shard_size=2, num_workers=1)
+    kept = out / "shard-000000.tar"
+    before = kept.stat().st_mtime_ns
+    blob_1 = (out / "shard-000001.tar").read_bytes()
+    (out / "shard-000001.tar").unlink()  # as if the job died while writing shard 1
+    (out / "shard-000001.stats.json").unlink()
+    (out / "shard-000002.stats.json").unlink()  # tar renamed, stats not yet written: redo
+    again = prepare(read_librispeech(split), out, source="ls", shard_size=2, num_workers=1)
+    assert kept.stat().st_mtime_ns == before  # finished shard untouched
+    assert (out / "shard-000001.tar").read_bytes() == blob_1  # redone identically
+    assert again == first
+    with pytest.raises(ManifestError, match="different input"):
+        prepare(read_librispeech(split)[:3], out, source="ls", shard_size=2, num_workers=1)
+
+
+def test_cmvn_matches_direct_computation(tmp_path):
+    split = make_librispeech(tmp_path)
+    out = tmp_path / "out"
+    prepare(read_librispeech(split), out, source="ls", shard_size=2, num_workers=2)
+    cmvn = json.loads((out / "cmvn.json").read_text())
+    feats = torch.cat([fbank(u["audio"][0]) for u in read_shards(out).values()]).double()
+    assert cmvn["count"] == feats.shape[0]
+    np.testing.assert_allclose(cmvn["mean"], feats.mean(0).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(cmvn["std"], feats.std(0, unbiased=False).numpy(), rtol=1e-5, atol=1e-5)
+    assert CMVNStats.from_json(cmvn).count == feats.shape[0]
