@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
+import torchaudio.transforms as T
 
 from entropy_asr.data.audio import SAMPLE_RATE
 
@@ -53,9 +54,14 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
     """
     if factor == 1.0:
         return x
-    orig = int(round(SAMPLE_RATE * factor / 100))
-    new = SAMPLE_RATE // 100
-    return AF.resample(torch.from_numpy(x), orig, new).numpy()
+    with torch.no_grad():
+        return _speed_resampler(factor)(torch.from_numpy(x)).numpy()
+
+
+@functools.lru_cache(maxsize=16)
+def _speed_resampler(factor: float) -> T.Resample:
+    # The sinc kernel is built once per factor and reused (per process).
+    return T.Resample(int(round(SAMPLE_RATE * factor / 100)), SAMPLE_RATE // 100)
 
 
 def pad_silence(x: np.ndarray, rng: np.random.Generator, max_seconds: float) -> np.ndarray:
@@ -68,11 +74,15 @@ def pad_silence(x: np.ndarray, rng: np.random.Generator, max_seconds: float) -> 
 
 def colored_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
     """Unit-power noise with power spectrum ~ 1/f^exponent (0 white, 1 pink, 2 brown)."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    f = np.arange(spec.shape[0], dtype=np.float64)
-    f[0] = 1.0
-    spec /= f ** (exponent / 2.0)
-    y = np.fft.irfft(spec, n)
+    if exponent == 0.0:
+        y = rng.standard_normal(n)
+    else:
+        n_fft = 1 << max(1, (n - 1).bit_length())  # power-of-two FFT: arbitrary n can be 10x slower
+        spec = np.fft.rfft(rng.standard_normal(n_fft))
+        f = np.arange(spec.shape[0], dtype=np.float64)
+        f[0] = 1.0
+        spec /= f ** (exponent / 2.0)
+        y = np.fft.irfft(spec, n_fft)[:n]
     return (y / (np.sqrt(np.mean(y * y)) + 1e-12)).astype(np.float32)
 
 
