@@ -86,8 +86,10 @@ class TrainShards(IterableDataset):
         worker, num_workers = worker_position()
         # Per-worker split where there are enough shards, so workers do not read the same ones.
         urls = self.urls[worker::num_workers] if len(self.urls) >= num_workers else self.urls
+        # Workers are re-created from the main process' copy every epoch, so their own epoch
+        # counter restarts; torch's per-epoch worker seed (from the global seed) varies instead.
         self.epoch += 1
-        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.epoch}")
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.epoch}/{torch.initial_seed()}")
         while True:
             yield {"url": rng.choice(urls)}
 
@@ -235,7 +237,8 @@ def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts
 def _worker_shuffle(src: Iterable[dict], bufsize: int, seed: str) -> Iterator[dict]:
     """WebDataset's buffer shuffle with a generator seeded per rank and worker (not per pipeline)."""
     worker, _ = worker_position()
-    return wds.filters._shuffle(src, bufsize, min(bufsize, 100), rng=random.Random(f"{seed}/{worker}"))
+    rng = random.Random(f"{seed}/{worker}/{torch.initial_seed()}")
+    return wds.filters._shuffle(src, bufsize, min(bufsize, 100), rng=rng)
 
 
 def shard_urls(data_dir: str | Path) -> list[str]:
