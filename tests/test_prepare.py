@@ -14,7 +14,7 @@ import torch
 
 from entropy_asr.data.audio import CMVNStats, fbank, resample
 from entropy_asr.data.prepare import ManifestError, main, prepare, read_aishell, read_jsonl, read_kaldi, read_librispeech
-from entropy_asr.data.shards import read_index
+from entropy_asr.data.shards import SkipCounter, read_index
 from tests.conftest import tone, write_audio
 
 
@@ -98,11 +98,13 @@ def test_aishell_split_and_spaces(tmp_path):
     root = make_aishell(tmp_path)
     with pytest.raises(ManifestError, match="--split.*dev, train"):
         read_aishell(root, None)
-    records = read_aishell(root, "dev")
-    assert len(records) == 4  # the wav without a transcript line is not imported
+    skips = SkipCounter()
+    records = read_aishell(root, "dev", skips)
+    assert len(records) == 4 and skips == {"no_transcript": 1}  # audio without a transcript line: counted
     assert records[0].text == "而对楼市成交抑制作用最大的" and records[0].speaker == "S0724"
     out = tmp_path / "out"
-    prepare(records, out, source="aishell", num_workers=1)
+    index = prepare(records, out, source="aishell", num_workers=1, pre_skipped=dict(skips))
+    assert index["skipped"] == {"no_transcript": 1}
     meta = next(iter(read_shards(out).values()))["json"]
     assert meta["language"] == "zh" and meta["norm_text"] == "而对楼市成交抑制作用最大的"
     assert meta["phones"][:4] == ["er2", "d", "uei4", "l"]
@@ -110,8 +112,10 @@ def test_aishell_split_and_spaces(tmp_path):
 
 def test_kaldi_segments_resample_and_speakers(tmp_path):
     d = make_kaldi(tmp_path)
-    records = read_kaldi(d)
-    assert [r.key for r in records] == ["rec1-a", "rec1-b", "rec2-a"]  # rec2-x has no transcript
+    skips = SkipCounter()
+    records = read_kaldi(d, skips)
+    assert [r.key for r in records] == ["rec1-a", "rec1-b", "rec2-a"]
+    assert skips == {"no_transcript": 1}  # rec2-x
     out = tmp_path / "out"
     index = prepare(records, out, source="kaldi", num_workers=1)
     assert index["skipped"]["resampled"] == 2  # both 8 kHz segments

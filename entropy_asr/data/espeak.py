@@ -110,9 +110,15 @@ def _private_copy(library: str, data_path: str) -> str:
         key = hashlib.sha256(f.read() + data_path.encode()).hexdigest()[:16]
     root = os.path.join(tempfile.gettempdir(), f"entropy-asr-espeak-{os.getuid()}-{key}")
     name = "libespeak-ng-private" + os.path.splitext(library)[1]
-    if os.path.isfile(os.path.join(root, name)) and os.path.exists(os.path.join(root, "espeak-ng-data", "phontab")):
+    def complete() -> bool:
+        return os.path.isfile(os.path.join(root, name)) and os.path.exists(os.path.join(root, "espeak-ng-data", "phontab"))
+
+    if complete():
         return root
-    shutil.rmtree(root, ignore_errors=True)  # partly removed (e.g. by a tmp cleaner): rebuild
+    # Re-checked right before removal: another process may have published it since the first
+    # check, and a complete copy that others are loading must never be deleted.
+    if os.path.exists(root) and not complete():  # partly removed (e.g. by a tmp cleaner): rebuild
+        shutil.rmtree(root, ignore_errors=True)
     build = tempfile.mkdtemp(prefix="entropy-asr-espeak-build-")
     shutil.copyfile(library, os.path.join(build, name))
     data = os.path.join(build, "espeak-ng-data")

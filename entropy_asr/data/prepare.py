@@ -27,7 +27,6 @@ import soundfile as sf
 from entropy_asr.data.audio import read_audio
 from entropy_asr.data.shards import SkipCounter, Utterance, atomic_write_json, prepare_utterance, write_shards
 
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,9 @@ def _kaldi_table(path: Path, min_fields: int = 2) -> Iterator[tuple[int, list[st
         yield n, parts
 
 
-def read_kaldi(data_dir: Path) -> list[Record]:
-    """A Kaldi data dir: wav.scp + text (+ optional segments, utt2spk)."""
+def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]:
+    """A Kaldi data dir: wav.scp + text (+ optional segments, utt2spk); untranscribed ones counted in `skips`."""
+    skips = skips if skips is not None else SkipCounter()
     for name in ("wav.scp", "text"):
         if not (data_dir / name).exists():
             raise ManifestError(f"{data_dir}: no {name}; a Kaldi data dir needs wav.scp and text")
@@ -110,13 +110,15 @@ def read_kaldi(data_dir: Path) -> list[Record]:
             where = f"{data_dir / 'segments'}:{n}"
             if rec not in wavs:
                 raise ManifestError(f"{where}: recording {rec!r} is not in wav.scp")
-            if utt not in texts:
-                continue  # segments without transcripts are common (e.g. filtered): not utterances
+            if utt not in texts:  # common (e.g. filtered segments): counted, not imported
+                skips.add("no_transcript", f"{where}: segment {utt!r} has no line in text; skipped")
+                continue
             _require_file(wavs[rec][0], wavs[rec][1])
             records.append(Record(utt, wavs[rec][0], texts[utt], None, spk.get(utt, "unknown"), float(start), float(end)))
     else:
         for utt, (path, where) in wavs.items():
             if utt not in texts:
+                skips.add("no_transcript", f"{where}: {utt!r} has no line in text; skipped")
                 continue
             _require_file(path, where)
             records.append(Record(utt, path, texts[utt], None, spk.get(utt, "unknown")))
@@ -139,8 +141,9 @@ def read_librispeech(split_dir: Path) -> list[Record]:
     return records
 
 
-def read_aishell(root: Path, split: str | None) -> list[Record]:
+def read_aishell(root: Path, split: str | None, skips: SkipCounter | None = None) -> list[Record]:
     """An AISHELL-1 root: wav/<split>/SPK/*.wav + transcript/aishell_transcript_v0.8.txt (space-separated words)."""
+    skips = skips if skips is not None else SkipCounter()
     transcript = root / "transcript" / "aishell_transcript_v0.8.txt"
     if not transcript.exists():
         raise ManifestError(f"{root}: no transcript/aishell_transcript_v0.8.txt; point at the AISHELL-1 root (data_aishell)")
@@ -152,14 +155,12 @@ def read_aishell(root: Path, split: str | None) -> list[Record]:
         utt, _, words = line.strip().partition(" ")
         if utt:
             text[utt] = "".join(words.split())  # the transcript is word-segmented with spaces
-    records, no_text = [], 0
+    records = []
     for wav in sorted((root / "wav" / split).glob("*/*.wav")):
-        if wav.stem not in text:
-            no_text += 1  # AISHELL-1 ships some audio without transcripts: counted, not imported
+        if wav.stem not in text:  # AISHELL-1 ships some audio without transcripts: counted, not imported
+            skips.add("no_transcript", f"{wav}: no line in {transcript.name}; skipped")
             continue
         records.append(Record(wav.stem, str(wav), text[wav.stem], "zh", wav.parent.name))
-    if no_text:
-        log.warning("%s/%s: %d wav files have no transcript line; skipped", root, split, no_text)
     return records
 
 
@@ -215,12 +216,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not a.input.exists():
         p.error(f"{a.input} does not exist")
     try:
-        records = {"jsonl": lambda: read_jsonl(a.input), "kaldi": lambda: read_kaldi(a.input),
+        skips = SkipCounter()
+        records = {"jsonl": lambda: read_jsonl(a.input), "kaldi": lambda: read_kaldi(a.input, skips),
                    "librispeech": lambda: read_librispeech(a.input),
-                   "aishell": lambda: read_aishell(a.input, a.split)}[a.format]()
+                   "aishell": lambda: read_aishell(a.input, a.split, skips)}[a.format]()
         source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")
         index = prepare(records, a.out, source=source, shard_size=a.shard_size, num_workers=a.workers,
-                        max_duration=a.max_duration)
+                        max_duration=a.max_duration, pre_skipped=dict(skips))
     except ManifestError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
