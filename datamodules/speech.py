@@ -119,8 +119,9 @@ class SpeechDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test dir, each read exactly once."""
-        return [self._loader(d, f"test_dirs[{i}]", train=False) for i, d in enumerate(self.test_dirs)] or \
-            [self._loader(None, "test_dirs", train=False)]
+        if not self.test_dirs:
+            raise ValueError("data.test_dirs is not set; give a list of shard dirs (index.json + shard-*.tar)")
+        return [self._loader(d, f"test_dirs[{i}]", train=False) for i, d in enumerate(self.test_dirs)]
 
     def account(self, batch: dict) -> dict:
         """Move the batch's skipped-sample counts into `data_counts`, warning once per kind."""

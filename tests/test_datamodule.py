@@ -195,3 +195,14 @@ def test_each_training_epoch_draws_a_new_stream(tiny_corpus):
     loader = dm.train_dataloader()
     epochs = [[k for b in loader for k in b["keys"]] for _ in range(2)]  # the same loader, as Lightning reuses it
     assert epochs[0] and epochs[1] and epochs[0] != epochs[1]
+
+
+def test_test_loaders_one_per_dir(tiny_corpus):
+    dm = SpeechDataModule(synthetic={"root": str(tiny_corpus), "utterances": 60, "seed": 7}, num_workers=0)
+    loaders = dm.test_dataloader()
+    assert len(loaders) == 3  # test, test_unseen_voice, nonspeech
+    nonspeech = [b for b in loaders[2]]
+    assert nonspeech and all(lang == "none" and text == "" for b in nonspeech for lang, text in zip(b["language"], b["text"]))
+    assert all(int(b["phone_lens"].max()) == 0 for b in nonspeech)
+    with pytest.raises(ValueError, match="data.test_dirs is not set"):
+        SpeechDataModule(val_dir=str(tiny_corpus / "dev"), num_workers=0).test_dataloader()
