@@ -169,13 +169,14 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path):
         {"audio": "long.wav", "text": "too long", "id": "long"},
         {"audio": "corrupt.flac", "text": "broken", "id": "corrupt"},
         {"audio": "ok.wav", "text": "  ", "id": "empty"},
+        {"audio": "ok.wav", "text": "", "id": "empty_zh", "language": "zh"},  # a language does not excuse it
     ]
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     out = tmp_path / "out"
     index = prepare(read_jsonl(m), out, source="jsonl", max_duration=3.0, num_workers=1)
     assert index["utterances"] == 2
-    assert index["skipped"] == {"corrupt_audio": 1, "empty_text": 1, "resampled": 1, "too_long": 1}
+    assert index["skipped"] == {"corrupt_audio": 1, "empty_text": 2, "resampled": 1, "too_long": 1}
     assert set(read_shards(out)) == {"ok", "ok2"}
 
 

@@ -83,13 +83,17 @@ class Utterance:
         }
 
 
+_WARNED: set[str] = set()  # kinds already warned about in this process (counters are per shard)
+
+
 class SkipCounter(Counter):
-    """Counts skipped/adjusted inputs by kind, warning once per kind (never a silent drop)."""
+    """Counts skipped/adjusted inputs by kind, warning once per kind and process (never a silent drop)."""
 
     def add(self, kind: str, detail: str) -> None:
-        """Count one occurrence of `kind`; log a warning with `detail` the first time."""
-        if self[kind] == 0:
-            log.warning("%s: %s (further '%s' cases are counted, not logged)", kind, detail, kind)
+        """Count one occurrence of `kind`; log a warning with `detail` the first time in this process."""
+        if kind not in _WARNED:
+            _WARNED.add(kind)
+            log.warning("%s: %s (further '%s' cases are counted in index.json, not logged)", kind, detail, kind)
         self[kind] += 1
 
 
@@ -119,12 +123,12 @@ def prepare_utterance(
         skips.add("too_long", f"{key}: {duration:.1f} s > max_duration {max_duration} s; skipped")
         return None
     text = text.strip()
-    lang = language or detect_language(text)
-    if lang not in LANGUAGES:
-        raise ValueError(f"{key}: language {lang!r} is not one of {LANGUAGES}")
-    if lang == "none" and not allow_empty:
+    if not text and not allow_empty:  # checked before the language: a given "zh" does not excuse it
         skips.add("empty_text", f"{key}: empty transcript outside a non-speech set; skipped")
         return None
+    lang = (language or detect_language(text)) if text else "none"
+    if lang not in LANGUAGES:
+        raise ValueError(f"{key}: language {lang!r} is not one of {LANGUAGES}")
     return Utterance(safe_key(key), samples, text, lang, speaker, source, extra or {})
 
 
