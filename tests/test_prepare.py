@@ -208,3 +208,23 @@ def test_cmvn_matches_direct_computation(tmp_path):
     np.testing.assert_allclose(cmvn["mean"], feats.mean(0).numpy(), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(cmvn["std"], feats.std(0, unbiased=False).numpy(), rtol=1e-5, atol=1e-5)
     assert CMVNStats.from_json(cmvn).count == feats.shape[0]
+
+
+def test_fbank_floors_digital_silence_at_the_dither_level(tmp_path):
+    from entropy_asr.data.audio import FEATURE_VERSION, fbank_floor, load_cmvn
+
+    silence = fbank(np.zeros(16000, np.float32))
+    assert torch.equal(silence, fbank_floor().expand_as(silence))  # not log(eps) = -15.9
+    assert fbank_floor().min() > -5  # unit-variance noise on the int16 scale
+    loud = fbank(np.sin(np.arange(16000) / 3).astype(np.float32) * 0.5)
+    assert (loud >= fbank_floor()).all() and loud.max() > fbank_floor().max() + 5
+    stats = CMVNStats.zeros()
+    stats.add(loud)
+    d = stats.to_json()
+    assert d["feature"]["version"] == FEATURE_VERSION
+    (tmp_path / "cmvn.json").write_text(json.dumps(d))
+    load_cmvn(tmp_path / "cmvn.json")
+    d["feature"]["version"] = 1
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    with pytest.raises(ValueError, match="feature version 1.*rebuild the shard dir"):
+        load_cmvn(tmp_path / "old.json")

@@ -18,6 +18,9 @@ SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 80
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
+# Version of the feature definition; cmvn.json records it and load_cmvn refuses another one.
+# 2: log-Mel energies floored at the level of Kaldi's dither (see fbank_floor).
+FEATURE_VERSION = 2
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
@@ -65,24 +68,41 @@ def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
+_FLOOR: torch.Tensor | None = None
+
+
+def _kaldi_fbank(w: torch.Tensor, sr: int) -> torch.Tensor:
+    return kaldi.fbank(w, num_mel_bins=NUM_MEL_BINS, frame_length=FRAME_LENGTH_MS, frame_shift=FRAME_SHIFT_MS,
+                       dither=0.0, energy_floor=0.0, sample_frequency=float(sr))
+
+
+def fbank_floor() -> torch.Tensor:
+    """(80,) per-bin floor of the log-Mel energies: their mean on unit-variance white noise.
+
+    That is the noise Kaldi's default dither (1.0 on the int16 scale) adds. Without a floor,
+    digital silence (the synthetic corpus' padding, gaps in real recordings) gives log(eps) =
+    -15.9 in every bin, and the global CMVN, stretched over that gap, squeezes all speech into
+    about 0.2 standard deviations: phone CTC then barely learns. Flooring instead of dithering
+    keeps features deterministic. Computed once from a fixed-seed signal.
+    """
+    global _FLOOR
+    if _FLOOR is None:
+        noise = torch.randn(1, 10 * SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
+        _FLOOR = _kaldi_fbank(noise, SAMPLE_RATE).mean(0)
+    return _FLOOR
+
+
 def fbank(x: np.ndarray | torch.Tensor, sr: int = SAMPLE_RATE) -> torch.Tensor:
     """(T,) waveform in [-1, 1] -> (frames, 80) log-Mel filterbank, 25 ms window / 10 ms shift.
 
-    Kaldi-compatible (torchaudio.compliance.kaldi.fbank) on 16-bit scale samples, no dither, so
-    features and their CMVN statistics are deterministic.
+    Kaldi-compatible (torchaudio.compliance.kaldi.fbank) on 16-bit scale samples, no dither but
+    a per-bin floor at the dither's level (fbank_floor), so features and their CMVN statistics
+    are deterministic.
     """
     w = torch.as_tensor(x, dtype=torch.float32).reshape(1, -1) * 32768.0  # (1, T): Kaldi's int16 scale
     if w.shape[1] < int(sr * FRAME_LENGTH_MS / 1000):  # shorter than one window: zero frames
         return torch.zeros(0, NUM_MEL_BINS)
-    return kaldi.fbank(
-        w,
-        num_mel_bins=NUM_MEL_BINS,
-        frame_length=FRAME_LENGTH_MS,
-        frame_shift=FRAME_SHIFT_MS,
-        dither=0.0,
-        energy_floor=0.0,
-        sample_frequency=float(sr),
-    )
+    return torch.maximum(_kaldi_fbank(w, sr), fbank_floor())
 
 
 @dataclass
@@ -126,7 +146,7 @@ class CMVNStats:
             "sum_sq": self.sum_sq.tolist(),
             "mean": mean.tolist(),
             "std": std.tolist(),
-            "feature": {"type": "kaldi_fbank", "num_mel_bins": NUM_MEL_BINS,
+            "feature": {"type": "kaldi_fbank", "version": FEATURE_VERSION, "num_mel_bins": NUM_MEL_BINS,
                         "frame_length_ms": FRAME_LENGTH_MS, "frame_shift_ms": FRAME_SHIFT_MS,
                         "sample_rate": SAMPLE_RATE},
         }
@@ -141,13 +161,19 @@ def load_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Read cmvn.json -> (mean, 1/std) float32 tensors of shape (80,)."""
     path = Path(path)
     try:
-        stats = CMVNStats.from_json(json.loads(path.read_text()))
+        d = json.loads(path.read_text())
+        version = d.get("feature", {}).get("version", 1)
+        if version != FEATURE_VERSION:
+            raise ValueError(f"{path}: statistics of feature version {version}, but this code computes version "
+                             f"{FEATURE_VERSION} (log-Mel floored at the dither level); rebuild the shard dir "
+                             "(entropy_asr.data.prepare / entropy_asr.data.synthetic)")
+        stats = CMVNStats.from_json(d)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: CMVN statistics not found; shard dirs written by entropy_asr.data.prepare "
             "or entropy_asr.data.synthetic contain cmvn.json, or set cmvn to an existing file"
         ) from None
-    except (KeyError, ValueError) as e:
+    except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a valid cmvn.json ({e}); re-run entropy_asr.data.prepare") from None
     mean, std = stats.mean_std()
     return torch.from_numpy(mean).float(), torch.from_numpy(1.0 / std).float()

@@ -35,7 +35,7 @@ from entropy_asr.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: features floored at the dither level (audio.FEATURE_VERSION 2)
 SPLITS = ("train", "dev", "test", "test_unseen_voice", "nonspeech")
 # Share of the N utterances per split (nonspeech included); each split gets at least 2.
 SPLIT_SHARE = {"train": 0.78, "dev": 0.06, "test": 0.08, "test_unseen_voice": 0.06, "nonspeech": 0.02}
@@ -194,7 +194,8 @@ def default_cache_dir() -> Path:
 
 def corpus_dir(root: str | None = None, utterances: int = 2000, seed: int = 0, **_) -> Path:
     """`root`, or the cache dir named by the corpus settings."""
-    return Path(root) if root else default_cache_dir() / f"synthetic-n{utterances}-s{seed}"
+    # the version is in the name, so a cache built by older code is never mistaken for this one
+    return Path(root) if root else default_cache_dir() / f"synthetic-v{CORPUS_VERSION}-n{utterances}-s{seed}"
 
 
 def ensure_corpus(root: str | None = None, utterances: int = 2000, seed: int = 0, shard_size: int = 100,
