@@ -1,0 +1,61 @@
+"""Per-component exports (safetensors) that later stages and other runs read, strictly."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+
+def save_component(module: nn.Module, path: str | Path, component: str, meta: dict | None = None) -> Path:
+    """Write a module's state dict as safetensors (temp file + rename), tagged with its component name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"component": component, "meta": json.dumps(meta or {})})
+    os.replace(tmp, path)
+    return path
+
+
+def read_component_meta(path: str | Path) -> dict:
+    """The metadata stored with an export: {"component": ..., "meta": {...}}."""
+    with safe_open(str(path), framework="pt") as f:
+        md = f.metadata() or {}
+    return {"component": md.get("component"), "meta": json.loads(md.get("meta", "{}"))}
+
+
+def load_component(module: nn.Module, path: str | Path, component: str) -> None:
+    """Load an export into `module`, strictly: same component, same keys, same shapes, or an error saying which."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{component}: export {path} not found; point the stage's `init.{component}` at "
+                                f"the {component}.safetensors an earlier stage wrote (its export dir)")
+    stored = read_component_meta(path)["component"]
+    if stored not in (None, component):
+        raise ValueError(f"{path} holds component {stored!r}, not {component!r}; check `init.{component}`")
+    tensors: dict[str, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+            tensors[k] = f.get_tensor(k)
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    unexpected = sorted(set(tensors) - set(own))
+    shapes = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatch(es): " + "; ".join(shapes[:5]))
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
+        raise ValueError(f"{component}: {path} does not fit the configured {component} ("
+                         + "; ".join(parts) + f"); the {component} config must match the run that exported it")
+    module.load_state_dict(tensors, strict=True)

@@ -1,0 +1,143 @@
+"""The composed backbone: speech encoder -> (phone CTC head) and encoder -> adapter -> LLM.
+
+Each training stage uses a subset of the components (pretraining: encoder + CTC head; the
+LLM stages: encoder + adapter + LLM; the tiny LLM's text step: LLM only). Absent ones are None.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
+from entropy_asr.model.heads import Adapter, CTCHead
+from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
+from entropy_asr.model.prompt import (
+    DEFAULT_SYSTEM,
+    DEFAULT_USER,
+    SpeechPrompt,
+    build_train_inputs,
+    generate,
+    max_new_tokens_for,
+)
+from entropy_asr.model.tokenizer import load_tokenizer
+from entropy_asr.text import PHONES
+
+
+@dataclass
+class CTCHeadConfig:
+    """The phone CTC head: a 3-layer MLP over encoder frames."""
+
+    hidden_dim: int | None = None  # default: the encoder's width
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.hidden_dim is not None and self.hidden_dim < 1:
+            raise ValueError(f"ctc_head.hidden_dim must be positive or null, got {self.hidden_dim}")
+
+
+@dataclass
+class AdapterConfig:
+    """The adapter: stack k encoder frames (25 Hz -> 25/k Hz), then a 2-layer MLP to the LLM width."""
+
+    k: int = 4
+    hidden_dim: int | None = None  # default: the LLM's width
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
+
+
+@dataclass
+class PromptConfig:
+    """Chat prompt around the speech: METHOD.md's system and user turns; `<speech>` marks the audio.
+
+    system null or "" leaves the system turn out (the tiny configs do: on a CPU the prompt
+    would otherwise cost more LLM compute than the transcript).
+    """
+
+    system: str | None = DEFAULT_SYSTEM
+    user: str = DEFAULT_USER
+
+
+@dataclass
+class DecodeConfig:
+    """Generation: greedy (num_beams=1) or beam search, output length tied to the audio length."""
+
+    num_beams: int = 1
+    tokens_per_second: float = 8.0  # max new tokens per second of audio (see prompt.max_new_tokens_for)
+    min_new_tokens_cap: int = 8  # floor of that limit, for very short clips
+
+    def __post_init__(self):
+        if self.num_beams < 1:
+            raise ValueError(f"decode.num_beams must be >= 1, got {self.num_beams}")
+        if self.tokens_per_second <= 0:
+            raise ValueError(f"decode.tokens_per_second must be > 0, got {self.tokens_per_second}")
+
+
+class SpeechLLM(nn.Module):
+    """Encoder, CTC head, adapter and LLM with the prompt and tokenizer that go with them."""
+
+    def __init__(self, encoder: EncoderConfig | None = None, ctc_head: CTCHeadConfig | None = None,
+                 adapter: AdapterConfig | None = None, llm: LLMConfig | None = None,
+                 prompt: PromptConfig | None = None):
+        super().__init__()
+        if (ctc_head or adapter) and encoder is None:
+            raise ValueError("a CTC head or an adapter needs an encoder: set model.encoder")
+        if adapter is not None and llm is None:
+            raise ValueError("the adapter maps into an LLM: set model.llm")
+        self.encoder = ConformerEncoder(encoder) if encoder is not None else None
+        self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
+        if ctc_head is not None:
+            self.ctc_head = CTCHead(self.encoder.output_dim, len(PHONES), ctc_head.hidden_dim, ctc_head.dropout)
+        if llm is not None:
+            source = llm.tokenizer_name_or_path
+            if source is None:
+                raise ValueError("model.llm: set name_or_path (a hub name or an exported LLM dir) or tokenizer "
+                                 "(a tokenizer dir) for the tiny from-config LLM")
+            self.tokenizer = load_tokenizer(source)
+            self.llm = build_llm(llm, self.tokenizer)
+            p = prompt or PromptConfig()
+            self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user)
+        if adapter is not None:
+            width = self.llm.get_input_embeddings().embedding_dim
+            self.adapter = Adapter(self.encoder.output_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
+
+    def encode(self, feats: Tensor, feat_lens: Tensor, **chunk) -> tuple[Tensor, Tensor]:
+        """(B, T, 80) features at 100 Hz -> (B, T', D) encoder frames at 25 Hz and their lengths."""
+        return self.encoder(feats, feat_lens, **chunk)
+
+    def ctc_log_probs(self, frames: Tensor) -> Tensor:
+        """(B, T', D) -> (B, T', V) phone log-posteriors, float32 for a stable CTC loss."""
+        return F.log_softmax(self.ctc_head(frames).float(), dim=-1)
+
+    def speech_embeddings(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T, 80) -> (B, N, H) LLM-width speech tokens at 25/k Hz, and their counts."""
+        frames, lens = self.encode(feats, feat_lens)
+        speech, speech_lens = self.adapter(frames, lens)
+        return speech.to(self.llm.dtype), speech_lens
+
+    def _no_speech(self, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Zero speech tokens: the prompt with the audio removed (text-only LM step, H0)."""
+        width = self.llm.get_input_embeddings().embedding_dim
+        device = self.llm.get_input_embeddings().weight.device
+        return (torch.zeros(batch_size, 0, width, device=device, dtype=self.llm.dtype),
+                torch.zeros(batch_size, dtype=torch.long, device=device))
+
+    def lm_loss(self, speech: Tensor | None, speech_lens: Tensor | None, texts: list[str]) -> Tensor:
+        """Mean next-token cross-entropy over the transcript tokens and EOS (the prompt is masked)."""
+        if speech is None:
+            speech, speech_lens = self._no_speech(len(texts))
+        inputs = build_train_inputs(self.prompt, lambda ids: llm_embed(self.llm, ids), speech, speech_lens, texts)
+        return self.llm(**inputs).loss
+
+    @torch.no_grad()
+    def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig) -> list[str]:
+        """Batched generation: transcripts (text) of a batch of features."""
+        speech, speech_lens = self.speech_embeddings(feats, feat_lens)
+        limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.min_new_tokens_cap)
+        return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams)
