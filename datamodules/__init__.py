@@ -1,3 +1,4 @@
 from datamodules.speech import SpeechDataModule
+from datamodules.text import TextDataModule
 
-__all__ = ["SpeechDataModule"]
+__all__ = ["SpeechDataModule", "TextDataModule"]

@@ -88,7 +88,12 @@ class SpeechDataModule(L.LightningDataModule):
         return rank, world
 
     def setup(self, stage: str | None = None) -> None:
-        """Load CMVN statistics (read once, shared by every loader)."""
+        """Check the dirs the stage needs, then load CMVN statistics (read once, shared by every loader)."""
+        need = {"fit": ["train_dir", "val_dir"], "validate": ["val_dir"], "test": ["test_dirs"]}.get(stage or "", [])
+        for key in need:
+            if not getattr(self, key):
+                raise ValueError(f"data.init_args.{key} is not set: point it at a shard dir (index.json + "
+                                 "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set data.init_args.synthetic")
         path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
         if path is None:
             raise ValueError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")

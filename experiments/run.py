@@ -1,70 +1,92 @@
-"""The project's entry point: `python experiments/run.py --config experiments/tiny/data.yaml`.
+"""The project's entry point, on LightningCLI: `python experiments/run.py --config experiments/<stage>.yaml`.
 
-For now it runs the data side of the tiny default: builds the synthetic corpus into the cache
-when it is missing, streams training batches and one full validation pass, and prints what it
-saw. The training stages replace this body with the Lightning CLI.
+Any config key can be overridden on the command line (`--trainer.devices 8`,
+`--trainer.precision bf16-mixed`, `--model.init_args.optim.lr 1e-4`); OmegaConf interpolation
+works in the YAML. One run: fit (resuming from `--ckpt_path last` or a path), export the trained
+components, test on the datamodule's test sets, and write results.json into --run_dir, next to
+the resolved config (config.yaml), the checkpoints and the logs.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 from pathlib import Path
 
-import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
-from datamodules import SpeechDataModule
-from entropy_asr.data.augment import AugmentConfig
-from entropy_asr.data.pipeline import BatchConfig
+from entropy_asr.data.shards import atomic_write_json
 
-
-def build_datamodule(cfg: dict) -> SpeechDataModule:
-    """SpeechDataModule from the `data` section of a config (nested dataclasses built here)."""
-    data = dict(cfg.get("data") or {})
-    if not data:
-        raise ValueError("config has no `data` section")
-    if "batch" in data:
-        data["batch"] = BatchConfig(**data["batch"])
-    if "augment" in data:
-        data["augment"] = AugmentConfig(**data["augment"])
-    return SpeechDataModule(**data)
+log = logging.getLogger("entropy_asr.run")
 
 
-def run(cfg: dict) -> dict:
-    """Prepare the data, stream `stream.train_batches` training batches and a full validation pass."""
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    n_train = int(cfg.get("stream", {}).get("train_batches", 20))
-    out: dict = {}
-    for name, loader, limit in (("train", dm.train_dataloader(), n_train), ("val", dm.val_dataloader(), None)):
-        t0, batches, utts, audio, shape = time.perf_counter(), 0, 0, 0.0, None
-        for batch in loader:
-            batch = dm.account(batch)
-            shape = shape or {k: list(batch[k].shape) for k in ("feats", "feat_lens", "phones", "phone_lens")}
-            batches, utts, audio = batches + 1, utts + len(batch["keys"]), audio + float(batch["durations"].sum())
-            if limit and batches >= limit:
-                break
-        wall = time.perf_counter() - t0
-        out[name] = {"batches": batches, "utterances": utts, "audio_seconds": round(audio, 1),
-                     "wall_seconds": round(wall, 2), "first_batch": shape}
-        print(f"{name}: {batches} batches, {utts} utterances, {audio:.0f} s of audio in {wall:.1f} s; "
-              f"first batch {shape}")
-    print(f"example: {batch['keys'][0]} [{batch['language'][0]}] {batch['text'][0]!r}")
-    out["data_counts"] = dict(dm.data_counts)
-    return out
+class EntropyCLI(LightningCLI):
+    """LightningCLI plus --run_dir (logs, checkpoints, exports, results), checkpointing defaults and --test."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--run_dir", type=str, required=True,
+                            help="directory of this run: config.yaml, checkpoints/, export/, logs, results.json")
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="resume from this Lightning checkpoint; 'last' = run_dir/checkpoints/last.ckpt")
+        parser.add_argument("--test", type=bool, default=True, help="test after training (if the data has test sets)")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
+                             "checkpoint.every_n_train_steps": 500})
+        parser.link_arguments("run_dir", "trainer.default_root_dir")
+        parser.link_arguments("run_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints"))
+
+    def instantiate_trainer(self, **kwargs):
+        logger = self._get(self.config_init, "trainer", default={}).get("logger")
+        if logger is None or logger is True:  # default: metrics.csv straight in the run dir
+            kwargs["logger"] = CSVLogger(self._get(self.config, "run_dir"), name="", version="")
+        return super().instantiate_trainer(**kwargs)
+
+
+def build_cli(args: list[str] | None = None) -> EntropyCLI:
+    """Parse a config and the overrides, and instantiate model, datamodule and trainer (nothing runs)."""
+    return EntropyCLI(
+        args=args,
+        run=False,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"use_distributed_sampler": False},  # the WebDataset pipeline splits shards itself
+        seed_everything_default=0,
+        auto_configure_optimizers=False,
+    )
+
+
+def run(args: list[str] | None = None) -> dict:
+    """Fit, export, test; returns (and writes to run_dir/results.json) what it measured."""
+    cli = build_cli(args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    run_dir = Path(cli.config["run_dir"])
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config["ckpt_path"])
+    fit_seconds = time.perf_counter() - t0
+    results: dict = {"stage": getattr(model, "stage", type(model).__name__), "run_dir": str(run_dir),
+                     "global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1),
+                     "skipped_batches": int(getattr(model, "bad_total", 0)),
+                     "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}}
+    if getattr(model, "swaps", None) is not None:
+        results["encoder_swaps"] = list(model.swaps)
+    if cli.config["test"] and getattr(data, "test_dirs", None) and not trainer.fast_dev_run:
+        trainer.test(model, datamodule=data, verbose=False)  # the pipeline prints its own table
+        results["test"] = dict(model.test_results)
+    if trainer.is_global_zero and not trainer.fast_dev_run:
+        atomic_write_json(run_dir / "results.json", results)
+    return results
 
 
 def main() -> None:
-    """CLI: --config YAML."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", type=Path, required=True)
-    a = p.parse_args()
+    """CLI entry: prints the results as one JSON line last."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    result = run(yaml.safe_load(a.config.read_text()))
-    print(json.dumps(result))
+    results = run()
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,9 @@
+"""One base LightningModule and one thin subclass per training stage."""
+
+from lightning_modules.base import OptimConfig, SpeechLLMModule
+from lightning_modules.pretrain_ctc import PretrainCTC
+from lightning_modules.pretrain_lm import PretrainLM
+from lightning_modules.sft import IASFT, Align, JointSFT, Snapshot, SpeechSFT
+
+__all__ = ["IASFT", "Align", "JointSFT", "OptimConfig", "PretrainCTC", "PretrainLM", "Snapshot", "SpeechLLMModule",
+           "SpeechSFT"]

@@ -26,6 +26,7 @@ class AugmentConfig:
     spec_time_masks: int = 2
     spec_time_width: int = 40  # max width (frames) of each time mask
     spec_time_max_ratio: float = 0.2  # a time mask never covers more than this share of frames
+    views: int = 1  # 2: a second, independently SpecAugmented view of each utterance (CR-CTC), as feats2
 
     def __post_init__(self):
         for f in self.speed_factors:
@@ -37,6 +38,8 @@ class AugmentConfig:
                      "spec_time_masks", "spec_time_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if self.views not in (1, 2):
+            raise ValueError(f"augment.views must be 1 or 2 (2 for consistency-regularized CTC), got {self.views}")
         if not 0.0 <= self.spec_time_max_ratio <= 1.0:
             raise ValueError(f"augment.spec_time_max_ratio must be in [0, 1], got {self.spec_time_max_ratio}")
 

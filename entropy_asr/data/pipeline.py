@@ -165,11 +165,15 @@ class Featurizer:
         if self.augment is not None:
             x = augment_waveform(x, self.augment, self._rng())
         feats = (fbank(x) - self.mean) * self.inv_std  # (T, 80): global CMVN
+        views = {}
         if self.augment is not None:
+            if self.augment.views == 2:  # CR-CTC: same waveform, two independent SpecAugment masks
+                views["feats2"] = spec_augment(feats, self.augment, self._rng())
             feats = spec_augment(feats, self.augment, self._rng())
         return {
             "key": key,
             "feats": feats,
+            **views,
             "phones": torch.tensor(phones_to_ids(phones), dtype=torch.long),
             "text": text,
             "norm_text": meta.get("norm_text", ""),
@@ -187,19 +191,21 @@ class Featurizer:
 def collate(samples: list[dict], counts: dict | None = None) -> dict:
     """Pad a list of featurized samples into a batch.
 
-    feats (B, T, 80) zero-padded, feat_lens (B,), phones (B, S) padded with 0 (= <blank>, never
+    feats (B, T, 80) zero-padded (and feats2, the second view, with augment.views 2), feat_lens (B,), phones (B, S) padded with 0 (= <blank>, never
     a target; use phone_lens), phone_lens (B,), and lists text / norm_text / language / keys.
     """
     B = len(samples)
     feat_lens = torch.tensor([s["feats"].shape[0] for s in samples], dtype=torch.long)
     phone_lens = torch.tensor([s["phones"].shape[0] for s in samples], dtype=torch.long)
-    feats = torch.zeros(B, int(feat_lens.max()), samples[0]["feats"].shape[1])
+    views = ["feats"] + (["feats2"] if "feats2" in samples[0] else [])
+    padded = {v: torch.zeros(B, int(feat_lens.max()), samples[0]["feats"].shape[1]) for v in views}
     phones = torch.zeros(B, max(1, int(phone_lens.max())), dtype=torch.long)
     for i, s in enumerate(samples):
-        feats[i, : feat_lens[i]] = s["feats"]
+        for v in views:
+            padded[v][i, : feat_lens[i]] = s[v]
         phones[i, : phone_lens[i]] = s["phones"]
     return {
-        "feats": feats,
+        **padded,
         "feat_lens": feat_lens,
         "phones": phones,
         "phone_lens": phone_lens,

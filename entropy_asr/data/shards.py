@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import re
+import tarfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -309,3 +310,14 @@ def read_index(data_dir: str | Path) -> dict:
     if missing:
         raise FileNotFoundError(f"{data_dir}: index.json lists shards that are missing: {missing[:5]}")
     return index
+
+
+def read_transcripts(data_dir: str | Path) -> list[dict]:
+    """Every utterance's metadata (text, language, ...) of a shard dir, without decoding audio."""
+    out = []
+    for s in read_index(data_dir)["shards"]:
+        with tarfile.open(Path(data_dir) / s["name"]) as tar:
+            for member in tar:
+                if member.name.endswith(".json"):
+                    out.append(json.loads(tar.extractfile(member).read()))
+    return out

@@ -1,0 +1,1 @@
+"""Metrics: error rates now; entropy-allocation metrics (CKA, NSE, PAI, CSAI) join here."""

@@ -1,0 +1,104 @@
+"""Error rates for the test table and validation: CER (Mandarin), WER (English), MER (mixed), PER (phones).
+
+Scoring units follow entropy_asr.text.tokenize_for_scoring: every Han character is one unit and
+every non-Han word is one, so Mandarin scores as CER, English as WER, and code-switched text as
+the mixed error rate (MER) that Mandarin-English benchmarks report. Both sides are normalized
+with the same normalize_text before scoring.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchaudio.functional import edit_distance
+from torchmetrics import Metric
+
+from entropy_asr.text import normalize_text, tokenize_for_scoring
+
+GROUPS = ("zh", "en", "mix", "none")  # "none": non-speech input, where any output is an insertion
+UNIT = {"zh": "cer", "en": "wer", "mix": "mer"}
+
+
+def score_units(text: str, language: str) -> list[str]:
+    """Normalized scoring units of a transcript or hypothesis, read as `language`."""
+    return tokenize_for_scoring(normalize_text(text, language if language in UNIT else None))
+
+
+class ErrorRates(Metric):
+    """Edit-distance error rates per language, summed over utterances (and ranks) before dividing.
+
+    update(hyps, refs, languages); compute() -> {"cer_zh": .., "wer_en": .., "mer_mix": ..,
+    "nonempty_none": share of non-speech inputs that got any output}, only for groups seen.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        n = len(GROUPS)
+        self.add_state("errors", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("units", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("utts", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("nonempty", torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, hyps: list[str], refs: list[str], languages: list[str]) -> None:
+        if not len(hyps) == len(refs) == len(languages):
+            raise ValueError(f"hyps/refs/languages differ in length: {len(hyps)}/{len(refs)}/{len(languages)}")
+        for hyp, ref, lang in zip(hyps, refs, languages):
+            if lang not in GROUPS:
+                raise ValueError(f"language {lang!r} is not one of {GROUPS}")
+            g = GROUPS.index(lang)
+            h, r = score_units(hyp, lang), score_units(ref, lang)
+            self.errors[g] += edit_distance(r, h)
+            self.units[g] += len(r)
+            self.utts[g] += 1
+            self.nonempty[g] += bool(h)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for g, lang in enumerate(GROUPS):
+            if self.utts[g] == 0:
+                continue
+            if lang in UNIT:
+                out[f"{UNIT[lang]}_{lang}"] = (self.errors[g] / self.units[g].clamp(min=1)).float()
+            else:  # non-speech input: the share of clips that got any text at all
+                out[f"nonempty_{lang}"] = (self.nonempty[g] / self.utts[g]).float()
+        return out
+
+
+class PhoneErrorRate(Metric):
+    """PER: summed phone edit distance over summed reference phones (ids, blank-free).
+
+    compute() -> {"per": ...}; on input with no reference phones at all (non-speech clips)
+    -> {"phones_per_clip": ...}, the phones emitted where there is nothing to say.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.add_state("errors", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("units", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("utts", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, hyps: list[list[int]], refs: list[list[int]]) -> None:
+        for h, r in zip(hyps, refs, strict=True):
+            self.errors += edit_distance(r, h)
+            self.units += len(r)
+            self.utts += 1
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        if self.units > 0:
+            return {"per": (self.errors / self.units).float()}
+        return {"phones_per_clip": (self.errors / self.utts.clamp(min=1)).float()}
+
+
+def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> list[list[int]]:
+    """Best-path CTC decoding: argmax per frame, merge repeats, drop blanks. log_probs (B, T, V)."""
+    best = log_probs.argmax(-1)  # (B, T)
+    out = []
+    for b in range(best.shape[0]):
+        seq = best[b, : int(lens[b])]
+        keep = torch.ones_like(seq, dtype=torch.bool)
+        keep[1:] = seq[1:] != seq[:-1]
+        out.append([int(t) for t in seq[keep & (seq != blank)]])
+    return out

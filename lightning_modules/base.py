@@ -1,0 +1,312 @@
+"""The one base LightningModule: builds the backbone, freezes by pattern, optimizes, skips bad
+steps, validates/tests, and exports components. Each stage is a thin subclass (its own step)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from entropy_asr.metrics.error_rate import ErrorRates
+from entropy_asr.model.encoder import EncoderConfig
+from entropy_asr.model.export import load_component, save_component
+from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.params import (
+    count_parameters,
+    format_parameter_report,
+    fully_frozen,
+    set_trainable,
+)
+from entropy_asr.model.speech_llm import (
+    AdapterConfig,
+    CTCHeadConfig,
+    DecodeConfig,
+    PromptConfig,
+    SpeechLLM,
+)
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("encoder", "ctc_head", "adapter", "llm")
+FILE_COMPONENTS = ("encoder", "ctc_head", "adapter")  # exported as <name>.safetensors; the LLM as an HF dir
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then cosine decay to min_lr_ratio * lr (METHOD.md: Adam, cosine, warm-up)."""
+
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.01
+
+    def __post_init__(self):
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up over `warmup` steps, then cosine from 1 to min_ratio at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class SpeechLLMModule(L.LightningModule):
+    """Shared wiring of every stage; subclasses set `components`, `default_trainable` and `model_step`.
+
+    Args:
+        encoder / ctc_head / adapter / llm / prompt: component configs; a stage must get exactly
+            the components it uses (`components`), and gets an error naming any other.
+        init: {component: export} to start from, e.g. {"encoder": ".../export/encoder.safetensors"}
+            (the LLM starts from `llm.name_or_path`, which may be an exported LLM dir).
+        trainable: glob patterns over parameter names (e.g. "adapter.*"); default: the stage's own.
+        optim: AdamW + schedule. decode: generation for validation/test.
+        max_bad_steps: stop after this many consecutive non-finite losses (each is skipped and counted).
+        export_dir: where exports go; default <run dir>/export.
+    """
+
+    components: tuple[str, ...] = ()
+    default_trainable: tuple[str, ...] = ()
+    stage: str = "base"
+
+    def __init__(
+        self,
+        encoder: EncoderConfig | None = None,
+        ctc_head: CTCHeadConfig | None = None,
+        adapter: AdapterConfig | None = None,
+        llm: LLMConfig | None = None,
+        prompt: PromptConfig | None = None,
+        init: dict[str, str] | None = None,
+        trainable: list[str] | None = None,
+        optim: OptimConfig | None = None,
+        decode: DecodeConfig | None = None,
+        max_bad_steps: int = 20,
+        export_dir: str | None = None,
+    ):
+        super().__init__()
+        given = {"encoder": encoder, "ctc_head": ctc_head, "adapter": adapter, "llm": llm}
+        extra = [c for c, v in given.items() if v is not None and c not in self.components]
+        missing = [c for c in self.components if given[c] is None]
+        if extra:
+            raise ValueError(f"{type(self).__name__} does not use model.{extra[0]}; remove it from the config "
+                             f"(this stage uses {list(self.components)})")
+        if missing:
+            raise ValueError(f"{type(self).__name__} needs model.{missing[0]}; add it to the config")
+        unknown = sorted(set(init or {}) - set(COMPONENTS))
+        if unknown:
+            raise ValueError(f"model.init has unknown component(s) {unknown}; use {list(COMPONENTS)}")
+        if "llm" in (init or {}):
+            raise ValueError("model.init.llm: start the LLM from an exported dir with model.llm.name_or_path instead")
+        if max_bad_steps < 1:
+            raise ValueError(f"model.max_bad_steps must be >= 1, got {max_bad_steps}")
+        self.configs = {**given, "prompt": prompt or PromptConfig()}
+        self.init_from = dict(init or {})
+        self.trainable_patterns = list(trainable) if trainable is not None else list(self.default_trainable)
+        if trainable is None and llm is not None and llm.lora:  # LoRA: the LLM trains through its adapters only
+            self.trainable_patterns = ["llm.*lora_*" if p == "llm.*" else p for p in self.trainable_patterns]
+        self.optim = optim or OptimConfig()
+        self.decode = decode or DecodeConfig()
+        self.max_bad_steps, self.export_dir_arg = max_bad_steps, export_dir
+        self.net: SpeechLLM | None = None
+        self.bad_in_row = 0
+        self.bad_total = 0
+        self.val_rates = ErrorRates()
+        self.test_rates = torch.nn.ModuleList()
+        self.test_results: dict[str, dict[str, float]] = {}
+
+    # ---- building --------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        """Build the backbone once, load its starting exports strictly, and apply the trainable patterns."""
+        if self.net is not None:
+            return
+        c = self.configs
+        self.net = SpeechLLM(c["encoder"], c["ctc_head"], c["adapter"], c["llm"], c["prompt"])
+        for component, path in self.init_from.items():
+            load_component(getattr(self.net, component), path, component)
+            log.info("%s: loaded %s from %s", self.stage, component, path)
+        set_trainable(self.net, self.trainable_patterns, where="model.trainable")
+        self.train(self.training)  # re-apply eval mode to frozen components
+
+    def train(self, mode: bool = True):
+        """Frozen components stay in eval mode (no dropout, no norm-statistics updates)."""
+        super().train(mode)
+        if mode and self.net is not None:
+            for name in COMPONENTS:
+                module = getattr(self.net, name)
+                if module is not None and fully_frozen(module):
+                    module.eval()
+        return self
+
+    def on_fit_start(self) -> None:
+        report = format_parameter_report(count_parameters(self.net))
+        self.print(f"[{self.stage}] parameters (trainable / total):\n{report}")
+        for name, source in self.init_from.items():
+            self.print(f"[{self.stage}] {name} <- {source}")
+
+    def configure_optimizers(self):
+        params = [p for p in self.net.parameters() if p.requires_grad]  # frozen ones never reach AdamW
+        if not params:
+            raise ValueError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
+        decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norm gains
+        no_decay = [p for p in params if p.ndim < 2]
+        o = self.optim
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, min(o.warmup_steps, total // 2), total, o.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ---- steps -----------------------------------------------------------------------------
+    def model_step(self, batch: dict) -> torch.Tensor:
+        """The stage's training loss for one batch."""
+        raise NotImplementedError
+
+    def batch_size(self, batch: dict) -> int:
+        return len(batch["text"])
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss = self.model_step(batch)
+        finite = torch.isfinite(loss.detach()).float()
+        if self.trainer.world_size > 1:  # every rank skips together, or DDP would wait on a missing backward
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if finite.item() < 1:
+            self.bad_in_row += 1
+            self.bad_total += 1
+            log.warning("%s: non-finite loss at step %d; batch skipped (%d in a row, %d in all)",
+                        self.stage, self.global_step, self.bad_in_row, self.bad_total)
+            if self.bad_in_row >= self.max_bad_steps:
+                raise RuntimeError(
+                    f"{self.stage}: {self.bad_in_row} consecutive batches had a NaN/inf loss (last at step "
+                    f"{self.global_step}); training stopped. Lower optim.lr, raise optim.warmup_steps, check the "
+                    f"data, or try trainer.precision=32 / gradient_clip_val")
+            return None
+        self.bad_in_row = 0
+        bs = self.batch_size(batch)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        self.log("train/skipped_batches", float(self.bad_total), batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss = self.model_step(batch)
+        self.log("val/loss", loss, prog_bar=True, batch_size=self.batch_size(batch), sync_dist=True)
+        self.evaluate_batch(batch, self.val_rates)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_rates(self.val_rates, "val")
+
+    def evaluate_batch(self, batch: dict, rates) -> None:
+        """Decode a batch and add it to `rates` (stage-specific; default: generated transcripts)."""
+        hyps = self.net.transcribe(batch["feats"], batch["feat_lens"], batch["durations"].tolist(), self.decode)
+        rates.update(hyps, batch["text"], batch["language"])
+
+    def _log_rates(self, rates, prefix: str) -> dict[str, float]:
+        if not rates.update_called:
+            return {}
+        values = {k: float(v) for k, v in rates.compute().items()}
+        for k, v in values.items():
+            # compute() already reduced across ranks (torchmetrics), so no sync_dist here
+            self.log(f"{prefix}/{k}", v, prog_bar=k.startswith(("cer", "wer", "per")), sync_dist=False)
+        rates.reset()
+        return values
+
+    def on_test_start(self) -> None:
+        n = len(self.trainer.test_dataloaders) if isinstance(self.trainer.test_dataloaders, list) else 1
+        self.test_rates = torch.nn.ModuleList([type(self.val_rates)() for _ in range(n)]).to(self.device)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.evaluate_batch(batch, self.test_rates[dataloader_idx])
+
+    def on_test_epoch_end(self) -> None:
+        names = self.test_set_names()
+        for i, rates in enumerate(self.test_rates):
+            self.test_results[names[i]] = self._log_rates(rates, f"test/{names[i]}")
+
+    def test_set_names(self) -> list[str]:
+        dirs = getattr(self.trainer.datamodule, "test_dirs", None) or []
+        names = [Path(d).name for d in dirs]
+        return names if len(names) == len(self.test_rates) else [f"test{i}" for i in range(len(self.test_rates))]
+
+    # ---- resume state ----------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["entropy_asr"] = {"bad_total": self.bad_total, "bad_in_row": self.bad_in_row}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("entropy_asr", {})
+        self.bad_total, self.bad_in_row = state.get("bad_total", 0), state.get("bad_in_row", 0)
+
+    # ---- exports ---------------------------------------------------------------------------
+    @property
+    def export_dir(self) -> Path:
+        if self.export_dir_arg:
+            return Path(self.export_dir_arg)
+        return Path(self.trainer.default_root_dir) / "export"
+
+    def exported_components(self) -> list[str]:
+        """Components this stage writes: the ones that trained."""
+        return [c for c in COMPONENTS if getattr(self.net, c) is not None and not fully_frozen(getattr(self.net, c))]
+
+    def export_meta(self, component: str) -> dict:
+        """What an export records besides its weights: the stage, the step and the component's config."""
+        cfg = self.configs[component]
+        return {"stage": self.stage, "step": int(self.global_step), "config": asdict(cfg) if cfg else {}}
+
+    def on_train_end(self) -> None:
+        self.export(self.export_dir, final=True)
+
+    @rank_zero_only
+    def export(self, out: str | Path, components: list[str] | None = None, final: bool = False) -> dict[str, str]:
+        """Write each component (safetensors; the LLM as a Hugging Face dir with its tokenizer)."""
+        out = Path(out)
+        written = {}
+        for c in components or self.exported_components():
+            module = getattr(self.net, c)
+            if c in FILE_COMPONENTS:
+                written[c] = str(save_component(module, out / f"{c}.safetensors", c, self.export_meta(c)))
+            else:
+                written[c] = str(self._export_llm(out / "llm", final))
+        self.print(f"[{self.stage}] exported {sorted(written)} to {out}")
+        return written
+
+    def _export_llm(self, path: Path, final: bool) -> Path:
+        """The LLM as a Hugging Face dir with its tokenizer (what `llm.name_or_path` loads).
+
+        With LoRA, the adapter alone goes to llm_lora/; at the end of training (final) the
+        adapter is also merged into the weights, in place, and the merged model goes to llm/.
+        """
+        if hasattr(self.net.llm, "merge_and_unload"):  # a peft model
+            lora = self._save_dir(path.with_name("llm_lora"), self.net.llm.save_pretrained)
+            if not final:
+                return lora
+            self.net.llm = self.net.llm.merge_and_unload()
+        return self._save_dir(path, self.net.llm.save_pretrained)
+
+    def _save_dir(self, path: Path, save) -> Path:
+        """save(tmp) into a temp dir, then swap it in (a reader never sees a half-written dir)."""
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(tmp, safe_serialization=True)
+        self.net.tokenizer.save_pretrained(tmp)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+        return path

@@ -1,0 +1,97 @@
+"""Stage 1: encoder pretraining with phone CTC (optionally consistency-regularized CTC)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_only
+
+from entropy_asr.metrics.error_rate import PhoneErrorRate, ctc_greedy
+from entropy_asr.model.export import save_component
+from lightning_modules.base import SpeechLLMModule
+
+
+def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor, phone_lens: torch.Tensor) -> torch.Tensor:
+    """CTC summed over the batch, divided by the batch size; log_probs (B, T, V), blank = 0.
+
+    Impossible alignments (fewer frames than the label needs) give 0 instead of inf, so one
+    unusable utterance does not poison the batch.
+    """
+    loss = F.ctc_loss(log_probs.transpose(0, 1), phones, lens, phone_lens, blank=0, reduction="sum",
+                      zero_infinity=True)
+    return loss / log_probs.shape[0]
+
+
+def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """CR-CTC's consistency term (Yao et al. 2024, eq. 2): KL(p || sg q) + KL(q || sg p) over valid frames, / B.
+
+    Each view's posteriors are the (stop-gradient) target of the other.
+    """
+    valid = torch.arange(log_p.shape[1], device=lens.device)[None, :] < lens[:, None]  # (B, T)
+    kl_pq = F.kl_div(log_q, log_p.detach(), log_target=True, reduction="none").sum(-1)  # KL(p || q), grad to q
+    kl_qp = F.kl_div(log_p, log_q.detach(), log_target=True, reduction="none").sum(-1)  # KL(q || p), grad to p
+    return ((kl_pq + kl_qp) * valid).sum() / log_p.shape[0]
+
+
+class PretrainCTC(SpeechLLMModule):
+    """Encoder + phone CTC head; validation reports the phone error rate (val/per).
+
+    Args:
+        consistency_weight: > 0 turns on CR-CTC: the batch must carry two augmented views
+            (data.augment.views: 2); loss = mean CTC of both views + weight * symmetric KL.
+        snapshot_steps: export the encoder at these global steps to export/snapshots/ (the encoder
+            snapshots that alignment and IA-SFT start from until the CKA trigger exports them).
+    """
+
+    components = ("encoder", "ctc_head")
+    default_trainable = ("encoder.*", "ctc_head.*")
+    stage = "pretrain_ctc"
+
+    def __init__(self, *, consistency_weight: float = 0.0, snapshot_steps: list[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if consistency_weight < 0:
+            raise ValueError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
+        self.consistency_weight = consistency_weight
+        self.snapshot_steps = sorted(snapshot_steps or [])
+        self.val_rates = PhoneErrorRate()
+        self._last_snapshot = -1
+
+    def model_step(self, batch: dict) -> torch.Tensor:
+        feats, lens = batch["feats"], batch["feat_lens"]
+        two_views = self.training and self.consistency_weight > 0
+        if two_views:
+            if "feats2" not in batch:
+                raise ValueError("model.consistency_weight > 0 needs two augmented views per utterance: "
+                                 "set data.augment.views: 2")
+            feats = torch.cat([feats, batch["feats2"]])  # (2B, T, 80): one forward for both views
+            lens = torch.cat([lens, lens])
+        frames, frame_lens = self.net.encode(feats, lens)
+        log_probs = self.net.ctc_log_probs(frames)
+        if not two_views:
+            return ctc_loss(log_probs, frame_lens, batch["phones"], batch["phone_lens"])
+        B = batch["feats"].shape[0]
+        phones, phone_lens = torch.cat([batch["phones"]] * 2), torch.cat([batch["phone_lens"]] * 2)
+        ctc = ctc_loss(log_probs, frame_lens, phones, phone_lens) / 2  # sum over 2B / 2B = mean per view
+        kl = symmetric_kl(log_probs[:B], log_probs[B:], frame_lens[:B])
+        self.log("train/ctc", ctc.detach(), batch_size=B)
+        self.log("train/consistency", kl.detach(), batch_size=B)
+        return ctc + self.consistency_weight * kl
+
+    def evaluate_batch(self, batch: dict, rates) -> None:
+        frames, frame_lens = self.net.encode(batch["feats"], batch["feat_lens"])
+        hyps = ctc_greedy(self.net.ctc_log_probs(frames), frame_lens)
+        refs = [batch["phones"][i, : int(n)].tolist() for i, n in enumerate(batch["phone_lens"])]
+        rates.update(hyps, refs)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        step = self.global_step  # already counts the optimizer step this batch made
+        if step in self.snapshot_steps and step != self._last_snapshot:
+            self._last_snapshot = step
+            self.export_snapshot()
+
+    @rank_zero_only
+    def export_snapshot(self) -> None:
+        """Export the current encoder as export/snapshots/encoder-step<N>.safetensors."""
+        path = self.export_dir / "snapshots" / f"encoder-step{self.global_step:08d}.safetensors"
+        save_component(self.net.encoder, path, "encoder", self.export_meta("encoder"))
+        self.print(f"[{self.stage}] encoder snapshot -> {path}")

@@ -1,0 +1,297 @@
+"""The training stages: configs through experiments/run.py, trainable sets, hand-offs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, ctc_greedy
+from entropy_asr.model.encoder import EncoderConfig
+from entropy_asr.model.export import load_component, save_component
+from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, DecodeConfig
+from experiments.run import build_cli, run
+from lightning_modules import IASFT, Align, JointSFT, PretrainCTC, Snapshot
+from lightning_modules.base import warmup_cosine
+from lightning_modules.pretrain_ctc import symmetric_kl
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "experiments" / "tiny"
+ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
+SMALL_LLM = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "head_dim": 16, "intermediate_size": 64}
+
+
+def common(corpus: Path) -> list[str]:
+    """Overrides that point a tiny config at the session's corpus and keep it quick."""
+    syn = json.dumps({"root": str(corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    return ["--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def small_models(stage: str) -> list[str]:
+    """Shrink the tiny configs' models further (the configs' own sizes run in the slow pipeline test)."""
+    args = []
+    if stage != "pretrain_lm":
+        args += ["--model.init_args.encoder", json.dumps(ENC)]
+    if stage == "pretrain_lm":
+        args += ["--model.init_args.llm.tiny", json.dumps(SMALL_LLM), "--model.init_args.tokenizer_vocab_size", "400",
+                 "--data.init_args.extra_sentences", "100"]
+    return args
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """fast_dev_run of the two first stages; their exports feed the LLM stages."""
+    root = tmp_path_factory.mktemp("runs")
+    for stage in ("pretrain_lm", "pretrain_ctc"):
+        extra = ["--model.init_args.snapshot_steps", "[1]"] if stage == "pretrain_ctc" else []
+        run(["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(root / stage), "--trainer.fast_dev_run", "true",
+             *common(tiny_corpus), *small_models(stage), *extra])
+    return {"root": root, "llm": root / "pretrain_lm" / "export" / "llm",
+            "encoder": root / "pretrain_ctc" / "export" / "encoder.safetensors",
+            "snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "encoder-step00000001.safetensors"}
+
+
+def test_first_stages_export_components(exports):
+    assert (exports["llm"] / "config.json").exists() and (exports["llm"] / "tokenizer.json").exists()
+    assert exports["encoder"].exists() and exports["snapshot"].exists()
+    assert (exports["root"] / "pretrain_ctc" / "export" / "ctc_head.safetensors").exists()
+
+
+def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
+    args = ["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(run_dir),
+            "--model.init_args.llm.name_or_path", str(exports["llm"]),
+            "--model.init_args.init", json.dumps({"encoder": str(exports["snapshot"])})]  # a fresh adapter
+    if stage == "ia_sft":
+        args += ["--model.init_args.encoder_snapshots", json.dumps([{"step": 0, "path": str(exports["encoder"])}])]
+    return args
+
+
+@pytest.mark.parametrize("stage", ["align", "ia_sft", "joint_sft"])
+def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
+    out = run([*llm_stage_args(stage, exports, tmp_path / stage), "--trainer.fast_dev_run", "true",
+               *common(tiny_corpus), *small_models(stage)])
+    assert out["global_step"] == 1 and out["skipped_batches"] == 0
+    assert math.isfinite(out["val"]["val/loss"])
+    assert {"val/cer_zh", "val/wer_en"} <= set(out["val"])  # validation decoded text and scored it
+    written = sorted(p.name for p in (tmp_path / stage / "export").iterdir())
+    expected = {"align": ["adapter.safetensors"], "ia_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
+                "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"]}[stage]
+    assert written == expected
+
+
+def test_resume_from_last_ckpt_continues_step_and_optimizer(tiny_corpus, tmp_path):
+    base = ["--config", str(TINY / "pretrain_ctc.yaml"), "--run_dir", str(tmp_path), "--test", "false",
+            "--checkpoint.every_n_train_steps", "2", "--data.init_args.batches_per_epoch", "2",
+            "--trainer.limit_val_batches", "1", *common(tiny_corpus), *small_models("pretrain_ctc")]
+    first = run([*base, "--trainer.max_steps", "2"])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert first["global_step"] == 2 and saved["global_step"] == 2
+    adam_steps = {float(s["step"]) for s in saved["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {2.0}
+    second = run([*base, "--trainer.max_steps", "4", "--ckpt_path", "last"])
+    resumed = torch.load(ckpt, weights_only=False)
+    assert second["global_step"] == 4
+    # Adam's per-parameter step counts went on from 2: the optimizer state was restored, not rebuilt
+    assert {float(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()} == {4.0}
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_cli(["--config", str(TINY / "align.yaml"), "--run_dir", str(tmp_path), "--model.init_args.lr_peak", "1"])
+    assert "lr_peak" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["pretrain_ctc", "align", "ia_sft", "joint_sft"])
+def test_paper_configs_without_data_name_the_key(name, tmp_path):
+    with pytest.raises(ValueError, match=r"data\.(init_args\.)?train_dir"):
+        run(["--config", str(ROOT / "experiments" / f"{name}.yaml"), "--run_dir", str(tmp_path),
+             "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32"])
+
+
+# ---- modules built directly -----------------------------------------------------------------
+
+def stub_trainer(**kw) -> SimpleNamespace:
+    """What the module reads from its trainer outside a fit: enough for steps, exports and optimizers."""
+    return SimpleNamespace(**{"world_size": 1, "global_step": 0, "is_global_zero": True, "progress_bar_callback": None,
+                              "estimated_stepping_batches": 10, **kw})
+
+
+def build(cls, exports, **kw):
+    enc = EncoderConfig(**ENC)
+    args = {"encoder": enc, **kw}
+    if cls is not PretrainCTC:
+        args.update(adapter=AdapterConfig(), llm=LLMConfig(name_or_path=str(exports["llm"])))
+    else:
+        args.update(ctc_head=CTCHeadConfig())
+    m = cls(**args)
+    m.configure_model()
+    return m
+
+
+def trainable_tops(m) -> set[str]:
+    return {n.split(".")[0] for n, p in m.net.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("cls,expected", [(PretrainCTC, {"encoder", "ctc_head"}), (Align, {"adapter"}),
+                                          (IASFT, {"adapter", "llm"}), (JointSFT, {"encoder", "adapter", "llm"})])
+def test_trainable_sets_per_stage(cls, expected, exports):
+    m = build(cls, exports)
+    assert trainable_tops(m) == expected
+    for name in expected:  # whole components train, not just parts
+        assert all(p.requires_grad for p in getattr(m.net, name).parameters())
+    m.train()
+    for name in {"encoder", "ctc_head", "adapter", "llm"} - expected:
+        module = getattr(m.net, name)
+        if module is not None:
+            assert not module.training  # frozen components stay in eval mode
+    m.trainer = stub_trainer()
+    opt = m.configure_optimizers()["optimizer"]
+    given = [p for g in opt.param_groups for p in g["params"]]
+    assert given and all(p.requires_grad for p in given)
+    assert len(given) == sum(p.requires_grad for p in m.net.parameters())
+
+
+def test_trainable_pattern_matching_nothing_is_an_error(exports):
+    with pytest.raises(ValueError, match=r"adaptor\.\*.*match no parameter"):
+        build(Align, exports, trainable=["adaptor.*"])
+
+
+def test_stage_rejects_components_it_does_not_use(exports):
+    with pytest.raises(ValueError, match="does not use model.llm"):
+        PretrainCTC(encoder=EncoderConfig(**ENC), ctc_head=CTCHeadConfig(), llm=LLMConfig())
+    with pytest.raises(ValueError, match="needs model.adapter"):
+        Align(encoder=EncoderConfig(**ENC), llm=LLMConfig(name_or_path=str(exports["llm"])))
+
+
+def test_handoff_is_strict_and_names_component_and_shapes(exports, tmp_path):
+    m = build(Align, exports, init={"encoder": str(exports["encoder"])})
+    ref = build(PretrainCTC, exports, init={"encoder": str(exports["encoder"])})
+    for a, b in zip(m.net.encoder.state_dict().values(), ref.net.encoder.state_dict().values()):
+        assert torch.equal(a, b)  # both stages start from the same exported weights
+    wider = PretrainCTC(encoder=EncoderConfig(**{**ENC, "d_model": 48}), ctc_head=CTCHeadConfig(),
+                        init={"encoder": str(exports["encoder"])})
+    with pytest.raises(ValueError, match=r"encoder: .*shape mismatch.*file \(32,\) vs model \(48,\)"):
+        wider.configure_model()
+    with pytest.raises(FileNotFoundError, match="encoder: export .*nope.safetensors not found"):
+        load_component(m.net.encoder, tmp_path / "nope.safetensors", "encoder")
+    save_component(m.net.adapter, tmp_path / "adapter.safetensors", "adapter")
+    with pytest.raises(ValueError, match="holds component 'adapter', not 'encoder'"):
+        load_component(m.net.encoder, tmp_path / "adapter.safetensors", "encoder")
+
+
+def test_ia_sft_swap_encoder_keeps_it_frozen_and_optimizer_untouched(exports):
+    m = build(IASFT, exports, init={"encoder": str(exports["snapshot"])},
+              encoder_snapshots=[Snapshot(step=0, path=str(exports["encoder"]))])
+    m.trainer = stub_trainer()
+    opt = m.configure_optimizers()["optimizer"]
+    before = {id(p) for g in opt.param_groups for p in g["params"]}
+    new = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in m.net.encoder.state_dict().items()}
+    m.swap_encoder(new)
+    assert all(torch.equal(v, new[k]) for k, v in m.net.encoder.state_dict().items())
+    assert not any(p.requires_grad for p in m.net.encoder.parameters()) and not m.net.encoder.training
+    assert before == {id(p) for g in opt.param_groups for p in g["params"]}
+    assert m.swaps[-1]["path"] == "<state dict>"
+    with pytest.raises(ValueError, match="does not fit the encoder"):
+        m.swap_encoder({k: v[:1] for k, v in new.items()})
+
+
+def test_generation_returns_text_per_utterance(exports):
+    m = build(Align, exports)
+    m.eval()
+    feats, lens = torch.randn(3, 120, 80), torch.tensor([120, 90, 60])
+    out = m.net.transcribe(feats, lens, [1.2, 0.9, 0.6], DecodeConfig(num_beams=1))
+    assert isinstance(out, list) and len(out) == 3 and all(isinstance(t, str) for t in out)
+    assert len(m.net.transcribe(feats, lens, [1.2, 0.9, 0.6], DecodeConfig(num_beams=2))) == 3
+
+
+def test_nan_losses_are_skipped_then_stop_training(exports):
+    m = build(PretrainCTC, exports, max_bad_steps=3)
+    m.model_step = lambda batch: torch.tensor(float("nan"))
+    m.trainer = stub_trainer()
+    batch = {"text": ["a"]}
+    assert m.training_step(batch, 0) is None and m.training_step(batch, 1) is None
+    assert m.bad_total == 2
+    with pytest.raises(RuntimeError, match="3 consecutive batches had a NaN/inf loss"):
+        m.training_step(batch, 2)
+
+
+def test_consistency_ctc_needs_two_views_and_adds_kl(exports):
+    m = build(PretrainCTC, exports, consistency_weight=0.5)
+    m.train()
+    feats, lens = torch.randn(2, 100, 80), torch.tensor([100, 80])
+    batch = {"feats": feats, "feat_lens": lens, "phones": torch.tensor([[5, 6, 7], [8, 9, 0]]),
+             "phone_lens": torch.tensor([3, 2])}
+    with pytest.raises(ValueError, match="data.augment.views: 2"):
+        m.model_step(batch)
+    m.log = lambda *a, **k: None
+    loss = m.model_step({**batch, "feats2": feats + 0.5 * torch.randn_like(feats)})
+    assert torch.isfinite(loss) and loss.requires_grad
+    lp = torch.randn(2, 5, 7).log_softmax(-1)
+    assert symmetric_kl(lp, lp, torch.tensor([5, 3])).item() == pytest.approx(0.0, abs=1e-6)
+    assert symmetric_kl(lp, torch.randn(2, 5, 7).log_softmax(-1), torch.tensor([5, 3])).item() > 0
+
+
+# ---- pure functions ---------------------------------------------------------------------------
+
+def test_error_rates_known_answers():
+    r = ErrorRates()
+    r.update(["你好世间", "the cat sat", "", "嗯"], ["你好世界", "The cat sat down.", "", ""], ["zh", "en", "none", "none"])
+    out = {k: float(v) for k, v in r.compute().items()}
+    assert out["cer_zh"] == pytest.approx(1 / 4) and out["wer_en"] == pytest.approx(1 / 4)
+    assert out["nonempty_none"] == pytest.approx(1 / 2)  # one of two non-speech clips got text
+    per = PhoneErrorRate()
+    per.update([[1, 2, 3]], [[1, 2, 4, 5]])
+    assert float(per.compute()["per"]) == pytest.approx(2 / 4)
+    silent = PhoneErrorRate()
+    silent.update([[7, 8], []], [[], []])
+    assert float(silent.compute()["phones_per_clip"]) == pytest.approx(1.0)
+    lp = torch.full((1, 6, 4), -10.0)
+    for t, k in enumerate([0, 2, 2, 0, 2, 3]):
+        lp[0, t, k] = 0.0
+    assert ctc_greedy(lp, torch.tensor([6])) == [[2, 2, 3]]
+    assert ctc_greedy(lp, torch.tensor([3])) == [[2]]
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0, 10, 100, 0.1) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100, 0.1) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert warmup_cosine(100, 10, 100, 0.1) == pytest.approx(0.1)
+
+
+def test_every_tiny_config_names_its_command():
+    for path in TINY.glob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python experiments/") and path.name in first, path
+    for path in (ROOT / "experiments").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())  # parses
+
+
+def test_lora_trains_only_adapters_and_exports_adapter_and_merged_llm(exports, tmp_path):
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    m = IASFT(encoder=EncoderConfig(**ENC), adapter=AdapterConfig(),
+              llm=LLMConfig(name_or_path=str(exports["llm"]), lora=lora))
+    m.configure_model()
+    llm_trainable = {n for n, p in m.net.llm.named_parameters() if p.requires_grad}
+    assert llm_trainable and all("lora_" in n for n in llm_trainable)
+    m.trainer = stub_trainer(default_root_dir=str(tmp_path))
+    written = m.export(tmp_path / "export", final=True)
+    assert (tmp_path / "export" / "llm_lora" / "adapter_config.json").exists()
+    merged = LLMConfig(name_or_path=written["llm"])  # the merged LLM loads like any Hugging Face dir
+    again = Align(encoder=EncoderConfig(**ENC), adapter=AdapterConfig(), llm=merged)
+    again.configure_model()
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.allclose(again.net.llm(ids).logits, m.net.llm(ids).logits, atol=1e-5)
