@@ -70,7 +70,7 @@ class DecodeConfig:
 
     num_beams: int = 1
     tokens_per_second: float = 8.0  # max new tokens per second of audio (see prompt.max_new_tokens_for)
-    min_new_tokens_cap: int = 8  # floor of that limit, for very short clips
+    max_new_tokens_floor: int = 8  # the limit never goes below this, for very short clips
 
     def __post_init__(self):
         if self.num_beams < 1:
@@ -139,5 +139,5 @@ class SpeechLLM(nn.Module):
     def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig) -> list[str]:
         """Batched generation: transcripts (text) of a batch of features."""
         speech, speech_lens = self.speech_embeddings(feats, feat_lens)
-        limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.min_new_tokens_cap)
+        limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.max_new_tokens_floor)
         return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams)
