@@ -20,7 +20,6 @@ import yaml
 from entropy_asr.data.shards import atomic_write_json
 from experiments.run import run
 
-log = logging.getLogger("entropy_asr.pipeline")
 COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix")]
 
 

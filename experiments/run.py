@@ -20,8 +20,6 @@ from lightning.pytorch.loggers import CSVLogger
 
 from entropy_asr.data.shards import atomic_write_json
 
-log = logging.getLogger("entropy_asr.run")
-
 
 class EntropyCLI(LightningCLI):
     """LightningCLI plus --run_dir (logs, checkpoints, exports, results), checkpointing defaults and --test."""

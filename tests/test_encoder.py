@@ -19,11 +19,11 @@ from entropy_asr.model import (
 from entropy_asr.model.encoder import (
     Conv2dSubsampling4,
     SelfAttention,
-    count_parameters,
     rotary_tables,
     sample_chunk,
     subsampled_lengths,
 )
+from entropy_asr.model.params import count_parameters
 
 # A few-thousand-parameter encoder: the behaviour under test does not depend on size.
 SMALL = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,
@@ -239,10 +239,10 @@ def test_ctc_head_shape_and_default_vocabulary():
 
 
 def test_builder_parameter_counts():
-    assert 2e6 < count_parameters(tiny_conformer()) < 8e6
+    assert 2e6 < count_parameters(tiny_conformer())["all"][1] < 8e6
     with torch.device("meta"):
         paper = paper_conformer()
-    assert 550e6 < count_parameters(paper) < 650e6
+    assert 550e6 < count_parameters(paper)["all"][1] < 650e6
     assert paper.config.dynamic_chunk and paper.output_dim == 1280
 
 

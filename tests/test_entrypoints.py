@@ -61,6 +61,12 @@ def test_pipeline_runs_every_stage_and_writes_the_table(tiny_corpus, tmp_path):
     # a second run finds every stage finished and skips it
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert again.returncode == 0 and again.stdout.count("finished before") == 5
+    # a stage without results.json (interrupted) resumes from its last.ckpt instead of starting over
+    (tmp_path / "runs" / "joint_sft" / "results.json").unlink()
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "--ckpt_path last" in resumed.stdout.split("== joint_sft:")[1]
+    assert json.loads((tmp_path / "runs" / "joint_sft" / "results.json").read_text())["global_step"] == 2
 
 
 @pytest.mark.slow

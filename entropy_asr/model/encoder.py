@@ -311,8 +311,3 @@ def build_encoder(name: str, **overrides) -> ConformerEncoder:
         raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
     return ENCODERS[name](**overrides)
 
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters (works on the meta device, where nothing is allocated)."""
-    return sum(p.numel() for p in module.parameters())
-
