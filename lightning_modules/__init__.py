@@ -3,7 +3,15 @@
 from lightning_modules.base import OptimConfig, SpeechLLMModule
 from lightning_modules.pretrain_ctc import PretrainCTC
 from lightning_modules.pretrain_lm import PretrainLM
-from lightning_modules.sft import IASFT, Align, JointSFT, Snapshot, SpeechSFT
+from lightning_modules.sft import (
+           IASFT,
+           Align,
+           DistillConfig,
+           JointSFT,
+           Snapshot,
+           SpeechSFT,
+)
 
-__all__ = ["IASFT", "Align", "JointSFT", "OptimConfig", "PretrainCTC", "PretrainLM", "Snapshot", "SpeechLLMModule",
+__all__ = ["IASFT", "Align", "DistillConfig", "JointSFT", "OptimConfig", "PretrainCTC", "PretrainLM", "Snapshot",
+           "SpeechLLMModule",
            "SpeechSFT"]

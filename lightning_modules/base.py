@@ -24,6 +24,7 @@ from entropy_asr.model.params import (
     fully_frozen,
     set_trainable,
 )
+from entropy_asr.model.pseudo_speech import PhoneFramesConfig
 from entropy_asr.model.speech_llm import (
     AdapterConfig,
     CTCHeadConfig,
@@ -34,8 +35,9 @@ from entropy_asr.model.speech_llm import (
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("encoder", "ctc_head", "adapter", "llm")
-FILE_COMPONENTS = ("encoder", "ctc_head", "adapter")  # exported as <name>.safetensors; the LLM as an HF dir
+COMPONENTS = ("encoder", "ctc_head", "adapter", "llm", "phone_frames")
+# exported as <name>.safetensors; the LLM as an HF dir
+FILE_COMPONENTS = ("encoder", "ctc_head", "adapter", "phone_frames")
 
 
 @dataclass
@@ -70,8 +72,9 @@ class SpeechLLMModule(L.LightningModule):
     """Shared wiring of every stage; subclasses set `components`, `default_trainable` and `model_step`.
 
     Args:
-        encoder / ctc_head / adapter / llm / prompt: component configs; a stage must get exactly
-            the components it uses (`components`), and gets an error naming any other.
+        encoder / ctc_head / adapter / llm / prompt / phone_frames: component configs; a stage must
+            get the components it uses (`components`, less `optional_components`), and gets an
+            error naming any other.
         init: {component: export} to start from, e.g. {"encoder": ".../export/encoder.safetensors"}
             (the LLM starts from `llm.name_or_path`, which may be an exported LLM dir).
         trainable: glob patterns over parameter names (e.g. "adapter.*"); default: the stage's own.
@@ -81,6 +84,7 @@ class SpeechLLMModule(L.LightningModule):
     """
 
     components: tuple[str, ...] = ()
+    optional_components: tuple[str, ...] = ()
     default_trainable: tuple[str, ...] = ()
     stage: str = "base"
 
@@ -97,11 +101,12 @@ class SpeechLLMModule(L.LightningModule):
         decode: DecodeConfig | None = None,
         max_bad_steps: int = 20,
         export_dir: str | None = None,
+        phone_frames: PhoneFramesConfig | None = None,
     ):
         super().__init__()
-        given = {"encoder": encoder, "ctc_head": ctc_head, "adapter": adapter, "llm": llm}
+        given = {"encoder": encoder, "ctc_head": ctc_head, "adapter": adapter, "llm": llm, "phone_frames": phone_frames}
         extra = [c for c, v in given.items() if v is not None and c not in self.components]
-        missing = [c for c in self.components if given[c] is None]
+        missing = [c for c in self.components if given[c] is None and c not in self.optional_components]
         if extra:
             raise ValueError(f"{type(self).__name__} does not use model.{extra[0]}; remove it from the config "
                              f"(this stage uses {list(self.components)})")
@@ -135,7 +140,7 @@ class SpeechLLMModule(L.LightningModule):
         if self.net is not None:
             return
         c = self.configs
-        self.net = SpeechLLM(c["encoder"], c["ctc_head"], c["adapter"], c["llm"], c["prompt"])
+        self.net = SpeechLLM(c["encoder"], c["ctc_head"], c["adapter"], c["llm"], c["prompt"], c["phone_frames"])
         for component, path in self.init_from.items():
             load_component(getattr(self.net, component), path, component)
             log.info("%s: loaded %s from %s", self.stage, component, path)

@@ -39,8 +39,9 @@ class PretrainCTC(SpeechLLMModule):
     Args:
         consistency_weight: > 0 turns on CR-CTC: the batch must carry two augmented views
             (data.augment.views: 2); loss = mean CTC of both views + weight * symmetric KL.
-        snapshot_steps: export the encoder at these global steps to export/snapshots/ (the encoder
-            snapshots that alignment and IA-SFT start from until the CKA trigger exports them).
+        snapshot_steps: export the encoder (and its CTC head) at these global steps to
+            export/snapshots/ (the encoder snapshots that alignment and IA-SFT start from until the
+            CKA trigger exports them).
     """
 
     components = ("encoder", "ctc_head")
@@ -91,7 +92,8 @@ class PretrainCTC(SpeechLLMModule):
 
     @rank_zero_only
     def export_snapshot(self) -> None:
-        """Export the current encoder as export/snapshots/encoder-step<N>.safetensors."""
-        path = self.export_dir / "snapshots" / f"encoder-step{self.global_step:08d}.safetensors"
-        save_component(self.net.encoder, path, "encoder", self.export_meta("encoder"))
-        self.print(f"[{self.stage}] encoder snapshot -> {path}")
+        """Export the current encoder and CTC head as export/snapshots/{encoder,ctc_head}-step<N>.safetensors."""
+        for c in ("encoder", "ctc_head"):
+            path = self.export_dir / "snapshots" / f"{c}-step{self.global_step:08d}.safetensors"
+            save_component(getattr(self.net, c), path, c, self.export_meta(c))
+        self.print(f"[{self.stage}] encoder + ctc_head snapshot -> {path.parent}")

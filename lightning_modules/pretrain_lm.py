@@ -1,10 +1,16 @@
 """The tiny pipeline's text step: train a BPE tokenizer and the tiny LLM on text (a stand-in for
-the pretrained LLM a real run starts from). The LLM learns to answer the transcription prompt
-with a transcript when the speech is absent, so it is in the "instruction" format the speech
-stages use."""
+the pretrained LLM a real run starts from), in the chat format the speech stages use.
+
+With `phone_frames` and `adapter` set it also learns to read (entropy_asr/model/pseudo_speech.py):
+a share of the sentences come with their phones as pseudo encoder frames in the `<speech>` slot,
+so the LLM answers the transcription prompt by reading what the adapter gives it, as a real
+pretrained LLM can be made to. Validation then also decodes the dev sentences from clean pseudo
+speech: val/cer_zh, val/wer_en, val/mer_mix say how well the LLM reads before it hears anything.
+"""
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
@@ -12,23 +18,42 @@ import torch
 from entropy_asr.model.tokenizer import SPEECH_TOKEN, train_bpe_tokenizer
 from lightning_modules.base import SpeechLLMModule
 
+SECONDS_PER_FRAME = 0.04  # pseudo frames are 25 Hz encoder frames
+
 
 class PretrainLM(SpeechLLMModule):
-    """LLM only, text batches {"text", "language"}; validation reports val/loss (nats per token).
+    """LLM (+ phone_frames + adapter) on text batches {"text", "language", "phones"}.
+
+    Validation reports val/loss (nats per token, text only) and, when reading, val/read_loss and
+    the error rates of transcripts decoded from clean pseudo speech.
 
     Args:
         tokenizer_vocab_size: with the tiny from-config LLM (llm.name_or_path null and
             llm.tokenizer null), train a byte-level BPE of this size on the training text into
             <run dir>/tokenizer first (kept on resume).
+        read_share: share of training sentences given their pseudo speech (with phone_frames).
+        seed: seeds the pseudo-speech layouts (per step and rank, so a resumed run repeats them).
     """
 
-    components = ("llm",)
+    components = ("llm", "adapter", "phone_frames")
+    optional_components = ("adapter", "phone_frames")
     default_trainable = ("llm.*",)
     stage = "pretrain_lm"
 
-    def __init__(self, *, tokenizer_vocab_size: int | None = None, **kwargs):
+    def __init__(self, *, tokenizer_vocab_size: int | None = None, read_share: float = 1.0, seed: int = 0,
+                 **kwargs):
         super().__init__(**kwargs)
-        self.tokenizer_vocab_size = tokenizer_vocab_size
+        reading = [c for c in ("adapter", "phone_frames") if self.configs[c] is not None]
+        if len(reading) == 1:
+            other = {"adapter", "phone_frames"} - set(reading)
+            raise ValueError(f"pretrain_lm: model.{reading[0]} is set but model.{other.pop()} is not; reading pseudo "
+                             f"speech needs both (or neither, for a text-only LLM)")
+        self.reading = bool(reading)
+        if self.reading and kwargs.get("trainable") is None:
+            self.trainable_patterns += ["adapter.*", "phone_frames.*"]
+        if not 0 <= read_share <= 1:
+            raise ValueError(f"model.read_share must be in [0, 1], got {read_share}")
+        self.tokenizer_vocab_size, self.read_share, self.seed = tokenizer_vocab_size, read_share, seed
 
     def prepare_data(self) -> None:
         """Train the tokenizer (rank zero; once) when the config asks for one."""
@@ -54,12 +79,31 @@ class PretrainLM(SpeechLLMModule):
             llm.tokenizer = str(self.tokenizer_dir)
         super().configure_model()
 
+    def pseudo_speech(self, phones: list[list[int]], rng: random.Random, train: bool):
+        """(B, N, H) speech tokens and (B,) counts from phone-id lists (empty list: no speech)."""
+        frame_ids, lens = self.net.phone_frames.layout(phones, rng, train)
+        frames = self.net.phone_frames(frame_ids.to(self.device), lens.to(self.device), noise=train)  # (B, T, D)
+        speech, speech_lens = self.net.adapter(frames, lens.to(self.device))  # (B, T/k, H)
+        return speech.to(self.net.llm.dtype), speech_lens, lens
+
     def model_step(self, batch: dict) -> torch.Tensor:
-        return self.net.lm_loss(None, None, batch["text"])
+        if not self.reading:
+            return self.net.lm_loss(None, None, batch["text"])
+        rng = random.Random(f"pretrain_lm/{self.seed}/{self.global_step}/{self.global_rank}")
+        phones = [p if rng.random() < self.read_share else [] for p in batch["phones"]]
+        speech, speech_lens, _ = self.pseudo_speech(phones, rng, train=True)
+        return self.net.lm_loss(speech, speech_lens, batch["text"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss = self.model_step(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch["text"]), sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        pass
+        bs = len(batch["text"])
+        self.log("val/loss", self.net.lm_loss(None, None, batch["text"]), prog_bar=True, batch_size=bs,
+                 sync_dist=True)
+        if not self.reading:
+            return
+        rng = random.Random(f"pretrain_lm-val/{self.seed}/{batch_idx}")  # the same layouts at every validation
+        speech, speech_lens, frames = self.pseudo_speech(batch["phones"], rng, train=False)
+        self.log("val/read_loss", self.net.lm_loss(speech, speech_lens, batch["text"]), batch_size=bs,
+                 sync_dist=True)
+        durations = (frames * SECONDS_PER_FRAME).tolist()
+        hyps = self.net.decode_speech(speech, speech_lens, durations, self.decode)
+        self.val_rates.update(hyps, batch["text"], batch["language"])

@@ -7,19 +7,98 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from entropy_asr.model.export import load_component
+from entropy_asr.model.heads import Adapter
+from entropy_asr.model.pseudo_speech import (
+    PhoneFrames,
+    PhoneFramesConfig,
+    aligned_layout,
+)
 from lightning_modules.base import SpeechLLMModule
 
 
-class SpeechSFT(SpeechLLMModule):
-    """Encoder -> adapter -> LLM trained on the transcript tokens; validation decodes (val/cer_zh, val/wer_en)."""
+@dataclass
+class DistillConfig:
+    """Pull the adapter's tokens toward what the tiny LLM learned to read in its text step.
 
-    components = ("encoder", "adapter", "llm")
+    The target of each LLM token is the text step's reader (its phone_frames + adapter exports)
+    applied to the utterance's own transcript phones, laid out at their real timing by a CTC
+    forced alignment with the stage's CTC head (model.ctc_head, frozen, e.g. from the same
+    pretraining snapshot as the encoder). Loss: LM loss + weight * MSE / Var(target). Off by
+    default (the paper configs align with the LM loss alone, as METHOD.md does); the tiny pipeline
+    uses it because a from-scratch tiny LLM reads only what its text step showed it.
+    """
+
+    phone_frames: str
+    adapter: str
+    weight: float = 1.0
+    max_frames_per_phone: int = 5
+
+    def __post_init__(self):
+        if self.weight < 0 or self.max_frames_per_phone < 1:
+            raise ValueError(f"distill.weight must be >= 0 and max_frames_per_phone >= 1, got {self.weight}, "
+                             f"{self.max_frames_per_phone}")
+
+
+class SpeechSFT(SpeechLLMModule):
+    """Encoder -> adapter -> LLM trained on the transcript tokens; validation decodes (val/cer_zh, val/wer_en).
+
+    Args:
+        distill: optional DistillConfig (needs model.ctc_head and init.ctc_head).
+    """
+
+    components = ("encoder", "adapter", "llm", "ctc_head")
+    optional_components = ("ctc_head",)
+
+    def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if distill is not None and (self.configs["ctc_head"] is None or "ctc_head" not in self.init_from):
+            raise ValueError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
+                             f"model.init.ctc_head (the pretraining export or snapshot that matches the encoder)")
+        self.distill = distill
+        self.teacher: nn.ModuleDict | None = None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.distill is None or self.teacher is not None:
+            return
+        a, width = self.configs["adapter"], self.net.encoder.output_dim
+        self.teacher = nn.ModuleDict({
+            "phone_frames": PhoneFrames(PhoneFramesConfig(dim=width)),
+            "adapter": Adapter(width, self.net.adapter.net[-1].out_features, a.k, a.hidden_dim, a.dropout),
+        })
+        for name in ("phone_frames", "adapter"):
+            load_component(self.teacher[name], getattr(self.distill, name), name)
+        self.teacher.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
 
     def model_step(self, batch: dict) -> torch.Tensor:
-        speech, speech_lens = self.net.speech_embeddings(batch["feats"], batch["feat_lens"])
-        return self.net.lm_loss(speech, speech_lens, batch["text"])
+        frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
+        speech, speech_lens = self.net.adapter(frames, lens)  # (B, N, H)
+        loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"])
+        if self.distill is not None and self.training:
+            mse = self.distill_loss(frames, lens, speech, speech_lens, batch)
+            self.log("train/distill_mse", mse.detach(), batch_size=self.batch_size(batch))
+            loss = loss + self.distill.weight * mse
+        return loss
+
+    def distill_loss(self, frames, lens, speech, speech_lens, batch) -> torch.Tensor:
+        """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones."""
+        with torch.no_grad():
+            log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
+            ids = aligned_layout(log_probs, lens, batch["phones"], batch["phone_lens"],
+                                 self.distill.max_frames_per_phone).to(frames.device)  # (B, T')
+            target, _ = self.teacher["adapter"](self.teacher["phone_frames"](ids, lens), lens)  # (B, N, H)
+        valid = torch.arange(speech.shape[1], device=speech.device)[None, :] < speech_lens[:, None]  # (B, N)
+        err = (speech.float() - target.float()).pow(2).mean(-1)  # (B, N)
+        return err[valid].mean() / target.float()[valid].var().clamp_min(1e-8)
 
 
 class Align(SpeechSFT):
@@ -51,6 +130,9 @@ class IASFT(SpeechSFT):
 
     def __init__(self, *, encoder_snapshots: list[Snapshot] | None = None, **kwargs):
         super().__init__(**kwargs)
+        if self.distill is not None and encoder_snapshots:
+            raise ValueError("ia_sft: model.distill's CTC head would not follow the swapped encoders; use distill in "
+                             "align only, or drop model.encoder_snapshots")
         self.snapshots = sorted(encoder_snapshots or [], key=lambda s: s.step)
         self.swaps: list[dict] = []  # [{step, path}] already applied (kept in checkpoints)
 

@@ -18,9 +18,18 @@ from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, ctc_greed
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
 from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.pseudo_speech import PhoneFramesConfig
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, DecodeConfig
 from experiments.run import build_cli, run
-from lightning_modules import IASFT, Align, JointSFT, PretrainCTC, Snapshot
+from lightning_modules import (
+    IASFT,
+    Align,
+    DistillConfig,
+    JointSFT,
+    PretrainCTC,
+    PretrainLM,
+    Snapshot,
+)
 from lightning_modules.base import warmup_cosine
 from lightning_modules.pretrain_ctc import symmetric_kl
 
@@ -45,7 +54,8 @@ def small_models(stage: str) -> list[str]:
         args += ["--model.init_args.encoder", json.dumps(ENC)]
     if stage == "pretrain_lm":
         args += ["--model.init_args.llm.tiny", json.dumps(SMALL_LLM), "--model.init_args.tokenizer_vocab_size", "400",
-                 "--data.init_args.extra_sentences", "100"]
+                 "--data.init_args.extra_sentences", "100", "--model.init_args.phone_frames",
+                 json.dumps({"dim": ENC["d_model"]})]
     return args
 
 
@@ -53,25 +63,37 @@ def small_models(stage: str) -> list[str]:
 def exports(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """fast_dev_run of the two first stages; their exports feed the LLM stages."""
     root = tmp_path_factory.mktemp("runs")
+    outs = {}
     for stage in ("pretrain_lm", "pretrain_ctc"):
         extra = ["--model.init_args.snapshot_steps", "[1]"] if stage == "pretrain_ctc" else []
-        run(["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(root / stage), "--trainer.fast_dev_run", "true",
-             *common(tiny_corpus), *small_models(stage), *extra])
-    return {"root": root, "llm": root / "pretrain_lm" / "export" / "llm",
+        outs[stage] = run(["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(root / stage),
+                           "--trainer.fast_dev_run", "true", *common(tiny_corpus), *small_models(stage), *extra])
+    lm = root / "pretrain_lm" / "export"
+    reader = {"phone_frames": str(lm / "phone_frames.safetensors"), "adapter": str(lm / "adapter.safetensors")}
+    return {"root": root, "outs": outs, "llm": lm / "llm", "reader": reader,
             "encoder": root / "pretrain_ctc" / "export" / "encoder.safetensors",
-            "snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "encoder-step00000001.safetensors"}
+            "snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "encoder-step00000001.safetensors",
+            "ctc_snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "ctc_head-step00000001.safetensors"}
 
 
 def test_first_stages_export_components(exports):
     assert (exports["llm"] / "config.json").exists() and (exports["llm"] / "tokenizer.json").exists()
-    assert exports["encoder"].exists() and exports["snapshot"].exists()
+    assert all(Path(p).exists() for p in exports["reader"].values())  # the text step's reader
+    assert exports["encoder"].exists() and exports["snapshot"].exists() and exports["ctc_snapshot"].exists()
     assert (exports["root"] / "pretrain_ctc" / "export" / "ctc_head.safetensors").exists()
+    lm = exports["outs"]["pretrain_lm"]["val"]
+    # the text step validates reading: dev sentences decoded from clean pseudo speech, scored
+    assert {"val/loss", "val/read_loss", "val/cer_zh", "val/wer_en"} <= set(lm)
 
 
 def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
+    init = {"encoder": str(exports["snapshot"])}  # a fresh adapter
     args = ["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(run_dir),
-            "--model.init_args.llm.name_or_path", str(exports["llm"]),
-            "--model.init_args.init", json.dumps({"encoder": str(exports["snapshot"])})]  # a fresh adapter
+            "--model.init_args.llm.name_or_path", str(exports["llm"])]
+    if stage == "align":  # the text step's adapter, distilled toward its reader with the snapshot's CTC head
+        init.update(ctc_head=str(exports["ctc_snapshot"]), adapter=exports["reader"]["adapter"])
+        args += ["--model.init_args.distill", json.dumps(exports["reader"])]
+    args += ["--model.init_args.init", json.dumps(init)]
     if stage == "ia_sft":
         args += ["--model.init_args.encoder_snapshots", json.dumps([{"step": 0, "path": str(exports["encoder"])}])]
     return args
@@ -124,7 +146,8 @@ def test_paper_configs_without_data_name_the_key(name, tmp_path):
 
 def stub_trainer(**kw) -> SimpleNamespace:
     """What the module reads from its trainer outside a fit: enough for steps, exports and optimizers."""
-    return SimpleNamespace(**{"world_size": 1, "global_step": 0, "is_global_zero": True, "progress_bar_callback": None,
+    return SimpleNamespace(**{"world_size": 1, "global_rank": 0, "global_step": 0, "is_global_zero": True,
+                              "progress_bar_callback": None,
                               "estimated_stepping_batches": 10, **kw})
 
 
@@ -173,6 +196,52 @@ def test_stage_rejects_components_it_does_not_use(exports):
         PretrainCTC(encoder=EncoderConfig(**ENC), ctc_head=CTCHeadConfig(), llm=LLMConfig())
     with pytest.raises(ValueError, match="needs model.adapter"):
         Align(encoder=EncoderConfig(**ENC), llm=LLMConfig(name_or_path=str(exports["llm"])))
+
+
+def test_align_distill_adds_the_reader_mse_and_trains_only_the_adapter(exports):
+    init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    with pytest.raises(ValueError, match="distill aligns with a CTC head; set model.ctc_head"):
+        build(Align, exports, init={"encoder": str(exports["snapshot"])}, distill=DistillConfig(**exports["reader"]))
+    m = build(Align, exports, ctc_head=CTCHeadConfig(), init=init, distill=DistillConfig(**exports["reader"]))
+    assert trainable_tops(m) == {"adapter"} and not any(p.requires_grad for p in m.teacher.parameters())
+    logged = {}
+    m.log = lambda key, value, **kw: logged.setdefault(key, value)
+    m.train()
+    assert not m.teacher.training and not m.net.ctc_head.training
+    batch = {"feats": torch.randn(2, 200, 80), "feat_lens": torch.tensor([200, 160]), "text": ["你好", "hello"],
+             "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
+    torch.manual_seed(0)
+    loss = m.model_step(batch)
+    mse = logged["train/distill_mse"]
+    assert mse > 0
+    loss.backward()
+    assert all(p.grad is not None for p in m.net.adapter.parameters())
+    assert all(p.grad is None for n in ("encoder", "ctc_head", "llm") for p in getattr(m.net, n).parameters())
+    m.eval()  # validation: the LM loss alone (no transcript-driven target at test time)
+    with torch.no_grad():
+        assert m.model_step(batch).item() == pytest.approx(loss.item() - mse.item(), rel=1e-4)
+    with pytest.raises(ValueError, match="would not follow the swapped encoders"):
+        IASFT(encoder=EncoderConfig(**ENC), adapter=AdapterConfig(), ctc_head=CTCHeadConfig(),
+              llm=LLMConfig(name_or_path=str(exports["llm"])), init=init, distill=DistillConfig(**exports["reader"]),
+              encoder_snapshots=[Snapshot(step=1, path=str(exports["encoder"]))])
+
+
+def test_pretrain_lm_reads_with_both_reader_parts_or_neither(exports):
+    with pytest.raises(ValueError, match="model.phone_frames is set but model.adapter is not"):
+        PretrainLM(llm=LLMConfig(name_or_path=str(exports["llm"])), phone_frames=PhoneFramesConfig(dim=32))
+    m = PretrainLM(llm=LLMConfig(name_or_path=str(exports["llm"])), phone_frames=PhoneFramesConfig(dim=32),
+                   adapter=AdapterConfig())
+    m.configure_model()
+    assert trainable_tops(m) == {"llm", "adapter", "phone_frames"}
+    m.trainer = stub_trainer()
+    m.train()
+    batch = {"text": ["你好世界", "hello world"], "language": ["zh", "en"], "phones": [[40, 50, 60, 70], [80, 90]]}
+    loss = m.model_step(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and m.net.phone_frames.table.weight.grad.abs().sum() > 0  # the speech slot is read
+    text_only = PretrainLM(llm=LLMConfig(name_or_path=str(exports["llm"])))
+    text_only.configure_model()
+    assert trainable_tops(text_only) == {"llm"} and text_only.net.adapter is None
 
 
 def test_handoff_is_strict_and_names_component_and_shapes(exports, tmp_path):

@@ -1,7 +1,8 @@
 """The composed backbone: speech encoder -> (phone CTC head) and encoder -> adapter -> LLM.
 
 Each training stage uses a subset of the components (pretraining: encoder + CTC head; the
-LLM stages: encoder + adapter + LLM; the tiny LLM's text step: LLM only). Absent ones are None.
+LLM stages: encoder + adapter + LLM; the tiny LLM's text step: LLM, plus pseudo-speech phone frames
+and an adapter when it also learns to read). Absent ones are None.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from entropy_asr.model.prompt import (
     generate,
     max_new_tokens_for,
 )
+from entropy_asr.model.pseudo_speech import PhoneFrames, PhoneFramesConfig
 from entropy_asr.model.tokenizer import load_tokenizer
 from entropy_asr.text import PHONES
 
@@ -84,13 +86,17 @@ class SpeechLLM(nn.Module):
 
     def __init__(self, encoder: EncoderConfig | None = None, ctc_head: CTCHeadConfig | None = None,
                  adapter: AdapterConfig | None = None, llm: LLMConfig | None = None,
-                 prompt: PromptConfig | None = None):
+                 prompt: PromptConfig | None = None, phone_frames: PhoneFramesConfig | None = None):
         super().__init__()
-        if (ctc_head or adapter) and encoder is None:
-            raise ValueError("a CTC head or an adapter needs an encoder: set model.encoder")
+        if ctc_head and encoder is None:
+            raise ValueError("a CTC head needs an encoder: set model.encoder")
+        if adapter and encoder is None and phone_frames is None:
+            raise ValueError("an adapter reads encoder frames: set model.encoder (or model.phone_frames in the "
+                             "text step)")
         if adapter is not None and llm is None:
             raise ValueError("the adapter maps into an LLM: set model.llm")
         self.encoder = ConformerEncoder(encoder) if encoder is not None else None
+        self.phone_frames = PhoneFrames(phone_frames) if phone_frames is not None else None
         self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
         if ctc_head is not None:
             self.ctc_head = CTCHead(self.encoder.output_dim, len(PHONES), ctc_head.hidden_dim, ctc_head.dropout)
@@ -105,7 +111,8 @@ class SpeechLLM(nn.Module):
             self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user)
         if adapter is not None:
             width = self.llm.get_input_embeddings().embedding_dim
-            self.adapter = Adapter(self.encoder.output_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
+            in_dim = self.encoder.output_dim if self.encoder is not None else phone_frames.dim
+            self.adapter = Adapter(in_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
 
     def encode(self, feats: Tensor, feat_lens: Tensor, **chunk) -> tuple[Tensor, Tensor]:
         """(B, T, 80) features at 100 Hz -> (B, T', D) encoder frames at 25 Hz and their lengths."""
@@ -139,5 +146,11 @@ class SpeechLLM(nn.Module):
     def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig) -> list[str]:
         """Batched generation: transcripts (text) of a batch of features."""
         speech, speech_lens = self.speech_embeddings(feats, feat_lens)
+        return self.decode_speech(speech, speech_lens, durations, decode)
+
+    @torch.no_grad()
+    def decode_speech(self, speech: Tensor, speech_lens: Tensor, durations: list[float],
+                      decode: DecodeConfig) -> list[str]:
+        """Batched generation from LLM-width speech tokens (B, N, H), length limits from `durations` (s)."""
         limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.max_new_tokens_floor)
         return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams)

@@ -1,0 +1,125 @@
+"""Pseudo speech for the tiny LLM's text step: phone sequences laid out as 25 Hz "encoder frames".
+
+A real LLM-ASR run starts from an LLM that has read the web: it copies, transliterates and reads
+its context, and a frozen one can be driven by an adapter's soft prompts. A tiny LLM trained
+from scratch on a few thousand sentences learns none of that, so an adapter trained against it
+(METHOD.md's alignment stage) has nothing to align to. The tiny pipeline's text step therefore
+also teaches its LLM to *read*: each sentence's phones become a frame sequence shaped like the
+speech encoder's output (one learned vector per phone, held 2-5 frames at 25 Hz, silence at the
+edges and in random pauses, some phones substituted, noise added), which the speech stages'
+adapter (k-frame stack + MLP) turns into LLM inputs. That is the synthetic corpus' own pace:
+6.4 phones per second, ~3.9 encoder frames per phone. The speech stages then only have to map
+real encoder frames into what this LLM already reads.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from entropy_asr.text import PHONE_TO_ID, PHONES
+
+SILENCE_ID = PHONE_TO_ID["<blank>"]  # the CTC blank doubles as "no phone here"
+_FIRST_REAL_PHONE = 2  # PHONES[0] is <blank>, PHONES[1] is <unk>: substitutes are drawn from the rest
+
+
+@dataclass
+class PhoneFramesConfig:
+    """How phone sequences are laid out as pseudo encoder frames (all lengths in 25 Hz frames)."""
+
+    dim: int = 144  # the speech encoder's width, so the adapter trained here has the speech stages' shape
+    frames_per_phone: tuple[int, int] = (2, 5)  # uniform, inclusive: 80-200 ms per phone
+    edge_silence: tuple[int, int] = (1, 6)  # leading and trailing silence
+    pause_prob: float = 0.05  # chance of a pause after each phone
+    pause_frames: tuple[int, int] = (1, 3)
+    substitution: float = 0.1  # share of phones replaced by a random one in training (encoder errors)
+    noise: float = 0.3  # Gaussian noise on training frames, relative to the table's spread
+
+    def __post_init__(self):
+        for name in ("frames_per_phone", "edge_silence", "pause_frames"):
+            lo, hi = getattr(self, name)
+            if not 0 <= lo <= hi or (name == "frames_per_phone" and lo < 1):
+                raise ValueError(f"phone_frames.{name} must be [low, high] frames with 0 <= low <= high "
+                                 f"(low >= 1 for frames_per_phone), got {[lo, hi]}")
+            setattr(self, name, (int(lo), int(hi)))
+        for name in ("pause_prob", "substitution"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.noise < 0 or self.dim < 1:
+            raise ValueError(f"phone_frames.noise must be >= 0 and dim >= 1, got noise={self.noise}, dim={self.dim}")
+
+
+class PhoneFrames(nn.Module):
+    """Phone ids -> pseudo encoder frames (B, T, dim) at 25 Hz, via one learned vector per phone."""
+
+    def __init__(self, cfg: PhoneFramesConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.table = nn.Embedding(len(PHONES), cfg.dim)  # row SILENCE_ID: silence
+
+    def layout(self, phones: list[list[int]], rng: random.Random, train: bool) -> tuple[Tensor, Tensor]:
+        """Frame-level phone ids (B, T) and lengths (B,); an empty phone list gives zero frames.
+
+        Durations, pauses and edges are always random (from `rng`); substitutions only in training.
+        """
+        c = self.cfg
+        rows = []
+        for ids in phones:
+            if not ids:
+                rows.append([])
+                continue
+            row = [SILENCE_ID] * rng.randint(*c.edge_silence)
+            for p in ids:
+                if train and rng.random() < c.substitution:
+                    p = rng.randrange(_FIRST_REAL_PHONE, len(PHONES))
+                row += [p] * rng.randint(*c.frames_per_phone)
+                if rng.random() < c.pause_prob:
+                    row += [SILENCE_ID] * rng.randint(*c.pause_frames)
+            rows.append(row + [SILENCE_ID] * rng.randint(*c.edge_silence))
+        lens = torch.tensor([len(r) for r in rows], dtype=torch.long)
+        out = torch.full((len(rows), max((len(r) for r in rows), default=0)), SILENCE_ID, dtype=torch.long)
+        for b, r in enumerate(rows):
+            out[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+        return out, lens
+
+    def forward(self, frame_ids: Tensor, lens: Tensor, noise: bool = False) -> Tensor:
+        """(B, T) frame-level phone ids -> (B, T, dim) frames, zero past each length."""
+        x = self.table(frame_ids)  # (B, T, dim)
+        if noise and self.cfg.noise > 0:
+            x = x + self.cfg.noise * self.table.weight.detach().std() * torch.randn_like(x)
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lens.to(x.device)[:, None]  # (B, T)
+        return x * valid[..., None]
+
+
+def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
+                   max_frames_per_phone: int = 5) -> Tensor:
+    """Frame-level phone ids (B, T') of real speech in PhoneFrames' layout, from a CTC forced alignment.
+
+    log_probs (B, T', V) are a CTC head's phone log-posteriors over encoder frames; phones (B, S)
+    with phone_lens (B,) the transcript's phones. CTC marks each phone with a spike, so each phone
+    is held from its first aligned frame to the next phone's, at most `max_frames_per_phone`
+    frames (longer gaps are pauses); frames before the first phone and after the last are silence.
+    Utterances the alignment cannot fit (more phones than frames) are all silence.
+    """
+    from torchaudio.functional import forced_align  # torchaudio's CTC Viterbi alignment
+
+    B, T = log_probs.shape[:2]
+    out = torch.full((B, T), SILENCE_ID, dtype=torch.long)
+    lp = log_probs.detach().float().cpu()
+    for b in range(B):
+        n, s = int(lens[b]), int(phone_lens[b])
+        target = phones[b, :s].cpu()
+        repeats = int((target[1:] == target[:-1]).sum()) if s > 1 else 0
+        if s == 0 or n < s + repeats:  # CTC needs a blank between repeated phones
+            continue
+        path, _ = forced_align(lp[b:b + 1, :n], target[None], blank=SILENCE_ID)  # (1, n) token per frame
+        path = path[0]
+        prev = torch.cat([torch.tensor([SILENCE_ID]), path[:-1]])
+        starts = ((path != SILENCE_ID) & (path != prev)).nonzero()[:, 0].tolist()  # first frame of each phone
+        for i, start in enumerate(starts):
+            end = min(starts[i + 1] if i + 1 < len(starts) else n, start + max_frames_per_phone)
+            out[b, start:end] = path[start]
+    return out

@@ -1,0 +1,109 @@
+"""Pseudo speech for the tiny LLM's text step, and the forced-aligned layout of real speech."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from entropy_asr.model.pseudo_speech import (
+    SILENCE_ID,
+    PhoneFrames,
+    PhoneFramesConfig,
+    aligned_layout,
+)
+from entropy_asr.text import PHONES
+
+
+def fixed(**kw) -> PhoneFrames:
+    """Deterministic layout: fixed durations and edges, no pauses unless asked."""
+    cfg = {"dim": 8, "frames_per_phone": (2, 2), "edge_silence": (1, 1), "pause_prob": 0.0, "substitution": 0.0,
+           **kw}
+    return PhoneFrames(PhoneFramesConfig(**cfg))
+
+
+def test_layout_holds_each_phone_with_silence_at_the_edges():
+    ids, lens = fixed().layout([[5, 7], [9], []], random.Random(0), train=True)
+    assert lens.tolist() == [6, 4, 0]  # an empty phone list: no speech at all
+    assert ids[0].tolist() == [SILENCE_ID, 5, 5, 7, 7, SILENCE_ID]
+    assert ids[1, :4].tolist() == [SILENCE_ID, 9, 9, SILENCE_ID] and ids[1, 4:].tolist() == [SILENCE_ID] * 2
+
+
+def test_layout_durations_and_pauses_stay_in_their_ranges():
+    pf = fixed(frames_per_phone=(2, 5), edge_silence=(1, 6), pause_prob=0.5, pause_frames=(1, 3))
+    rng = random.Random(1)
+    for _ in range(50):
+        ids, lens = pf.layout([[5, 6, 7, 8]], rng, train=False)
+        row = ids[0, :lens[0]].tolist()
+        runs = []  # (token, run length)
+        for t in row:
+            if runs and runs[-1][0] == t:
+                runs[-1][1] += 1
+            else:
+                runs.append([t, 1])
+        phones = [r for r in runs if r[0] != SILENCE_ID]
+        assert [p[0] for p in phones] == [5, 6, 7, 8] and all(2 <= n <= 5 for _, n in phones)
+        assert runs[0][0] == SILENCE_ID and 1 <= runs[0][1] <= 6 and runs[-1][0] == SILENCE_ID
+
+
+def test_substitution_only_in_training_and_never_blank_or_unk():
+    pf = fixed(substitution=1.0)
+    phones = [list(range(2, 42))]
+    clean, _ = pf.layout(phones, random.Random(0), train=False)
+    assert clean[0, 1:-1:2].tolist() == phones[0]
+    noisy, _ = pf.layout(phones, random.Random(0), train=True)
+    subs = noisy[0, 1:-1:2]
+    assert subs.tolist() != phones[0] and bool((subs >= 2).all()) and bool((subs < len(PHONES)).all())
+
+
+def test_frames_are_zero_past_each_length_and_noise_only_when_asked():
+    pf = fixed(noise=0.5)
+    ids, lens = pf.layout([[5, 7], [9]], random.Random(0), train=False)
+    clean = pf(ids, lens)
+    assert clean.shape == (2, 6, 8) and torch.equal(clean[1, 4:], torch.zeros(2, 8))
+    assert torch.equal(clean[0, 1], pf.table.weight[5]) and torch.equal(pf(ids, lens), clean)
+    noisy = pf(ids, lens, noise=True)
+    assert not torch.equal(noisy[0, :6], clean[0, :6]) and torch.equal(noisy[1, 4:], torch.zeros(2, 8))
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="frames_per_phone"):
+        PhoneFramesConfig(frames_per_phone=(0, 3))
+    with pytest.raises(ValueError, match="edge_silence"):
+        PhoneFramesConfig(edge_silence=(4, 2))
+    with pytest.raises(ValueError, match="substitution"):
+        PhoneFramesConfig(substitution=1.5)
+
+
+def spiky(path: list[int], vocab: int = 12) -> torch.Tensor:
+    """(1, T, V) log-probs that put nearly all mass on the given token per frame."""
+    lp = torch.full((1, len(path), vocab), -20.0)
+    for t, k in enumerate(path):
+        lp[0, t, k] = 0.0
+    return lp.log_softmax(-1)
+
+
+def test_aligned_layout_holds_phones_from_their_spike_known_answer():
+    #        frame: 0  1  2  3  4  5  6  7  8  9 10 11
+    lp = spiky([0, 0, 5, 0, 0, 7, 0, 0, 0, 5, 0, 0])
+    out = aligned_layout(lp, torch.tensor([12]), torch.tensor([[5, 7, 5]]), torch.tensor([3]),
+                         max_frames_per_phone=4)
+    # 5 held to the next spike; 7 at most 4 frames (a pause follows); the last 5 to the end (3 frames)
+    assert out[0].tolist() == [0, 0, 5, 5, 5, 7, 7, 7, 7, 5, 5, 5]
+    assert aligned_layout(lp, torch.tensor([12]), torch.tensor([[5, 7, 5]]), torch.tensor([3]),
+                          max_frames_per_phone=2)[0].tolist() == [0, 0, 5, 5, 0, 7, 7, 0, 0, 5, 5, 0]
+
+
+def test_aligned_layout_follows_the_transcript_not_the_argmax():
+    lp = spiky([0, 3, 0, 4, 0])  # the CTC head hears 3 4; the transcript says 6 4
+    out = aligned_layout(lp, torch.tensor([5]), torch.tensor([[6, 4]]), torch.tensor([2]))
+    tokens = [t for i, t in enumerate(out[0].tolist()) if t != SILENCE_ID and (i == 0 or out[0, i - 1] != t)]
+    assert tokens == [6, 4] and out[0, 3].item() == 4  # 4 from its own spike; 3 never appears
+
+
+def test_aligned_layout_unfittable_utterances_are_silence():
+    lp = spiky([0, 5, 0]).expand(2, -1, -1)
+    out = aligned_layout(lp, torch.tensor([3, 2]), torch.tensor([[5, 5, 5], [5, 0, 0]]), torch.tensor([3, 1]))
+    assert out[0].tolist() == [SILENCE_ID] * 3  # 3 repeated phones need 5 frames
+    assert out[1].tolist()[:2] == [SILENCE_ID, 5] and out[1, 2].item() == SILENCE_ID  # past its length
