@@ -1,0 +1,170 @@
+"""Linear CKA and spectral entropy against known answers, streamed, and across 2 processes (gloo)."""
+
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from entropy_asr.metrics import (
+    LinearCKA,
+    SpectralEntropy,
+    hsic_unbiased,
+    linear_cka,
+    normalized_spectral_entropy,
+)
+
+
+def data(n=200, d=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, 8, generator=g, dtype=torch.float64) + 0.5 * torch.randn(n, 8, generator=g,
+                                                                                    dtype=torch.float64)
+    return x, y
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_of_itself_is_one_and_symmetric(debiased):
+    x, y = data()
+    assert linear_cka(x, x, debiased) == pytest.approx(1.0, abs=1e-10)
+    assert linear_cka(x, y, debiased) == pytest.approx(linear_cka(y, x, debiased), abs=1e-12)
+    assert 0 < linear_cka(x, y, debiased) < 1
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_invariances_and_a_general_linear_map_changes_it(debiased):
+    x, y = data()
+    base = linear_cka(x, y, debiased)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    assert linear_cka(x @ q, y, debiased) == pytest.approx(base, abs=1e-10)  # orthogonal map
+    assert linear_cka(3.7 * x, y, debiased) == pytest.approx(base, abs=1e-10)  # isotropic scaling
+    assert linear_cka(x + 5.0, y - 2.0, debiased) == pytest.approx(base, abs=1e-9)  # translation
+    stretch = torch.diag(torch.logspace(0, 2, 12, dtype=torch.float64))  # an invertible, non-orthogonal map
+    assert abs(linear_cka(x @ stretch, y, debiased) - base) > 0.05
+
+
+def test_unbiased_cka_of_independent_data_is_near_zero_where_biased_is_not():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(64, 200, generator=g), torch.randn(64, 200, generator=g)  # d >> n: biased CKA inflates
+    assert linear_cka(x, y) > 0.5
+    assert abs(linear_cka(x, y, debiased=True)) < 0.05
+
+
+def test_biased_cka_known_value_from_its_definition():
+    x, y = data(n=50)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = (yc.T @ xc).pow(2).sum() / (torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(yc.T @ yc))
+    assert linear_cka(x, y) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_hsic_unbiased_matches_u_centering():
+    """Song et al.'s closed form equals <K_U, L_U>/(n(n-3)) with Kornblith's U-centered Grams."""
+    x, y = data(n=30)
+
+    def u_center(g):
+        n = g.shape[0]
+        g = g.clone()
+        g.fill_diagonal_(0)
+        means = g.sum(0) / (n - 2)
+        means = means - means.sum() / (2 * (n - 1))
+        g = g - means[:, None] - means[None, :]
+        g.fill_diagonal_(0)
+        return g
+
+    n = 30
+    ku, lu = u_center(x @ x.T), u_center(y @ y.T)
+    assert float(hsic_unbiased(x, y)) == pytest.approx(float((ku * lu).sum() / (n * (n - 3))), rel=1e-10)
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        hsic_unbiased(x[:3], y[:3])
+
+
+def test_streaming_metrics_equal_the_one_shot_values():
+    x, y = data(n=300)
+    biased = LinearCKA(12, 8)
+    for i in range(0, 300, 70):  # uneven batches
+        biased.update(x[i:i + 70], y[i:i + 70])
+    assert float(biased.compute()) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    one = LinearCKA(12, 8, debiased=True)
+    one.update(x, y)  # one minibatch: minibatch CKA is the full unbiased CKA
+    assert float(one.compute()) == pytest.approx(linear_cka(x, y, debiased=True), rel=1e-10)
+    mini = LinearCKA(12, 8, debiased=True)
+    for i in range(0, 300, 100):
+        mini.update(x[i:i + 100], y[i:i + 100])
+    expected = sum(hsic_unbiased(x[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)) / math.sqrt(
+        sum(hsic_unbiased(x[i:i + 100], x[i:i + 100]) for i in range(0, 300, 100))
+        * sum(hsic_unbiased(y[i:i + 100], y[i:i + 100]) for i in range(0, 300, 100)))
+    assert float(mini.compute()) == pytest.approx(float(expected), rel=1e-10)
+
+
+def test_padding_is_masked_and_stride_subsamples():
+    x, y = data(n=40)
+    xb, yb = torch.zeros(2, 25, 12, dtype=torch.float64), torch.zeros(2, 25, 8, dtype=torch.float64)
+    xb[0, :20], yb[0, :20], xb[1, :20], yb[1, :20] = x[:20], y[:20], x[20:], y[20:]
+    xb[:, 20:], yb[:, 20:] = 99.0, -99.0  # padding that must not count
+    mask = torch.zeros(2, 25, dtype=torch.bool)
+    mask[:, :20] = True
+    m = LinearCKA(12, 8)
+    m.update(xb, yb, mask)
+    assert float(m.compute()) == pytest.approx(linear_cka(x, y), rel=1e-10)
+    s = SpectralEntropy(12, stride=2)
+    s.update(xb, mask)
+    assert float(s.compute()["nse"]) == pytest.approx(normalized_spectral_entropy(x[::2]), rel=1e-10)
+
+
+def test_nse_isotropic_is_one_rank_one_is_zero():
+    g = torch.Generator().manual_seed(3)
+    iso = torch.randn(20000, 16, generator=g, dtype=torch.float64)
+    assert normalized_spectral_entropy(iso) > 0.995
+    rank1 = torch.randn(500, 1, generator=g, dtype=torch.float64) * torch.randn(1, 16, generator=g,
+                                                                               dtype=torch.float64)
+    assert normalized_spectral_entropy(rank1) < 1e-6
+    m = SpectralEntropy(16)
+    m.update(iso)
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["effective_rank"] == pytest.approx(16, rel=0.01) and out["rankme"] == pytest.approx(16, rel=0.02)
+    two = torch.cat([torch.randn(1000, 2, generator=g, dtype=torch.float64), torch.zeros(1000, 14,
+                                                                                         dtype=torch.float64)], 1)
+    m2 = SpectralEntropy(16)
+    m2.update(two)
+    assert float(m2.compute()["effective_rank"]) == pytest.approx(2, rel=0.02)  # two equal directions
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_worker(rank: int, port: int, out: dict):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x, y = data(n=300)
+    part = slice(rank * 150, (rank + 1) * 150)
+    biased, mini, spec = LinearCKA(12, 8), LinearCKA(12, 8, debiased=True), SpectralEntropy(12)
+    for i in range(part.start, part.stop, 50):
+        biased.update(x[i:i + 50], y[i:i + 50])
+        mini.update(x[i:i + 50], y[i:i + 50])
+        spec.update(x[i:i + 50])
+    values = {"biased": float(biased.compute()), "mini": float(mini.compute()), "nse": float(spec.compute()["nse"])}
+    if rank == 0:
+        out.update(values)
+    dist.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_values():
+    x, y = data(n=300)
+    biased, mini, spec = LinearCKA(12, 8), LinearCKA(12, 8, debiased=True), SpectralEntropy(12)
+    for i in range(0, 300, 50):  # the same minibatches as the two ranks together
+        biased.update(x[i:i + 50], y[i:i + 50])
+        mini.update(x[i:i + 50], y[i:i + 50])
+        spec.update(x[i:i + 50])
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_rank_worker, args=(_free_port(), out), nprocs=2, join=True)
+        got = dict(out)
+    assert got["biased"] == pytest.approx(float(biased.compute()), rel=1e-10)
+    assert got["mini"] == pytest.approx(float(mini.compute()), rel=1e-10)
+    assert got["nse"] == pytest.approx(float(spec.compute()["nse"]), rel=1e-10)
