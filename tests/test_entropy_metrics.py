@@ -13,10 +13,13 @@ import torch.multiprocessing as mp
 from entropy_asr.metrics import (
     LinearCKA,
     SpectralEntropy,
+    TranscriptInformation,
+    accessible_information,
     hsic_unbiased,
     linear_cka,
     normalized_spectral_entropy,
 )
+from entropy_asr.metrics.probe import constant_cross_entropy
 
 
 def data(n=200, d=12, seed=0):
@@ -168,3 +171,44 @@ def test_two_processes_give_the_single_process_values():
     assert got["biased"] == pytest.approx(float(biased.compute()), rel=1e-10)
     assert got["mini"] == pytest.approx(float(mini.compute()), rel=1e-10)
     assert got["nse"] == pytest.approx(float(spec.compute()["nse"]), rel=1e-10)
+
+
+# ---- accessible information -------------------------------------------------------------------
+
+def labelled(n, classes=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, classes, (n,), generator=g)
+
+
+def test_constant_cross_entropy_is_the_label_entropy():
+    y = torch.arange(8).repeat(500)  # uniform over 8 classes: 3 bits
+    assert constant_cross_entropy(y, y, 8) == pytest.approx(3.0, abs=1e-3)
+
+
+def test_pai_of_features_that_encode_the_label_is_h_and_of_random_features_zero():
+    g = torch.Generator().manual_seed(4)
+    ytr, yte = labelled(4000, seed=1), labelled(2000, seed=2)
+    h = math.log2(8)
+    encode = torch.randn(8, 16, generator=g, dtype=torch.float64)  # a code per class
+    xtr = encode[ytr] + 0.05 * torch.randn(4000, 16, generator=g, dtype=torch.float64)
+    xte = encode[yte] + 0.05 * torch.randn(2000, 16, generator=g, dtype=torch.float64)
+    full = accessible_information(xtr, ytr, xte, yte, 8)
+    assert full["h_bits"] == pytest.approx(h, abs=0.02)
+    assert full["ai_bits"] == pytest.approx(h, abs=0.1) and full["probe_ce_bits"] < 0.1
+    noise = accessible_information(torch.randn(4000, 16, generator=g), ytr, torch.randn(2000, 16, generator=g), yte, 8)
+    assert abs(noise["ai_bits"]) < 0.05
+    half = accessible_information(encode[ytr // 2 * 2], ytr, encode[yte // 2 * 2], yte, 8)
+    assert half["ai_bits"] == pytest.approx(h - 1, abs=0.1)  # features that only tell pairs apart: 2 of 3 bits
+
+
+def test_transcript_information_known_answer():
+    m = TranscriptInformation()
+    ln2 = math.log(2)
+    m.update(torch.tensor([4 * ln2, 6 * ln2]), torch.tensor([1 * ln2, 2 * ln2]), ["ab cd", "你好世界"],
+             torch.tensor([2 * ln2, 4 * ln2]), torch.tensor([2, 4]))
+    out = {k: float(v) for k, v in m.compute().items()}
+    assert out["h0_bits_per_char"] == pytest.approx(10 / 8) and out["h1_bits_per_char"] == pytest.approx(3 / 8)
+    assert out["info_bits_per_char"] == pytest.approx(7 / 8) and out["share_resolved"] == pytest.approx(0.7)
+    assert out["token_entropy_bits"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no transcript characters"):
+        TranscriptInformation().compute()

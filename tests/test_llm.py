@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -21,6 +22,7 @@ from entropy_asr.model.prompt import (
     generate,
     max_new_tokens_for,
     transcript_nll,
+    transcript_scores,
 )
 from entropy_asr.model.tokenizer import (
     IM_END,
@@ -249,6 +251,18 @@ def test_transcript_nll_equals_hf_loss(tokenizer, prompt):
         no_audio = transcript_nll(model, prompt, model.get_input_embeddings(), None, None, texts)
         empty = transcript_nll(model, prompt, model.get_input_embeddings(), speech[:, :0], torch.zeros(2), texts)
         assert torch.allclose(no_audio, empty) and not torch.allclose(no_audio, nll)
+
+
+def test_transcript_scores_entropy_and_token_counts(tokenizer, prompt):
+    model = tiny_llm(tokenizer, seed=3)
+    speech, lens = speech_batch([3, 5], model.config.hidden_size)
+    texts = ["hello 北京", "we go to school"]
+    out = transcript_scores(model, prompt, model.get_input_embeddings(), speech, lens, texts)
+    assert torch.allclose(out["nll"], transcript_nll(model, prompt, model.get_input_embeddings(), speech, lens, texts))
+    assert out["tokens"].tolist() == [len(prompt.transcript_ids(t)) for t in texts]  # tokens + EOS
+    vocab = model.get_output_embeddings().weight.shape[0]
+    # each scored position's entropy lies in [0, ln V]
+    assert bool((out["entropy"] > 0).all()) and bool((out["entropy"] <= out["tokens"] * math.log(vocab) + 1e-3).all())
 
 
 def test_lora_trains_only_lora_weights(tokenizer):

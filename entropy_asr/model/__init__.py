@@ -18,6 +18,7 @@ from entropy_asr.model.prompt import (
     generate,
     max_new_tokens_for,
     transcript_nll,
+    transcript_scores,
 )
 from entropy_asr.model.tokenizer import (
     SPEECH_TOKEN,
@@ -47,4 +48,5 @@ __all__ = [
     "tiny_conformer",
     "train_bpe_tokenizer",
     "transcript_nll",
+    "transcript_scores",
 ]

@@ -163,9 +163,10 @@ def max_new_tokens_for(durations_s: list[float], tokens_per_second: float = 8.0,
 
 
 @torch.no_grad()
-def transcript_nll(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor | None,
-                   speech_lens: torch.Tensor | None, transcripts: list[str]) -> torch.Tensor:
-    """(B,) summed NLL in nats of each transcript + EOS under the LLM; speech None = the audio removed.
+def transcript_scores(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor | None,
+                      speech_lens: torch.Tensor | None, transcripts: list[str]) -> dict[str, torch.Tensor]:
+    """Per transcript (B,): summed NLL in nats of its tokens + EOS, summed predictive entropy in nats
+    at those positions, and the number of scored tokens; speech None = the audio removed.
 
     For METHOD.md's LLM-side accessible information: H0 (speech None) and H1 (with speech), each
     divided by ln 2 and the characters of the transcript, give bits per character; I = H0 - H1.
@@ -182,4 +183,15 @@ def transcript_nll(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed, s
     scored = targets != IGNORE_INDEX
     logp = torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)  # (n, V): only the scored rows, in float32
     nll = -logp.gather(1, targets[scored][:, None])[:, 0]  # (n,)
-    return torch.zeros(targets.shape, dtype=nll.dtype, device=nll.device).masked_scatter(scored, nll).sum(1)
+    entropy = -(logp.exp() * logp).sum(-1)  # (n,): H of the next-token distribution
+
+    def per_sample(v: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(targets.shape, dtype=v.dtype, device=v.device).masked_scatter(scored, v).sum(1)
+
+    return {"nll": per_sample(nll), "entropy": per_sample(entropy), "tokens": scored.sum(1)}
+
+
+def transcript_nll(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor | None,
+                   speech_lens: torch.Tensor | None, transcripts: list[str]) -> torch.Tensor:
+    """(B,) summed NLL in nats of each transcript + EOS under the LLM (transcript_scores' "nll")."""
+    return transcript_scores(model, prompt, embed, speech, speech_lens, transcripts)["nll"]
