@@ -1,0 +1,184 @@
+"""CKA drift monitor (METHOD.md, pipeline step 2), a callback for the pretraining run.
+
+Every `every_n_steps` after `warmup_steps`, the current encoder encodes one fixed probe set (the
+first `probe_batches` validation batches) and its frames are compared, by linear CKA, with the
+reference's frames on the same probe set. The first check sets the reference (the encoder at the
+end of warm-up). When CKA falls below `threshold` (0.975 in the paper) the encoder is exported
+as a new snapshot and becomes the reference. At the end of training a final snapshot is
+exported regardless, marked final.
+
+A snapshot is `<dir>/encoder-stepNNNNNNNN.safetensors` (+ `ctc_head-...` when the module has
+one), then `<dir>/snapshot-stepNNNNNNNN.json` {step, cka, nse, final, files: {component: name},
+sha256: {component: hex}}, each written atomically (temp file + rename), the JSON last: a
+snapshot whose JSON exists is complete, and its checksums let a reader detect a damaged file.
+Each check is logged as drift/cka and entropy/nse_encoder and appended to `<dir>/drift.jsonl`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from entropy_asr.data.shards import atomic_write_json
+from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
+from entropy_asr.model.export import save_component
+
+log = logging.getLogger(__name__)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
+    """At most max_frames rows of (n, d), evenly spaced (deterministic subsampling)."""
+    if frames.shape[0] <= max_frames:
+        return frames
+    idx = torch.linspace(0, frames.shape[0] - 1, max_frames).round().long()
+    return frames[idx]
+
+
+class CKADriftMonitor(L.Callback):
+    """Export encoder snapshots when the encoder drifts (CKA to the reference < threshold) and at the end.
+
+    Args:
+        every_n_steps: check interval in optimizer steps.
+        threshold: export when CKA to the reference falls below this (paper: 0.975).
+        warmup_steps: no checks before this step; the first check sets the reference.
+        probe_batches: validation batches that form the fixed probe set.
+        max_frames: probe frames kept (evenly spaced) for CKA and NSE.
+        snapshot_dir: default <export dir>/snapshots.
+        debiased: unbiased (U-centered) CKA instead of the biased estimator.
+    """
+
+    def __init__(self, every_n_steps: int = 500, threshold: float = 0.975, warmup_steps: int = 0,
+                 probe_batches: int = 2, max_frames: int = 4096, snapshot_dir: str | None = None,
+                 debiased: bool = False):
+        if every_n_steps < 1 or probe_batches < 1 or max_frames < 4:
+            raise ValueError(f"CKADriftMonitor: every_n_steps and probe_batches must be >= 1 and max_frames >= 4, got "
+                             f"{every_n_steps}, {probe_batches}, {max_frames}")
+        if not 0 < threshold <= 1:
+            raise ValueError(f"CKADriftMonitor: threshold must be in (0, 1], got {threshold}")
+        self.every_n_steps, self.threshold, self.warmup_steps = every_n_steps, threshold, warmup_steps
+        self.probe_batches, self.max_frames, self.debiased = probe_batches, max_frames, debiased
+        self.snapshot_dir_arg = snapshot_dir
+        self.reference: torch.Tensor | None = None  # (n, d) reference frames on the probe set
+        self.history: list[dict] = []
+        self.last_check = -1
+        self._probe: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"CKADriftMonitor{{threshold={self.threshold}, every={self.every_n_steps}}}"
+
+    def snapshot_dir(self, pl_module) -> Path:
+        return Path(self.snapshot_dir_arg) if self.snapshot_dir_arg else Path(pl_module.export_dir) / "snapshots"
+
+    # ---- probing ---------------------------------------------------------------------------
+    def probe_set(self, trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first probe_batches validation batches (features and lengths), kept on the CPU."""
+        if self._probe is None:
+            loader = trainer.datamodule.val_dataloader()
+            self._probe = []
+            for i, batch in enumerate(loader):
+                if i == self.probe_batches:
+                    break
+                self._probe.append((batch["feats"].cpu(), batch["feat_lens"].cpu()))
+            if not self._probe:
+                raise ValueError("CKADriftMonitor: the validation loader gave no batch to probe with; set data.val_dir")
+        return self._probe
+
+    @torch.no_grad()
+    def encoder_frames(self, trainer, pl_module) -> torch.Tensor:
+        """(n, d) float64 encoder frames of the probe set, padding dropped, evenly subsampled."""
+        encoder = pl_module.net.encoder
+        was_training = encoder.training
+        encoder.eval()
+        out = []
+        for feats, lens in self.probe_set(trainer):
+            frames, frame_lens = encoder(feats.to(pl_module.device), lens.to(pl_module.device))  # (B, T', D)
+            valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < frame_lens[:, None]
+            out.append(frames[valid].double().cpu())
+        encoder.train(was_training)
+        return evenly_spaced(torch.cat(out), self.max_frames)
+
+    # ---- hooks -----------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if step < self.warmup_steps or step % self.every_n_steps or step == self.last_check:
+            return
+        self.check(trainer, pl_module, step)
+
+    def check(self, trainer, pl_module, step: int, final: bool = False) -> dict:
+        """One drift check at `step`; exports a snapshot when CKA < threshold (or when final)."""
+        self.last_check = step
+        frames = self.encoder_frames(trainer, pl_module)
+        first = self.reference is None
+        cka = 1.0 if first else linear_cka(frames, self.reference, debiased=self.debiased)
+        # every rank decides as rank zero does (each may have probed its own part of the validation data)
+        cka = float(trainer.strategy.broadcast(torch.tensor(cka), src=0))
+        nse = normalized_spectral_entropy(frames)
+        entry = {"step": step, "cka": cka, "nse": nse, "snapshot": None}
+        if first:
+            self.reference = frames
+        elif final or cka < self.threshold:
+            entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
+            self.reference = frames
+        self.history.append(entry)
+        if not final:
+            pl_module.log("drift/cka", cka, rank_zero_only=True)
+            pl_module.log("entropy/nse_encoder", nse, rank_zero_only=True)
+        self._append_log(pl_module, entry)
+        return entry
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.reference is None:  # training ended before the first check: the final encoder still goes out
+            self.reference = self.encoder_frames(trainer, pl_module)
+        self.check(trainer, pl_module, trainer.global_step, final=True)
+
+    # ---- outputs ---------------------------------------------------------------------------
+    @rank_zero_only
+    def export(self, pl_module, step: int, cka: float, nse: float, final: bool) -> str:
+        """Write the snapshot's weights, then its JSON (the completeness marker); returns the JSON path."""
+        out = self.snapshot_dir(pl_module)
+        files, sums = {}, {}
+        for c in ("encoder", "ctc_head"):
+            module = getattr(pl_module.net, c, None)
+            if module is None:
+                continue
+            path = save_component(module, out / f"{c}-step{step:08d}.safetensors", c, pl_module.export_meta(c))
+            files[c], sums[c] = path.name, sha256_file(path)
+        meta = {"step": step, "cka": cka, "nse": nse, "final": final, "threshold": self.threshold, "files": files,
+                "sha256": sums}
+        marker = out / f"snapshot-step{step:08d}.json"
+        atomic_write_json(marker, meta)
+        log.info("CKA drift: step %d, CKA %.4f -> snapshot %s%s", step, cka, marker, " (final)" if final else "")
+        pl_module.print(f"[drift] step {step}: CKA {cka:.4f}, NSE {nse:.4f} -> snapshot {marker.name}"
+                        + (" (final)" if final else ""))
+        return str(marker)
+
+    @rank_zero_only
+    def _append_log(self, pl_module, entry: dict) -> None:
+        out = self.snapshot_dir(pl_module)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "drift.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    # ---- resume ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"reference": self.reference, "history": list(self.history), "last_check": self.last_check}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.reference = state_dict.get("reference")
+        self.history = list(state_dict.get("history", []))
+        self.last_check = state_dict.get("last_check", -1)
