@@ -1,4 +1,4 @@
-"""The CKA drift monitor in a real (tiny) pretraining run: checks, snapshots, their markers and checksums."""
+"""The CKA drift monitor in a real (tiny) pretraining run, and the hot-swap that reads its snapshots."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 import torch
 
 from callbacks.cka_drift import CKADriftMonitor, evenly_spaced, sha256_file
+from callbacks.hot_swap import EncoderHotSwap, complete_snapshots
+from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
-from entropy_asr.model.export import load_component
+from entropy_asr.model.export import load_component, save_component
 from experiments.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,3 +61,70 @@ def test_state_round_trips_and_subsampling_is_even():
     assert torch.equal(again.reference, m.reference) and again.history == m.history and again.last_check == 5
     x = torch.arange(10.0)[:, None]
     assert evenly_spaced(x, 4)[:, 0].tolist() == [0.0, 3.0, 6.0, 9.0] and evenly_spaced(x, 20).shape == (10, 1)
+
+
+# ---- hot-swap ---------------------------------------------------------------------------------
+
+def write_snapshot(directory: Path, step: int, final: bool = False, seed: int = 0) -> Path:
+    """A snapshot as the drift monitor writes it: weights, then the marker with the checksum."""
+    torch.manual_seed(seed)
+    path = save_component(ConformerEncoder(EncoderConfig(**ENC)), directory / f"encoder-step{step:08d}.safetensors",
+                          "encoder")
+    atomic_write_json(directory / f"snapshot-step{step:08d}.json",
+                      {"step": step, "final": final, "files": {"encoder": path.name},
+                       "sha256": {"encoder": sha256_file(path)}})
+    return path
+
+
+def test_only_complete_intact_snapshots_are_offered(tmp_path, caplog):
+    write_snapshot(tmp_path, 10)
+    bad = write_snapshot(tmp_path, 20)
+    bad.write_bytes(bad.read_bytes()[:-7] + b"corrupt")  # damaged after its marker was written
+    (tmp_path / "snapshot-step00000030.json").write_text('{"step": 30, "files": ')  # half-written marker
+    write_snapshot(tmp_path, 40).unlink()  # marker without its weights
+    (tmp_path / "encoder-step00000050.safetensors").write_bytes(b"weights without a marker yet")
+    assert [m["step"] for m in complete_snapshots(tmp_path)] == [10]
+    assert sum("skipping snapshot" in r.message for r in caplog.records) == 3
+
+
+class SwapStub:
+    """What the callback needs of an IA-SFT module."""
+
+    global_step = 7
+
+    def __init__(self):
+        self.swapped = []
+
+    def swap_encoder(self, path):
+        encoder = ConformerEncoder(EncoderConfig(**ENC))
+        load_component(encoder, path, "encoder")  # strict, as IASFT.swap_encoder
+        self.swapped.append(Path(path).name)
+
+    def print(self, *a):
+        pass
+
+
+def test_hot_swap_takes_the_newest_complete_snapshot_once_and_knows_the_final(tmp_path):
+    cb, module = EncoderHotSwap(str(tmp_path)), SwapStub()
+    assert cb.poll(module) is None and module.swapped == []  # nothing exported yet: keep going
+    write_snapshot(tmp_path, 100)
+    write_snapshot(tmp_path, 200)
+    assert cb.poll(module)["step"] == 200 and module.swapped == ["encoder-step00000200.safetensors"]
+    assert cb.poll(module) is None and not cb.final_swapped  # nothing newer: no second swap
+    write_snapshot(tmp_path, 300, final=True)
+    cb.poll(module)
+    assert cb.final_swapped and module.swapped[-1] == "encoder-step00000300.safetensors"
+    resumed = EncoderHotSwap(str(tmp_path))
+    resumed.load_state_dict(cb.state_dict())
+    assert resumed.poll(module) is None and resumed.final_swapped  # a resumed run stays on its snapshot
+
+
+def test_damaged_snapshots_are_hashed_and_warned_about_once(tmp_path, caplog):
+    bad = write_snapshot(tmp_path, 20)
+    bad.write_bytes(b"truncated")
+    cb, module = EncoderHotSwap(str(tmp_path)), SwapStub()
+    assert cb.poll(module) is None and cb.poll(module) is None
+    assert sum("skipping snapshot" in r.message for r in caplog.records) == 1
+    write_snapshot(tmp_path, 30)
+    assert cb.poll(module)["step"] == 30
+    assert complete_snapshots(tmp_path, after_step=30) == []  # older markers are not even read

@@ -1,0 +1,113 @@
+"""Encoder hot-swap (METHOD.md, IA-SFT), a callback for the IA-SFT run.
+
+Watches a snapshot directory written by the CKA drift monitor (callbacks/cka_drift.py) of a
+pretraining run that may still be going. At each step boundary (every `poll_every_n_steps`), it
+takes the newest *complete* snapshot newer than the current one: its JSON marker exists and
+parses, its encoder file exists and matches the recorded sha256. It loads it into the frozen
+encoder through the module's `swap_encoder` (strict shapes; the optimizer state of the trained
+parts is untouched because the encoder is never in it). A half-written or corrupt snapshot is
+skipped with one warning, never a crash. The swaps made are kept in the checkpoint, so a
+resumed run continues on the same snapshot; `final_swapped` says the final one is in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+
+from callbacks.cka_drift import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _marker_step(marker: Path) -> int | None:
+    try:
+        return int(marker.stem.removeprefix("snapshot-step"))
+    except ValueError:
+        return None
+
+
+def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | None = None) -> list[dict]:
+    """Markers of the complete snapshots in `directory` past `after_step`, by step: each {step, final, path, ...}.
+
+    A marker that does not parse, or whose encoder file is missing or fails its checksum, is left
+    out with a warning, and added to `skip` (as (name, mtime)) so a later call does not re-hash it.
+    Only markers past `after_step` are read, so an encoder file is hashed once, not at every poll.
+    """
+    out = []
+    for marker in sorted(Path(directory).glob("snapshot-step*.json")):
+        step = _marker_step(marker)
+        if step is None or step <= after_step:
+            continue
+        try:
+            key = (marker.name, marker.stat().st_mtime_ns)
+        except OSError:  # removed since the listing
+            continue
+        if skip is not None and key in skip:
+            continue
+        try:
+            meta = json.loads(marker.read_text())
+            encoder = marker.parent / meta["files"]["encoder"]
+            if sha256_file(encoder) != meta["sha256"]["encoder"]:
+                raise ValueError(f"checksum mismatch for {encoder.name}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("hot-swap: skipping snapshot %s (%s)", marker.name, e)
+            if skip is not None:
+                skip.add(key)
+            continue
+        out.append({**meta, "path": str(encoder), "marker": marker.name})
+    return sorted(out, key=lambda m: m["step"])
+
+
+class EncoderHotSwap(L.Callback):
+    """Swap newer complete encoder snapshots from `snapshot_dir` into the IA-SFT run at step boundaries.
+
+    Args:
+        snapshot_dir: the pretraining run's snapshot directory (export/snapshots).
+        poll_every_n_steps: look for a new snapshot this often (step boundaries only).
+    """
+
+    def __init__(self, snapshot_dir: str, poll_every_n_steps: int = 1):
+        if poll_every_n_steps < 1:
+            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, got {poll_every_n_steps}")
+        self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
+        self.current: dict | None = None  # the marker of the snapshot now in the encoder
+        self.final_swapped = False
+        self._rejected: set = set()  # (marker name, mtime) of damaged snapshots, warned about once
+
+    @property
+    def state_key(self) -> str:
+        return f"EncoderHotSwap{{{self.snapshot_dir}}}"
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # (on resume the checkpoint has restored the swapped encoder's weights and self.current already)
+        if not hasattr(pl_module, "swap_encoder"):
+            raise ValueError(f"EncoderHotSwap needs a stage with swap_encoder (IASFT), got {type(pl_module).__name__}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step % self.poll_every_n_steps == 0:
+            self.poll(pl_module)
+
+    def poll(self, pl_module) -> dict | None:
+        """Swap in the newest complete snapshot newer than the current one; returns its marker, or None."""
+        done = self.current["step"] if self.current else -1
+        newer = complete_snapshots(self.snapshot_dir, after_step=done, skip=self._rejected)
+        if not newer:
+            return None
+        snap = newer[-1]
+        pl_module.swap_encoder(snap["path"])
+        self.current = {k: snap[k] for k in ("step", "final", "path", "marker")}
+        self.final_swapped = bool(snap.get("final"))
+        pl_module.print(f"[hot-swap] step {pl_module.global_step}: encoder <- {snap['marker']} (pretraining step "
+                        f"{snap['step']}{', final' if self.final_swapped else ''})")
+        return snap
+
+    def state_dict(self) -> dict:
+        return {"current": self.current, "final_swapped": self.final_swapped}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.current = state_dict.get("current")
+        self.final_swapped = bool(state_dict.get("final_swapped", False))
