@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import lightning as L
@@ -68,12 +69,19 @@ class EncoderHotSwap(L.Callback):
     Args:
         snapshot_dir: the pretraining run's snapshot directory (export/snapshots).
         poll_every_n_steps: look for a new snapshot this often (step boundaries only).
+        wait_for_first_s: at the start of a fresh run, wait this long for a first complete
+            snapshot (pretraining may still be warming up), then swap it in before step 0; 0 =
+            start on the configured encoder without waiting.
+        wait_poll_s: how often to look while waiting.
     """
 
-    def __init__(self, snapshot_dir: str, poll_every_n_steps: int = 1):
-        if poll_every_n_steps < 1:
-            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, got {poll_every_n_steps}")
+    def __init__(self, snapshot_dir: str, poll_every_n_steps: int = 1, wait_for_first_s: float = 0.0,
+                 wait_poll_s: float = 10.0):
+        if poll_every_n_steps < 1 or wait_for_first_s < 0 or wait_poll_s <= 0:
+            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s >= 0 and "
+                             f"wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, {wait_poll_s}")
         self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
+        self.wait_for_first_s, self.wait_poll_s = wait_for_first_s, wait_poll_s
         self.current: dict | None = None  # the marker of the snapshot now in the encoder
         self.final_swapped = False
         self._rejected: set = set()  # (marker name, mtime) of damaged snapshots, warned about once
@@ -86,6 +94,23 @@ class EncoderHotSwap(L.Callback):
         # (on resume the checkpoint has restored the swapped encoder's weights and self.current already)
         if not hasattr(pl_module, "swap_encoder"):
             raise ValueError(f"EncoderHotSwap needs a stage with swap_encoder (IASFT), got {type(pl_module).__name__}")
+        if self.current is None and self.wait_for_first_s > 0:
+            self.wait_for_first(pl_module)
+
+    def wait_for_first(self, pl_module) -> dict:
+        """Block until a complete snapshot exists (then swap it in), or raise after wait_for_first_s."""
+        deadline = time.monotonic() + self.wait_for_first_s
+        pl_module.print(f"[hot-swap] waiting up to {self.wait_for_first_s:g} s for a first encoder snapshot in "
+                        f"{self.snapshot_dir} (is pretraining with the CKA drift monitor running?)")
+        while True:
+            snap = self.poll(pl_module)
+            if snap is not None:
+                return snap
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"EncoderHotSwap: no complete encoder snapshot appeared in {self.snapshot_dir} "
+                                   f"within {self.wait_for_first_s:g} s; start pretraining with "
+                                   f"callbacks.CKADriftMonitor writing there, or raise wait_for_first_s")
+            time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step % self.poll_every_n_steps == 0:

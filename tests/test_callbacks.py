@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from callbacks.cka_drift import CKADriftMonitor, evenly_spaced, sha256_file
@@ -128,3 +129,18 @@ def test_damaged_snapshots_are_hashed_and_warned_about_once(tmp_path, caplog):
     write_snapshot(tmp_path, 30)
     assert cb.poll(module)["step"] == 30
     assert complete_snapshots(tmp_path, after_step=30) == []  # older markers are not even read
+
+
+def test_a_fresh_run_waits_for_the_first_snapshot_then_gives_up_with_a_clear_error(tmp_path):
+    import threading
+
+    cb, module = EncoderHotSwap(str(tmp_path), wait_for_first_s=30, wait_poll_s=0.05), SwapStub()
+    timer = threading.Timer(0.3, write_snapshot, args=(tmp_path, 5))
+    timer.start()
+    cb.on_fit_start(None, module)  # returns once the snapshot is complete, with it swapped in
+    timer.join()
+    assert module.swapped == ["encoder-step00000005.safetensors"] and cb.current["step"] == 5
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(TimeoutError, match="no complete encoder snapshot appeared in .*empty within 0.2 s"):
+        EncoderHotSwap(str(empty), wait_for_first_s=0.2, wait_poll_s=0.05).on_fit_start(None, SwapStub())
