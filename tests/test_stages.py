@@ -14,6 +14,7 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from callbacks.spectral_logger import representation_spectra
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, ctc_greedy
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
@@ -274,6 +275,21 @@ def test_ia_sft_swap_encoder_keeps_it_frozen_and_optimizer_untouched(exports):
     assert m.swaps[-1]["path"] == "<state dict>"
     with pytest.raises(ValueError, match="does not fit the encoder"):
         m.swap_encoder({k: v[:1] for k, v in new.items()})
+
+
+def test_spectral_logger_measures_encoder_adapter_and_llm_speech_positions(exports):
+    m = build(Align, exports)
+    m.eval()
+    probe = [(torch.randn(3, 160, 80), torch.tensor([160, 120, 90]))]
+    spectra = representation_spectra(m.net, probe, torch.device("cpu"))
+    assert set(spectra) == {"encoder", "adapter", "llm"}
+    assert all(0 < s["nse"] <= 1 and 1 <= s["effective_rank"] for s in spectra.values())
+    _, lens = m.net.encode(*probe[0])
+    assert spectra["encoder"]["frames"] == int(lens.sum())
+    # the LLM rows are exactly its speech positions: one per adapter token, padding excluded
+    assert spectra["llm"]["frames"] == spectra["adapter"]["frames"] == int(((lens + 3) // 4).sum())
+    ctc = build(PretrainCTC, exports)
+    assert set(representation_spectra(ctc.net, probe, torch.device("cpu"))) == {"encoder"}
 
 
 def test_generation_returns_text_per_utterance(exports):
