@@ -11,7 +11,7 @@ A snapshot is `<dir>/encoder-stepNNNNNNNN.safetensors` (+ `ctc_head-...` when th
 one), then `<dir>/snapshot-stepNNNNNNNN.json` {step, cka, nse, final, files: {component: name},
 sha256: {component: hex}}, each written atomically (temp file + rename), the JSON last: a
 snapshot whose JSON exists is complete, and its checksums let a reader detect a damaged file.
-Each check is logged as drift/cka and entropy/nse_encoder and appended to `<dir>/drift.jsonl`.
+Each check is logged as drift/cka and drift/nse_encoder and appended to `<dir>/drift.jsonl`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,18 @@ def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
         return frames
     idx = torch.linspace(0, frames.shape[0] - 1, max_frames).round().long()
     return frames[idx]
+
+
+def first_validation_batches(trainer, n: int, who: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed probe set: the first n validation batches' (features, lengths), kept on the CPU."""
+    probe = []
+    for i, batch in enumerate(trainer.datamodule.val_dataloader()):
+        if i == n:
+            break
+        probe.append((batch["feats"].cpu(), batch["feat_lens"].cpu()))
+    if not probe:
+        raise ValueError(f"{who}: the validation loader gave no batch to probe with; set data.val_dir")
+    return probe
 
 
 class CKADriftMonitor(L.Callback):
@@ -86,16 +98,8 @@ class CKADriftMonitor(L.Callback):
 
     # ---- probing ---------------------------------------------------------------------------
     def probe_set(self, trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first probe_batches validation batches (features and lengths), kept on the CPU."""
         if self._probe is None:
-            loader = trainer.datamodule.val_dataloader()
-            self._probe = []
-            for i, batch in enumerate(loader):
-                if i == self.probe_batches:
-                    break
-                self._probe.append((batch["feats"].cpu(), batch["feat_lens"].cpu()))
-            if not self._probe:
-                raise ValueError("CKADriftMonitor: the validation loader gave no batch to probe with; set data.val_dir")
+            self._probe = first_validation_batches(trainer, self.probe_batches, "CKADriftMonitor")
         return self._probe
 
     @torch.no_grad()
@@ -137,7 +141,7 @@ class CKADriftMonitor(L.Callback):
         self.history.append(entry)
         if not final:
             pl_module.log("drift/cka", cka, rank_zero_only=True)
-            pl_module.log("entropy/nse_encoder", nse, rank_zero_only=True)
+            pl_module.log("drift/nse_encoder", nse, rank_zero_only=True)
         self._append_log(pl_module, entry)
         return entry
 

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.cka_drift import evenly_spaced
+from callbacks.cka_drift import evenly_spaced, first_validation_batches
 from entropy_asr.metrics import spectral_stats
 from entropy_asr.model.prompt import build_generation_inputs
 
@@ -76,13 +76,7 @@ class SpectralEntropyLogger(L.Callback):
 
     def probe_set(self, trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if self._probe is None:
-            self._probe = []
-            for i, batch in enumerate(trainer.datamodule.val_dataloader()):
-                if i == self.probe_batches:
-                    break
-                self._probe.append((batch["feats"].cpu(), batch["feat_lens"].cpu()))
-            if not self._probe:
-                raise ValueError("SpectralEntropyLogger: the validation loader gave no batch; set data.val_dir")
+            self._probe = first_validation_batches(trainer, self.probe_batches, "SpectralEntropyLogger")
         return self._probe
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 
 
-def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4) -> Path:
+def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4, extra: list | None = None) -> Path:
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
     monitor = {"class_path": "callbacks.CKADriftMonitor",
                "init_args": {"every_n_steps": 1, "threshold": threshold, "probe_batches": 1}}
@@ -27,7 +27,7 @@ def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4)
          "--model.init_args.encoder", json.dumps(ENC), "--model.init_args.snapshot_steps", "[]",
          "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0", "--trainer.max_steps", str(steps),
          "--trainer.limit_val_batches", "1", "--test", "false", "--trainer.enable_progress_bar", "false",
-         "--trainer.callbacks", json.dumps([monitor])])
+         "--trainer.callbacks", json.dumps([monitor, *(extra or [])])])
     return run_dir / "export" / "snapshots"
 
 
@@ -48,10 +48,14 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
 
 
 def test_no_drift_exports_only_the_final_snapshot(tiny_corpus, tmp_path):
-    snaps = pretrain(tiny_corpus, tmp_path / "stable", threshold=1e-9, steps=3)
+    logger = {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {"every_n_steps": 2, "probe_batches": 1}}
+    snaps = pretrain(tiny_corpus, tmp_path / "stable", threshold=1e-9, steps=3, extra=[logger])
     markers = sorted(snaps.glob("snapshot-step*.json"))
     assert [m.name for m in markers] == ["snapshot-step00000003.json"]
     assert json.loads(markers[0].read_text())["final"] is True
+    logged = [json.loads(line) for line in (tmp_path / "stable" / "entropy.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logged] == [2] and 0 < logged[0]["encoder"]["nse"] <= 1  # pretraining: encoder only
+    assert set(logged[0]) == {"step", "encoder"}
 
 
 def test_state_round_trips_and_subsampling_is_even():
