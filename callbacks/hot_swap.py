@@ -83,12 +83,16 @@ class EncoderHotSwap(L.Callback):
         self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
         self.wait_for_first_s, self.wait_poll_s = wait_for_first_s, wait_poll_s
         self.current: dict | None = None  # the marker of the snapshot now in the encoder
-        self.final_swapped = False
         self._rejected: set = set()  # (marker name, mtime) of damaged snapshots, warned about once
 
     @property
     def state_key(self) -> str:
         return f"EncoderHotSwap{{{self.snapshot_dir}}}"
+
+    @property
+    def final_swapped(self) -> bool:
+        """Whether the snapshot now in the encoder is pretraining's final one."""
+        return bool(self.current and self.current.get("final"))
 
     def on_fit_start(self, trainer, pl_module) -> None:
         # (on resume the checkpoint has restored the swapped encoder's weights and self.current already)
@@ -124,15 +128,15 @@ class EncoderHotSwap(L.Callback):
             return None
         snap = newer[-1]
         pl_module.swap_encoder(snap["path"])
-        self.current = {k: snap[k] for k in ("step", "final", "path", "marker")}
-        self.final_swapped = bool(snap.get("final"))
+        self.current = {"step": snap["step"], "final": bool(snap.get("final")), "path": snap["path"],
+                        "marker": snap["marker"]}
         pl_module.print(f"[hot-swap] step {pl_module.global_step}: encoder <- {snap['marker']} (pretraining step "
                         f"{snap['step']}{', final' if self.final_swapped else ''})")
         return snap
 
     def state_dict(self) -> dict:
-        return {"current": self.current, "final_swapped": self.final_swapped}
+        return {"current": self.current}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.current = state_dict.get("current")
-        self.final_swapped = bool(state_dict.get("final_swapped", False))
+
