@@ -18,6 +18,8 @@ from entropy_asr.metrics import (
     hsic_unbiased,
     linear_cka,
     normalized_spectral_entropy,
+    semantic_accessible_information,
+    unit_rows,
 )
 from entropy_asr.metrics.probe import constant_cross_entropy
 
@@ -212,3 +214,53 @@ def test_transcript_information_known_answer():
     assert out["token_entropy_bits"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no transcript characters"):
         TranscriptInformation().compute()
+
+
+# ---- CSAI --------------------------------------------------------------------------------------
+
+def homophones(n, seed):
+    """n unit occurrences over 8 units: 4 pronunciations with 2 equally likely homophones each."""
+    g = torch.Generator().manual_seed(seed)
+    unit = torch.randint(0, 8, (n,), generator=g)
+    return [f"u{u}" for u in unit.tolist()], [(f"p{u // 2}",) for u in unit.tolist()], unit, g
+
+
+def test_csai_is_what_features_tell_beyond_the_pronunciation():
+    utr, ptr, ktr, g = homophones(3000, 1)
+    ute, pte, kte, _ = homophones(1500, 2)
+    code = torch.randn(8, 6, generator=g, dtype=torch.float64)
+
+    def feats(k, which):
+        return which[k] + 0.05 * torch.randn(len(k), 6, generator=g, dtype=torch.float64)
+
+    knows_unit = semantic_accessible_information(feats(ktr, code), utr, ptr, feats(kte, code), ute, pte)
+    assert knows_unit["h_bits"] == pytest.approx(3.0, abs=0.03)  # 8 equally likely units
+    assert knows_unit["phone_ce_bits"] == pytest.approx(1.0, abs=0.05)  # the homophone pair is left open
+    assert knows_unit["csai_bits"] == pytest.approx(1.0, abs=0.1)
+    pron_code = code[torch.arange(8) // 2 * 2]  # features that only repeat the pronunciation
+    knows_pron = semantic_accessible_information(feats(ktr, pron_code), utr, ptr, feats(kte, pron_code), ute, pte)
+    assert abs(knows_pron["csai_bits"]) < 0.05
+    noise = semantic_accessible_information(torch.randn(3000, 6, generator=g), utr, ptr,
+                                            torch.randn(1500, 6, generator=g), ute, pte)
+    assert abs(noise["csai_bits"]) < 0.05
+
+
+def test_csai_rare_units_share_the_other_class_and_bad_input_is_refused():
+    utr, ptr, _, _ = homophones(400, 3)
+    x = torch.randn(400, 4, dtype=torch.float64)
+    out = semantic_accessible_information(x, utr, ptr, x[:100], utr[:100], ptr[:100], max_classes=3)
+    assert out["classes"] == 4
+    with pytest.raises(ValueError, match="differ in length"):
+        semantic_accessible_information(x, utr[:-1], ptr, x, utr, ptr)
+    with pytest.raises(ValueError, match="no aligned units"):
+        semantic_accessible_information(x[:0], [], [], x, utr, ptr)
+
+
+def test_unit_rows_average_each_units_aligned_frames():
+    frames = torch.arange(2 * 6 * 2, dtype=torch.float32).reshape(2, 6, 2)  # (B, T', D)
+    # utterance 0: units "ab" (phones 0, 1) and "c" (phone 2); utterance 1: "d" (phones 0, 1), "e" unaligned
+    positions = torch.tensor([[-1, 0, 1, 1, 2, -1], [0, 1, -1, -1, -1, -1]])
+    units = [[("ab", ("a", "b")), ("c", ("c",))], [("d", ("d1", "d2")), ("e", ("e",))]]
+    x, labels, prons = unit_rows(frames, positions, units)
+    assert labels == ["ab", "c", "d"] and prons == [("a", "b"), ("c",), ("d1", "d2")]
+    assert torch.equal(x, torch.tensor([[4.0, 5.0], [8.0, 9.0], [13.0, 14.0]], dtype=torch.float64))

@@ -205,3 +205,14 @@ def test_tokenize_for_scoring():
     assert tokenize_for_scoring("我们明天去 office 开会") == ["我", "们", "明", "天", "去", "office", "开", "会"]
     assert tokenize_for_scoring("2024年 new york") == ["2024", "年", "new", "york"]
     assert tokenize_for_scoring("") == []
+
+
+@pytest.mark.parametrize("text", ["我们去花园儿玩吧", "I bought 3 apples 和两个橙子", "hello, world! 你好αβ", "U.S.A 的 e-mail"])
+def test_units_split_the_phones_into_characters_and_words(ph, text):
+    units = ph.units(text)
+    assert [p for _, phones in units for p in phones] == ph(text)
+    assert all(phones for _, phones in units)
+
+
+def test_units_known_answer(ph):
+    assert ph.units("花儿 and 你") == [("花儿", ("h", "ua1", "rr")), ("and", ("AH0", "N", "D")), ("你", ("n", "i3"))]

@@ -94,20 +94,20 @@ class PhoneFrames(nn.Module):
         return x * valid[..., None]
 
 
-def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
-                   max_frames_per_phone: int = 5) -> Tensor:
-    """Frame-level phone ids (B, T') of real speech in PhoneFrames' layout, from a CTC forced alignment.
+def aligned_phone_positions(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
+                            max_frames_per_phone: int = 5) -> Tensor:
+    """(B, T') index of the transcript phone each encoder frame belongs to (-1 = silence), by CTC forced alignment.
 
     log_probs (B, T', V) are a CTC head's phone log-posteriors over encoder frames; phones (B, S)
-    with phone_lens (B,) the transcript's phones. CTC marks each phone with a spike, so each phone
-    is held from its first aligned frame to the next phone's, at most `max_frames_per_phone`
-    frames (longer gaps are pauses); frames before the first phone and after the last are silence.
-    Utterances the alignment cannot fit (more phones than frames) are all silence.
+    with phone_lens (B,) the transcript's phones. CTC marks each phone with a spike, so phone i is
+    held from its first aligned frame to phone i+1's, at most `max_frames_per_phone` frames (longer
+    gaps are pauses); frames before the first phone and after the last are silence. Utterances the
+    alignment cannot fit (more phones than frames) are all silence.
     """
     from torchaudio.functional import forced_align  # torchaudio's CTC Viterbi alignment
 
     B, T = log_probs.shape[:2]
-    out = torch.full((B, T), SILENCE_ID, dtype=torch.long)
+    out = torch.full((B, T), -1, dtype=torch.long)
     lp = log_probs.detach().float().cpu()
     for b in range(B):
         n, s = int(lens[b]), int(phone_lens[b])
@@ -121,5 +121,14 @@ def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: 
         starts = ((path != SILENCE_ID) & (path != prev)).nonzero()[:, 0].tolist()  # first frame of each phone
         for i, start in enumerate(starts):
             end = min(starts[i + 1] if i + 1 < len(starts) else n, start + max_frames_per_phone)
-            out[b, start:end] = path[start]
+            out[b, start:end] = i
     return out
+
+
+def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
+                   max_frames_per_phone: int = 5) -> Tensor:
+    """Frame-level phone ids (B, T') of real speech in PhoneFrames' layout (SILENCE_ID off the phones),
+    from a CTC forced alignment (aligned_phone_positions)."""
+    pos = aligned_phone_positions(log_probs, lens, phones, phone_lens, max_frames_per_phone)  # (B, T')
+    ids = phones.cpu().gather(1, pos.clamp_min(0).clamp_max(phones.shape[1] - 1))  # (B, T')
+    return torch.where(pos >= 0, ids, torch.full_like(ids, SILENCE_ID))

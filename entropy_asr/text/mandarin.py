@@ -134,8 +134,12 @@ def apply_sandhi(chars: list[str], syls: list[str], word_final: list[bool]) -> l
     return syls
 
 
-def han_run_phones(run: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Phones for a run of Han characters, and the characters that became <unk> (one <unk> phone each)."""
+def han_run_units(run: str) -> tuple[list[tuple[str, tuple[str, ...]]], tuple[str, ...]]:
+    """Per spoken character of a Han run, (character, its phones), and the characters that became <unk>.
+
+    An erhua 儿 joins the character before it (花儿 -> ("花儿", (h, ua1, er))); the phones of all
+    units, in order, are han_run_phones(run).
+    """
     words = list(_mmseg.cut(run))
     syls = [s for w in words for s in word_pinyin(w)]
     word_final = []
@@ -144,16 +148,22 @@ def han_run_phones(run: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     erhua = _erhua_flags(run, words)
     keep = [i for i in range(len(run)) if not erhua[i]]
     surface = apply_sandhi([run[i] for i in keep], [syls[i] for i in keep], [word_final[i] for i in keep])
-    phones, unks = [], []
+    units, unks = [], []
     for k, i in enumerate(keep):
         p = syllable_phones(surface[k])
         if p is None:
-            phones.append(UNK)
+            units.append((run[i], (UNK,)))
             unks.append(run[i])
         else:
-            phones.extend(p)
+            units.append((run[i], tuple(p)))
         if i + 1 < len(run) and erhua[i + 1] and p is not None:
-            phones.append(ERHUA)
+            units[-1] = (run[i] + run[i + 1], units[-1][1] + (ERHUA,))
         elif i + 1 < len(run) and erhua[i + 1]:  # 儿 after an unreadable character: read it as er
-            phones.extend(syllable_phones(syls[i + 1]) or (UNK,))
-    return tuple(phones), tuple(unks)
+            units.append((run[i + 1], tuple(syllable_phones(syls[i + 1]) or (UNK,))))
+    return units, tuple(unks)
+
+
+def han_run_phones(run: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Phones for a run of Han characters, and the characters that became <unk> (one <unk> phone each)."""
+    units, unks = han_run_units(run)
+    return tuple(p for _, phones in units for p in phones), unks

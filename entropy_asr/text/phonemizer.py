@@ -15,7 +15,7 @@ import unicodedata
 
 from entropy_asr.text.english import latin_run_phones
 from entropy_asr.text.inventory import UNK
-from entropy_asr.text.mandarin import han_run_phones
+from entropy_asr.text.mandarin import han_run_units
 from entropy_asr.text.numbers import zh_number
 from entropy_asr.text.script import has_han, split_by_script
 
@@ -66,21 +66,31 @@ class Phonemizer:
 
     def phonemize_with_unk(self, text: str, language: str | None = None) -> tuple[list[str], int]:
         """Phones for `text` and how many <unk> phones they contain (also added to unk_counts)."""
+        units, unk = self.units_with_unk(text, language)
+        return [p for _, phones in units for p in phones], unk
+
+    def units(self, text: str, language: str | None = None) -> list[tuple[str, tuple[str, ...]]]:
+        """[(unit, its phones)] in spoken order, a unit being a Mandarin character (with its erhua 儿) or an
+        English word (lowercased) or an unreadable token; the phones of all units are self(text)."""
+        return self.units_with_unk(text, language)[0]
+
+    def units_with_unk(self, text: str, language: str | None = None) -> tuple[list[tuple[str, tuple[str, ...]]], int]:
         if language not in _LANGUAGES:
             raise ValueError(f"language={language!r}: use one of {_LANGUAGES}")
-        phones: list[str] = []
+        units: list[tuple[str, tuple[str, ...]]] = []
         unks: list[str] = []
         for lang, piece in self._pieces(text, language):
             if lang == "zh":
-                p, u = han_run_phones(piece)
+                u, unk = han_run_units(piece)
             elif lang == "en":
-                p, u = latin_run_phones(piece)
+                p, unk = latin_run_phones(piece)
+                u = [(piece.lower(), tuple(p))] if p else []
             else:
-                p, u = (UNK,), (piece,)
-            phones += p
-            unks += u
+                u, unk = [(piece, (UNK,))], (piece,)
+            units += u
+            unks += unk
         self.unk_counts.update(unks)
-        return phones, len(unks)
+        return units, len(unks)
 
     def _pieces(self, text: str, language: str | None) -> list[tuple[str, str]]:
         """Cut `text` into ("zh", Han text) / ("en", Latin run) / ("unk", token); numbers become Chinese numerals in zh."""
