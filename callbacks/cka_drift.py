@@ -11,56 +11,35 @@ A snapshot is `<dir>/encoder-stepNNNNNNNN.safetensors` (+ `ctc_head-...` when th
 one), then `<dir>/snapshot-stepNNNNNNNN.json` {step, cka, nse, final, files: {component: name},
 sha256: {component: hex}}, each written atomically (temp file + rename), the JSON last: a
 snapshot whose JSON exists is complete, and its checksums let a reader detect a damaged file.
-Each check is logged as drift/cka and drift/nse_encoder and appended to `<dir>/drift.jsonl`.
+Each check is logged as drift/cka and drift/nse_encoder, appended to `<dir>/drift.jsonl` and
+plotted to `<run dir>/drift.png` (CKA with the snapshots marked, and NSE, over steps).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from callbacks.common import (
+    MeasuredCallback,
+    append_jsonl,
+    evenly_spaced,
+    first_validation_batches,
+    measured,
+    sha256_file,
+)
 from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component
+from entropy_asr.plots import plot_drift
 
 log = logging.getLogger(__name__)
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
-    """At most max_frames rows of (n, d), evenly spaced (deterministic subsampling)."""
-    if frames.shape[0] <= max_frames:
-        return frames
-    idx = torch.linspace(0, frames.shape[0] - 1, max_frames).round().long()
-    return frames[idx]
-
-
-def first_validation_batches(trainer, n: int, who: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A fixed probe set: the first n validation batches' (features, lengths), kept on the CPU."""
-    probe = []
-    for i, batch in enumerate(trainer.datamodule.val_dataloader()):
-        if i == n:
-            break
-        probe.append((batch["feats"].cpu(), batch["feat_lens"].cpu()))
-    if not probe:
-        raise ValueError(f"{who}: the validation loader gave no batch to probe with; set data.val_dir")
-    return probe
-
-
-class CKADriftMonitor(L.Callback):
+class CKADriftMonitor(MeasuredCallback):
     """Export encoder snapshots when the encoder drifts (CKA to the reference < threshold) and at the end.
 
     Args:
@@ -71,11 +50,13 @@ class CKADriftMonitor(L.Callback):
         max_frames: probe frames kept (evenly spaced) for CKA and NSE.
         snapshot_dir: default <export dir>/snapshots.
         debiased: unbiased (U-centered) CKA instead of the biased estimator.
+        export_reference: export the first reference (the encoder at the end of warm-up) as the
+            first snapshot: the encoder alignment and IA-SFT start from, at a known step.
     """
 
     def __init__(self, every_n_steps: int = 500, threshold: float = 0.975, warmup_steps: int = 0,
                  probe_batches: int = 2, max_frames: int = 4096, snapshot_dir: str | None = None,
-                 debiased: bool = False):
+                 debiased: bool = False, export_reference: bool = True):
         if every_n_steps < 1 or probe_batches < 1 or max_frames < 4:
             raise ValueError(f"CKADriftMonitor: every_n_steps and probe_batches must be >= 1 and max_frames >= 4, got "
                              f"{every_n_steps}, {probe_batches}, {max_frames}")
@@ -83,7 +64,7 @@ class CKADriftMonitor(L.Callback):
             raise ValueError(f"CKADriftMonitor: threshold must be in (0, 1], got {threshold}")
         self.every_n_steps, self.threshold, self.warmup_steps = every_n_steps, threshold, warmup_steps
         self.probe_batches, self.max_frames, self.debiased = probe_batches, max_frames, debiased
-        self.snapshot_dir_arg = snapshot_dir
+        self.snapshot_dir_arg, self.export_reference = snapshot_dir, export_reference
         self.reference: torch.Tensor | None = None  # (n, d) reference frames on the probe set
         self.history: list[dict] = []
         self.last_check = -1
@@ -123,6 +104,7 @@ class CKADriftMonitor(L.Callback):
             return
         self.check(trainer, pl_module, step)
 
+    @measured
     def check(self, trainer, pl_module, step: int, final: bool = False) -> dict:
         """One drift check at `step`; exports a snapshot when CKA < threshold (or when final)."""
         self.last_check = step
@@ -132,9 +114,11 @@ class CKADriftMonitor(L.Callback):
         # every rank decides as rank zero does (each may have probed its own part of the validation data)
         cka = float(trainer.strategy.broadcast(torch.tensor(cka), src=0))
         nse = normalized_spectral_entropy(frames)
-        entry = {"step": step, "cka": cka, "nse": nse, "snapshot": None}
+        entry = {"step": step, "cka": cka, "nse": nse, "snapshot": None, "threshold": self.threshold}
         if first:
             self.reference = frames
+            if self.export_reference or final:
+                entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
         elif final or cka < self.threshold:
             entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
             self.reference = frames
@@ -146,8 +130,8 @@ class CKADriftMonitor(L.Callback):
         return entry
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.reference is None:  # training ended before the first check: the final encoder still goes out
-            self.reference = self.encoder_frames(trainer, pl_module)
+        # (when the last check exported at this very step, the final export rewrites that snapshot, same
+        # weights, marked final; a run that ends before its first check exports from that first check)
         self.check(trainer, pl_module, trainer.global_step, final=True)
 
     # ---- outputs ---------------------------------------------------------------------------
@@ -173,10 +157,8 @@ class CKADriftMonitor(L.Callback):
 
     @rank_zero_only
     def _append_log(self, pl_module, entry: dict) -> None:
-        out = self.snapshot_dir(pl_module)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "drift.jsonl", "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        append_jsonl(self.snapshot_dir(pl_module) / "drift.jsonl", entry)
+        plot_drift(self.history, Path(pl_module.trainer.default_root_dir) / "drift.png", threshold=self.threshold)
 
     # ---- resume ----------------------------------------------------------------------------
     def state_dict(self) -> dict:

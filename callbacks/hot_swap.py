@@ -8,20 +8,28 @@ encoder through the module's `swap_encoder` (strict shapes; the optimizer state 
 parts is untouched because the encoder is never in it). A half-written or corrupt snapshot is
 skipped with one warning, never a crash. The swaps made are kept in the checkpoint, so a
 resumed run continues on the same snapshot; `final_swapped` says the final one is in.
+
+Each swap is logged (hot_swap/snapshot_step at the IA-SFT step) and appended to
+`<run dir>/swaps.jsonl` {step, snapshot_step, marker, final}. With `final_by_step`, the run waits at
+that step for pretraining's final snapshot, so the steps after it train on the final encoder.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
 import lightning as L
 
-from callbacks.cka_drift import sha256_file
+from callbacks.common import append_jsonl, log_to_loggers, sha256_file
 
 log = logging.getLogger(__name__)
+# Set while a hot-swap callback in this process blocks waiting for a snapshot: a pipeline running
+# pretraining beside it hands the idle cores to pretraining meanwhile (experiments/pipeline.py).
+WAITING = threading.Event()
 
 
 def _marker_step(marker: Path) -> int | None:
@@ -73,16 +81,24 @@ class EncoderHotSwap(L.Callback):
             snapshot (pretraining may still be warming up), then swap it in before step 0; 0 =
             start on the configured encoder without waiting.
         wait_poll_s: how often to look while waiting.
+        final_by_step: at this step boundary, if the final snapshot is not in yet, wait for it (up
+            to wait_for_final_s), so that the remaining steps train on pretraining's final encoder.
+        wait_for_final_s: how long to wait there before giving up with an error.
     """
 
     def __init__(self, snapshot_dir: str, poll_every_n_steps: int = 1, wait_for_first_s: float = 0.0,
-                 wait_poll_s: float = 10.0):
-        if poll_every_n_steps < 1 or wait_for_first_s < 0 or wait_poll_s <= 0:
-            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s >= 0 and "
-                             f"wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, {wait_poll_s}")
+                 wait_poll_s: float = 10.0, final_by_step: int | None = None, wait_for_final_s: float = 3600.0):
+        if poll_every_n_steps < 1 or wait_for_first_s < 0 or wait_poll_s <= 0 or wait_for_final_s < 0:
+            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s and wait_for_final_s "
+                             f">= 0 and wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, "
+                             f"{wait_for_final_s}, {wait_poll_s}")
+        if final_by_step is not None and final_by_step < 0:
+            raise ValueError(f"EncoderHotSwap: final_by_step must be >= 0, got {final_by_step}")
         self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
         self.wait_for_first_s, self.wait_poll_s = wait_for_first_s, wait_poll_s
+        self.final_by_step, self.wait_for_final_s = final_by_step, wait_for_final_s
         self.current: dict | None = None  # the marker of the snapshot now in the encoder
+        self.waited_s = 0.0  # time spent blocked waiting for snapshots (not training)
         self._rejected: set = set()  # (marker name, mtime) of damaged snapshots, warned about once
 
     @property
@@ -103,36 +119,92 @@ class EncoderHotSwap(L.Callback):
 
     def wait_for_first(self, pl_module) -> dict:
         """Block until a complete snapshot exists (then swap it in), or raise after wait_for_first_s."""
-        deadline = time.monotonic() + self.wait_for_first_s
         pl_module.print(f"[hot-swap] waiting up to {self.wait_for_first_s:g} s for a first encoder snapshot in "
                         f"{self.snapshot_dir} (is pretraining with the CKA drift monitor running?)")
-        while True:
-            snap = self.poll(pl_module)
-            if snap is not None:
-                return snap
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"EncoderHotSwap: no complete encoder snapshot appeared in {self.snapshot_dir} "
-                                   f"within {self.wait_for_first_s:g} s; start pretraining with "
-                                   f"callbacks.CKADriftMonitor writing there, or raise wait_for_first_s")
-            time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))
+        return self._wait(pl_module, self.wait_for_first_s, lambda snap: snap is not None,
+                          f"no complete encoder snapshot appeared in {self.snapshot_dir} within "
+                          f"{self.wait_for_first_s:g} s; start pretraining with callbacks.CKADriftMonitor writing "
+                          f"there, or raise wait_for_first_s")
+
+    def wait_for_final(self, pl_module) -> dict:
+        """Block until pretraining's final snapshot is swapped in, or raise after wait_for_final_s."""
+        pl_module.print(f"[hot-swap] step {pl_module.global_step} (final_by_step): waiting up to "
+                        f"{self.wait_for_final_s:g} s for pretraining's final snapshot in {self.snapshot_dir}")
+        return self._wait(pl_module, self.wait_for_final_s, lambda snap: self.final_swapped,
+                          f"pretraining's final snapshot did not appear in {self.snapshot_dir} within "
+                          f"{self.wait_for_final_s:g} s (final_by_step {self.final_by_step}); is pretraining still "
+                          f"running? Raise wait_for_final_s, or drop final_by_step to go on without it")
+
+    def _wait(self, pl_module, seconds: float, done, message: str) -> dict:
+        deadline = time.monotonic() + seconds
+        t0 = time.monotonic()
+        WAITING.set()
+        try:
+            while True:
+                snap = self.poll(pl_module)
+                if done(snap):
+                    pl_module.print(f"[hot-swap] waited {time.monotonic() - t0:.0f} s")
+                    return snap or self.current
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"EncoderHotSwap: {message}")
+                time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))
+        finally:
+            WAITING.clear()
+            self.waited_s += time.monotonic() - t0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step % self.poll_every_n_steps == 0:
             self.poll(pl_module)
+        if self.final_by_step is not None and trainer.global_step >= self.final_by_step and not self.final_swapped:
+            self.wait_for_final(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not self.final_swapped:
+            at = self.current["marker"] if self.current else "the configured encoder"
+            pl_module.print(f"[hot-swap] IA-SFT ended on {at}, not on pretraining's final snapshot (set "
+                            f"final_by_step to wait for it)")
+
+    def _refresh_final(self) -> None:
+        """The current snapshot may have been re-marked final since (same step, same weights)."""
+        if self.current is None or self.current.get("final"):
+            return
+        try:
+            meta = json.loads((Path(self.snapshot_dir) / self.current["marker"]).read_text())
+        except (OSError, ValueError):
+            return
+        if meta.get("final") and meta.get("sha256", {}).get("encoder") == self.current.get("sha256"):
+            self.current["final"] = True
 
     def poll(self, pl_module) -> dict | None:
         """Swap in the newest complete snapshot newer than the current one; returns its marker, or None."""
+        was_final = self.final_swapped
+        self._refresh_final()
         done = self.current["step"] if self.current else -1
         newer = complete_snapshots(self.snapshot_dir, after_step=done, skip=self._rejected)
         if not newer:
+            if self.final_swapped and not was_final:
+                pl_module.print(f"[hot-swap] step {pl_module.global_step}: {self.current['marker']} (already in) "
+                                "is pretraining's final snapshot")
+                self._record(pl_module)
             return None
         snap = newer[-1]
         pl_module.swap_encoder(snap["path"])
         self.current = {"step": snap["step"], "final": bool(snap.get("final")), "path": snap["path"],
-                        "marker": snap["marker"]}
+                        "marker": snap["marker"], "sha256": snap["sha256"]["encoder"]}
         pl_module.print(f"[hot-swap] step {pl_module.global_step}: encoder <- {snap['marker']} (pretraining step "
                         f"{snap['step']}{', final' if self.final_swapped else ''})")
+        self._record(pl_module)
         return snap
+
+    def _record(self, pl_module) -> None:
+        """Log the swap (IA-SFT step, snapshot step) to the loggers and to <run dir>/swaps.jsonl."""
+        trainer = pl_module.trainer
+        step = int(pl_module.global_step)
+        entry = {"step": step, "snapshot_step": self.current["step"], "marker": self.current["marker"],
+                 "final": self.final_swapped}
+        log_to_loggers(trainer, {"hot_swap/snapshot_step": float(self.current["step"])}, step)
+        if trainer.is_global_zero:
+            append_jsonl(Path(trainer.default_root_dir) / "swaps.jsonl", entry)
 
     def state_dict(self) -> dict:
         return {"current": self.current}

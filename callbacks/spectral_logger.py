@@ -8,21 +8,26 @@ entropy/nse_<name> and entropy/erank_<name> (entropy_asr/metrics/spectral.py):
 - adapter: the adapter's speech tokens (25/k Hz);
 - llm: the LLM's last hidden layer at the speech token positions of the prompt.
 
-The same series goes to <run dir>/entropy.jsonl, one line per check.
+The same series goes to <run dir>/entropy.jsonl, one line per check, and <run dir>/entropy.png.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from callbacks.cka_drift import evenly_spaced, first_validation_batches
+from callbacks.common import (
+    MeasuredCallback,
+    append_jsonl,
+    evenly_spaced,
+    first_validation_batches,
+    measured,
+)
 from entropy_asr.metrics import spectral_stats
 from entropy_asr.model.prompt import build_generation_inputs
+from entropy_asr.plots import plot_series, read_jsonl
 
 
 def _stats(frames: torch.Tensor, max_frames: int) -> dict[str, float]:
@@ -58,7 +63,7 @@ def representation_spectra(net, probe: list[tuple[torch.Tensor, torch.Tensor]], 
     return {name: _stats(torch.cat(r), max_frames) for name, r in rows.items() if r}
 
 
-class SpectralEntropyLogger(L.Callback):
+class SpectralEntropyLogger(MeasuredCallback):
     """Log entropy/nse_* and entropy/erank_* of the model's representations every N steps.
 
     Args:
@@ -80,9 +85,12 @@ class SpectralEntropyLogger(L.Callback):
         return self._probe
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self.check(trainer, pl_module)
+
+    @measured
+    def check(self, trainer, pl_module) -> None:
         step = trainer.global_step
-        if step % self.every_n_steps:
-            return
         was_training = pl_module.training
         pl_module.eval()
         spectra = representation_spectra(pl_module.net, self.probe_set(trainer), pl_module.device, self.max_frames)
@@ -94,7 +102,6 @@ class SpectralEntropyLogger(L.Callback):
 
     @rank_zero_only
     def _append(self, trainer, entry: dict) -> None:
-        path = Path(trainer.default_root_dir) / "entropy.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        path = append_jsonl(Path(trainer.default_root_dir) / "entropy.jsonl", entry)
+        plot_series(read_jsonl(path), [f"{n}/{k}" for k in ("nse", "effective_rank") for n in ("encoder", "adapter", "llm")],
+                    path.with_suffix(".png"), "spectral entropy of the representations")

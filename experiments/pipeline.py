@@ -1,24 +1,46 @@
 """Run a multi-stage pipeline: `python experiments/pipeline.py --config experiments/tiny/pipeline.yaml`.
 
-Each stage is one `experiments/run.py` run (same process, in order) on its own config plus the
-pipeline's overrides, in run_dir/<stage name>. A stage whose results.json exists is finished and
-skipped; an interrupted one resumes from its last.ckpt. At the end it prints the test table
-(CER on Mandarin, WER on English, MER on code-switched) and writes run_dir/results.json.
+Each stage is one `experiments/run.py` run on its own config plus the pipeline's overrides, in
+run_dir/<stage name>, in order, in this process. A stage with `background: true` runs as its own
+process beside the stages after it (its output in <stage dir>/stdout.log, its [drift] lines echoed
+here): that is how pretraining and IA-SFT run side by side, sharing the snapshot directory. A
+stage with `wait_for: FILE` starts once FILE exists (e.g. pretraining's first snapshot marker),
+and fails if the background stage that should write it dies or `wait_timeout_s` passes. CPU
+threads are shared: a background stage gets all cores while nothing else runs, half of them while
+a foreground stage trains, all again while that stage waits for a snapshot, and the foreground gets
+them all once the background is done (callbacks/thread_share.py applies each process's budget at
+step boundaries).
+
+A stage whose results.json exists is finished and skipped; an interrupted one resumes from its
+last.ckpt. At the end it waits for the background stages, plots the drift curves (`drift_plot`),
+prints the test table (CER on Mandarin, WER on English, MER on code-switched) and writes
+run_dir/results.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
 
+import torch
 import yaml
 
+from callbacks import hot_swap
 from entropy_asr.data.shards import atomic_write_json
-from experiments.run import run
+from entropy_asr.plots import plot_drift, read_jsonl
+from experiments.run import THREADS_FILE, run
+
+RUN_PY = Path(__file__).resolve().parent / "run.py"
+ECHO = ("[drift]", "Traceback", "Error")  # background lines worth showing in the pipeline's own output
 
 COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix")]
 
@@ -55,6 +77,150 @@ def format_table(results: dict, sets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class Background:
+    """A stage running as its own `run.py` process; output to <stage dir>/stdout.log (some lines echoed)."""
+
+    def __init__(self, name: str, args: list[str], stage_dir: Path, threads: int):
+        self.name, self.log_path, self.threads_file = name, stage_dir / "stdout.log", stage_dir / "threads"
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        self.grant(threads)
+        env = {**os.environ, THREADS_FILE: str(self.threads_file)}
+        self.proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        self._tee = threading.Thread(target=self._copy, daemon=True)
+        self._tee.start()
+
+    def grant(self, threads: int) -> None:
+        """The thread count this stage should use from its next step boundary on."""
+        atomic_write_json(self.threads_file, threads)
+
+    def _copy(self) -> None:
+        with open(self.log_path, "a") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+                log.flush()
+                if line.lstrip().startswith(ECHO):
+                    print(f"[{self.name}] {line.rstrip()}", flush=True)
+
+    def failed(self) -> str | None:
+        """A message if the process ended with an error, else None (still running or succeeded)."""
+        rc = self.proc.poll()
+        if rc in (None, 0):
+            return None
+        self._tee.join(timeout=5)
+        tail = "".join(self.log_path.read_text().splitlines(keepends=True)[-15:])
+        return f"background stage {self.name} failed (exit code {rc}); its log is {self.log_path}:\n{tail}"
+
+    def join(self, stage_dir: Path) -> dict:
+        self.proc.wait()
+        self._tee.join()
+        if msg := self.failed():
+            raise RuntimeError(msg)
+        return json.loads((stage_dir / "results.json").read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def wait_for(path: Path, timeout_s: float, background: dict[str, Background], stage: str) -> None:
+    """Block until `path` exists; fail early if a background stage died or all of them ended without it."""
+    if path.exists():
+        return
+    print(f"== {stage}: waiting for {path}", flush=True)
+    t0 = time.monotonic()
+    while not path.exists():
+        for bg in background.values():
+            if msg := bg.failed():
+                raise RuntimeError(f"{stage} waits for {path}, but {msg}")
+        if background and all(bg.proc.poll() == 0 for bg in background.values()) and not path.exists():
+            raise RuntimeError(f"{stage} waits for {path}, but the background stages ended without writing it; "
+                               f"check the pipeline's wait_for against their snapshot steps")
+        if not background:
+            raise FileNotFoundError(f"{stage} waits for {path}, which does not exist and no background stage "
+                                    f"is running to write it")
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError(f"{stage}: {path} did not appear within {timeout_s:g} s (wait_timeout_s)")
+        time.sleep(1.0)
+    print(f"== {stage}: {path.name} is there after {time.monotonic() - t0:.0f} s", flush=True)
+
+
+@contextlib.contextmanager
+def shared_cores(background: dict[str, Background], stage_dir: Path):
+    """Split the cores between a foreground stage and the background stages still running.
+
+    Equal shares while both train; all cores to the background while the foreground waits for a
+    snapshot (EncoderHotSwap), all to the foreground once the background is done. The foreground
+    (this process) follows its budget at step boundaries through ThreadShare, like the background.
+    """
+    running = [b for b in background.values() if b.proc.poll() is None]
+    if not running:
+        yield
+        return
+    cores, before = _cores(), torch.get_num_threads()
+    mine = stage_dir / "threads"
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def budget() -> tuple[int, int]:
+        """(foreground threads, each running background stage's threads) now."""
+        alive = [b for b in running if b.proc.poll() is None]
+        if not alive:
+            return cores, cores
+        if hot_swap.WAITING.is_set():
+            return 1, cores
+        share = max(1, cores // (len(alive) + 1))
+        return max(1, cores - share * len(alive)), share
+
+    def follow() -> None:
+        granted = None
+        while not stop.is_set():
+            want = budget()
+            if want != granted:
+                atomic_write_json(mine, want[0])
+                for b in running:
+                    b.grant(want[1])
+                granted = want
+            stop.wait(1.0)
+
+    fg, _ = budget()
+    torch.set_num_threads(fg)
+    atomic_write_json(mine, fg)
+    os.environ[THREADS_FILE] = str(mine)  # run() adds a ThreadShare that follows it
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        os.environ.pop(THREADS_FILE, None)
+        torch.set_num_threads(before)
+        for b in running:
+            b.grant(cores)
+
+
+def write_drift_plot(spec: dict, run_dir: str) -> Path | None:
+    """run_dir/drift.png from the pretraining's drift.jsonl, with the snapshot steps IA-SFT swapped in."""
+    drift_path = Path(_fill(spec["drift"], run_dir))
+    if not drift_path.exists():
+        print(f"pipeline: no drift log at {drift_path}; drift plot skipped (is CKADriftMonitor on in pretraining?)")
+        return None
+    drift = read_jsonl(drift_path)
+    swaps_path = Path(_fill(spec.get("swaps", ""), run_dir)) if spec.get("swaps") else None
+    swapped = [e["snapshot_step"] for e in read_jsonl(swaps_path)] if swaps_path and swaps_path.exists() else []
+    threshold = next((d["threshold"] for d in drift if "threshold" in d), None)
+    return plot_drift(drift, Path(_fill(spec.get("out", "{run_dir}/drift.png"), run_dir)), swapped, threshold)
+
+
 def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False) -> dict:
     """Run every stage (skipping finished ones), then the test table of `table.stage`."""
     run_dir = str(config.get("run_dir") or "runs/pipeline")
@@ -62,22 +228,45 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     if not stages:
         raise ValueError("pipeline config has no `stages` list")
     summary: dict = {"stages": {}}
+    background: dict[str, Background] = {}
+    os.environ.setdefault("WANDB_RUN_GROUP", Path(run_dir).name)  # the stages' W&B runs, grouped
     t0 = time.perf_counter()
-    for stage in stages:
-        stage_dir = Path(run_dir) / stage["name"]
-        done = stage_dir / "results.json"
-        if done.exists() and not force:
-            print(f"== {stage['name']}: finished before ({done}); skipped")
-            summary["stages"][stage["name"]] = json.loads(done.read_text())
-            continue
-        args = stage_args(stage, run_dir, list(extra or []))
-        if (stage_dir / "checkpoints" / "last.ckpt").exists() and not force:
-            args += ["--ckpt_path", "last"]
-        print(f"== {stage['name']}: python experiments/run.py {' '.join(args)}", flush=True)
-        t = time.perf_counter()
-        summary["stages"][stage["name"]] = run(args)
-        print(f"== {stage['name']}: {time.perf_counter() - t:.0f} s", flush=True)
+    try:
+        for stage in stages:
+            name = stage.get("name")
+            stage_dir = Path(run_dir) / str(name)
+            done = stage_dir / "results.json"
+            if done.exists() and not force:
+                print(f"== {name}: finished before ({done}); skipped")
+                summary["stages"][name] = json.loads(done.read_text())
+                continue
+            args = stage_args(stage, run_dir, list(extra or []))
+            if (stage_dir / "checkpoints" / "last.ckpt").exists() and not force:
+                args += ["--ckpt_path", "last"]
+            if stage.get("wait_for"):
+                wait_for(Path(_fill(stage["wait_for"], run_dir)), float(stage.get("wait_timeout_s", 7200)),
+                         background, name)
+            if stage.get("background"):
+                print(f"== {name} (background, log {stage_dir / 'stdout.log'}): python experiments/run.py "
+                      f"{' '.join(args)}", flush=True)
+                background[name] = Background(name, args, stage_dir, _cores())
+                continue
+            print(f"== {name}: python experiments/run.py {' '.join(args)}", flush=True)
+            t = time.perf_counter()
+            with shared_cores(background, stage_dir):
+                summary["stages"][name] = run(args)
+            print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        for name, bg in background.items():
+            summary["stages"][name] = bg.join(Path(run_dir) / name)
+    finally:
+        for bg in background.values():
+            bg.stop()
+    summary["stages"] = {s["name"]: summary["stages"][s["name"]] for s in stages}  # in config order
     summary["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    if config.get("drift_plot"):
+        out = write_drift_plot(config["drift_plot"], run_dir)
+        if out:
+            print(f"pipeline: drift plot {out}")
     table = config.get("table") or {}
     final = summary["stages"].get(table.get("stage", stages[-1]["name"]), {})
     sets = table.get("sets") or list(final.get("test", {}))

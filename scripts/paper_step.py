@@ -49,18 +49,23 @@ def timed_steps(net, params, step, n: int = 4) -> dict:
     return {"loss": round(float(loss), 3), "step_s": round(min(times[1:]), 3), "peak_gib": round(peak, 1)}
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def shape_args(description: str | None = None) -> tuple[argparse.Namespace, torch.device]:
+    """--tokenizer, --batch, --seconds, --smoke (tiny shapes on the CPU: PAPER_ENCODER/QWEN3_1_7B shrunk)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (checks the script itself)")
     a = p.parse_args()
-    dev = torch.device("cpu" if a.smoke else "cuda")
     if a.smoke:
         PAPER_ENCODER.update(d_model=64, num_layers=1, num_heads=2, ffn_dim=128, conv_kernel=3)
         QWEN3_1_7B.update(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                           head_dim=32, intermediate_size=128)
+    return a, torch.device("cpu" if a.smoke else "cuda")
+
+
+def main() -> None:
+    a, dev = shape_args()
     B, T = a.batch, int(a.seconds * 100)
     feats, lens = torch.randn(B, T, 80, device=dev), torch.full((B,), T, device=dev)
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+# Training runs log to metrics.csv only in tests (a W&B offline run costs seconds per stage);
+# tests/test_entrypoints.py checks the W&B default (offline) with --wandb explicitly.
+os.environ["WANDB_MODE"] = "disabled"
 
 
 def tone(seconds: float, sr: int = 16000, freq: float = 220.0, seed: int = 0) -> np.ndarray:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from callbacks.cka_drift import CKADriftMonitor, evenly_spaced, sha256_file
+from callbacks.cka_drift import CKADriftMonitor
+from callbacks.common import evenly_spaced, sha256_file
 from callbacks.hot_swap import EncoderHotSwap, complete_snapshots
 from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
@@ -19,10 +21,11 @@ ROOT = Path(__file__).resolve().parents[1]
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 
 
-def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4, extra: list | None = None) -> Path:
+def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4, extra: list | None = None,
+             monitor_args: dict | None = None) -> Path:
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
     monitor = {"class_path": "callbacks.CKADriftMonitor",
-               "init_args": {"every_n_steps": 1, "threshold": threshold, "probe_batches": 1}}
+               "init_args": {"every_n_steps": 1, "threshold": threshold, "probe_batches": 1, **(monitor_args or {})}}
     run(["--config", str(ROOT / "experiments" / "tiny" / "pretrain_ctc.yaml"), "--run_dir", str(run_dir),
          "--model.init_args.encoder", json.dumps(ENC), "--model.init_args.snapshot_steps", "[]",
          "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0", "--trainer.max_steps", str(steps),
@@ -35,10 +38,12 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
     snaps = pretrain(tiny_corpus, tmp_path / "drift", threshold=1.0)  # any change counts as drift
     checks = [json.loads(line) for line in (snaps / "drift.jsonl").read_text().splitlines()]
     assert [c["step"] for c in checks] == [1, 2, 3, 4, 4]  # every step, then the final check
-    assert checks[0]["cka"] == 1.0 and checks[0]["snapshot"] is None  # the first check sets the reference
-    assert all(c["snapshot"] for c in checks[1:]) and all(0 < c["nse"] <= 1 for c in checks)
+    assert checks[0]["cka"] == 1.0  # the first check sets the reference, exported as the first snapshot
+    assert all(c["snapshot"] for c in checks) and all(0 < c["nse"] <= 1 for c in checks)
     markers = sorted(snaps.glob("snapshot-step*.json"))
-    assert [m.name for m in markers] == [f"snapshot-step{s:08d}.json" for s in (2, 3, 4)]
+    assert [m.name for m in markers] == [f"snapshot-step{s:08d}.json" for s in (1, 2, 3, 4)]
+    assert not json.loads(markers[0].read_text())["final"]
+    assert (tmp_path / "drift" / "drift.png").stat().st_size > 1000  # the curve, as a picture
     last = json.loads(markers[-1].read_text())
     assert last["final"] is True and set(last["files"]) == {"encoder", "ctc_head"}
     for component, name in last["files"].items():
@@ -49,13 +54,20 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
 
 def test_no_drift_exports_only_the_final_snapshot(tiny_corpus, tmp_path):
     logger = {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {"every_n_steps": 2, "probe_batches": 1}}
-    snaps = pretrain(tiny_corpus, tmp_path / "stable", threshold=1e-9, steps=3, extra=[logger])
+    probe = {"class_path": "callbacks.AccessibleInformationProbe",
+             "init_args": {"every_n_steps": 2, "probe_batches": 1, "test_every": 2, "at_start": False}}
+    snaps = pretrain(tiny_corpus, tmp_path / "stable", threshold=1e-9, steps=3, extra=[logger, probe],
+                     monitor_args={"export_reference": False})
     markers = sorted(snaps.glob("snapshot-step*.json"))
     assert [m.name for m in markers] == ["snapshot-step00000003.json"]
     assert json.loads(markers[0].read_text())["final"] is True
     logged = [json.loads(line) for line in (tmp_path / "stable" / "entropy.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logged] == [2] and 0 < logged[0]["encoder"]["nse"] <= 1  # pretraining: encoder only
     assert set(logged[0]) == {"step", "encoder"}
+    # the accessible-information probe labels frames with pretraining's own CTC head; no LLM, so no H0/H1
+    ai = [json.loads(line) for line in (tmp_path / "stable" / "accessible_information.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in ai] == [2, 3]  # every 2 steps, then the end
+    assert all(e["h_phone_bits"] > 0 and "csai_bits" in e and "h0_bits_per_char" not in e for e in ai)
 
 
 def test_state_round_trips_and_subsampling_is_even():
@@ -97,8 +109,10 @@ class SwapStub:
 
     global_step = 7
 
-    def __init__(self):
+    def __init__(self, run_dir: Path | None = None):
         self.swapped = []
+        self.trainer = SimpleNamespace(is_global_zero=run_dir is not None, loggers=[], default_root_dir=run_dir,
+                                       global_step=self.global_step)
 
     def swap_encoder(self, path):
         encoder = ConformerEncoder(EncoderConfig(**ENC))
@@ -148,3 +162,37 @@ def test_a_fresh_run_waits_for_the_first_snapshot_then_gives_up_with_a_clear_err
     empty.mkdir()
     with pytest.raises(TimeoutError, match="no complete encoder snapshot appeared in .*empty within 0.2 s"):
         EncoderHotSwap(str(empty), wait_for_first_s=0.2, wait_poll_s=0.05).on_fit_start(None, SwapStub())
+
+
+def test_a_snapshot_re_marked_final_at_the_same_step_counts_as_the_final_one(tmp_path):
+    snaps, run_dir = tmp_path / "snaps", tmp_path / "run"
+    snaps.mkdir()
+    cb, module = EncoderHotSwap(str(snaps)), SwapStub(run_dir)
+    write_snapshot(snaps, 300)
+    cb.poll(module)
+    assert not cb.final_swapped
+    # the end of pretraining re-exports its last check's encoder (same weights) as final: the marker is rewritten
+    marker = snaps / "snapshot-step00000300.json"
+    atomic_write_json(marker, {**json.loads(marker.read_text()), "final": True})
+    assert cb.poll(module) is None and cb.final_swapped and len(module.swapped) == 1  # known, not loaded again
+    log = [json.loads(line) for line in (run_dir / "swaps.jsonl").read_text().splitlines()]
+    assert [(e["snapshot_step"], e["final"]) for e in log] == [(300, False), (300, True)]
+
+
+def test_final_by_step_waits_for_the_final_snapshot_then_gives_up_with_a_clear_error(tmp_path):
+    import threading
+
+    write_snapshot(tmp_path, 100)
+    module = SwapStub()
+    early = EncoderHotSwap(str(tmp_path), final_by_step=8, wait_for_final_s=0.0, wait_poll_s=0.05)
+    early.on_train_batch_start(module.trainer, module, None, 0)  # step 7 < 8: swaps 100 in, does not wait
+    assert early.current["step"] == 100 and not early.final_swapped
+    late = EncoderHotSwap(str(tmp_path), final_by_step=7, wait_for_final_s=30, wait_poll_s=0.05)
+    timer = threading.Timer(0.3, write_snapshot, args=(tmp_path, 200, True))
+    timer.start()
+    late.on_train_batch_start(module.trainer, module, None, 0)
+    timer.join()
+    assert late.final_swapped and late.current["step"] == 200  # waited at step 7 until it came
+    stuck = EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=0.2, wait_poll_s=0.05)
+    with pytest.raises(TimeoutError, match="final snapshot did not appear .* within 0.2 s"):
+        stuck.on_train_batch_start(module.trainer, module, None, 0)

@@ -53,6 +53,10 @@ def small_models(stage: str) -> list[str]:
     args = []
     if stage != "pretrain_lm":
         args += ["--model.init_args.encoder", json.dumps(ENC)]
+    if stage == "pretrain_ctc":  # the config's probe, holding out every 2nd of the few dev utterances here
+        probe = {"class_path": "callbacks.AccessibleInformationProbe",
+                 "init_args": {"every_n_steps": 400, "probe_batches": 8, "at_start": False, "test_every": 2}}
+        args += ["--trainer.callbacks", json.dumps([probe])]
     if stage == "pretrain_lm":
         args += ["--model.init_args.llm.tiny", json.dumps(SMALL_LLM), "--model.init_args.tokenizer_vocab_size", "400",
                  "--data.init_args.extra_sentences", "100", "--model.init_args.phone_frames",
@@ -97,6 +101,8 @@ def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
     args += ["--model.init_args.init", json.dumps(init)]
     if stage == "ia_sft":
         args += ["--model.init_args.encoder_snapshots", json.dumps([{"step": 0, "path": str(exports["encoder"])}])]
+    if stage in ("ia_sft", "joint_sft"):  # the configs' callbacks read runs/tiny (the pipeline test runs them)
+        args += ["--trainer.callbacks", "[]"]
     return args
 
 
@@ -380,3 +386,34 @@ def test_lora_trains_only_adapters_and_exports_adapter_and_merged_llm(exports, t
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
         assert torch.allclose(again.net.llm(ids).logits, m.net.llm(ids).logits, atol=1e-5)
+
+
+def test_accessible_information_probe_in_ia_sft_with_a_fixed_aligner(exports, tiny_corpus, tmp_path):
+    aligner = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    probe = {"class_path": "callbacks.AccessibleInformationProbe",
+             "init_args": {"every_n_steps": 1, "probe_batches": 2, "test_every": 2, "aligner": aligner}}
+    run([*llm_stage_args("ia_sft", exports, tmp_path), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+         "--test", "false", "--trainer.callbacks", json.dumps([probe]), *common(tiny_corpus), *small_models("ia_sft")])
+    checks = [json.loads(line) for line in (tmp_path / "accessible_information.jsonl").read_text().splitlines()]
+    assert [c["step"] for c in checks] == [0, 1, 2]  # before the first step, every step; the end is step 2 again
+    for c in checks:
+        assert 0 < c["h_phone_bits"] and math.isfinite(c["pai_bits"]) and math.isfinite(c["csai_bits"])
+        assert 0 < c["nse_encoder"] <= 1 and c["erank_encoder"] >= 1
+        assert c["h0_bits_per_char"] > 0 and c["info_bits_per_char"] == pytest.approx(
+            c["h0_bits_per_char"] - c["h1_bits_per_char"], abs=1e-9)
+        assert "csai_skipped_utterances" not in c  # the corpus' phones are the front end's units, joined
+    logged = (tmp_path / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"ai/pai_bits", "ai/csai_bits", "ai/h1_bits_per_char"} <= set(logged)
+
+
+def test_accessible_information_probe_needs_a_ctc_head_or_an_aligner(exports):
+    from callbacks import AccessibleInformationProbe
+
+    with pytest.raises(ValueError, match="no CTC head to label frames with; set aligner"):
+        AccessibleInformationProbe().on_fit_start(None, build(IASFT, exports))
+    with pytest.raises(ValueError, match="exactly"):
+        AccessibleInformationProbe(aligner={"encoder": "x"})
+    few = AccessibleInformationProbe(test_every=4)
+    few._probe = [(None, None, None, None, ["a", "b", "c"], ["en"] * 3)]  # a probe set of 3 utterances
+    with pytest.raises(ValueError, match="has 3 utterance.*raise probe_batches or lower test_every"):
+        few.on_fit_start(None, build(PretrainCTC, exports))  # before training, not after it

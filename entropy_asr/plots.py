@@ -1,0 +1,94 @@
+"""PNG plots of the logged series (matplotlib, Agg backend: no display needed). Written atomically.
+
+- plot_drift: CKA to the reference over pretraining steps, with the snapshots exported and the ones
+  IA-SFT swapped in marked, and the encoder's NSE over the same steps (from drift.jsonl).
+- plot_series: any numeric keys of a JSONL log (entropy.jsonl, accessible_information.jsonl) over steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # (after the backend choice)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The lines of a JSONL log; a half-written last line (a run still appending) is ignored."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _save(fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def plot_drift(drift: list[dict], out: str | Path, swapped_steps: list[int] | None = None,
+               threshold: float | None = None, title: str = "encoder drift during pretraining") -> Path:
+    """Two panels over pretraining steps: CKA to the reference (snapshots ▲, IA-SFT swaps ○) and NSE."""
+    checks = [d for d in drift if "cka" in d]
+    steps = [d["step"] for d in checks]
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.5, 5.5), sharex=True)
+    ax1.plot(steps, [d["cka"] for d in checks], ".-", color="tab:blue", label="CKA to reference")
+    snaps = [d for d in checks if d.get("snapshot")]
+    ax1.plot([d["step"] for d in snaps], [d["cka"] for d in snaps], "^", color="tab:red", ms=8,
+             label="snapshot exported")
+    if threshold is not None:
+        ax1.axhline(threshold, ls="--", color="gray", lw=1, label=f"threshold {threshold:g}")
+    for i, s in enumerate(sorted(set(swapped_steps or []))):
+        ax1.axvline(s, color="tab:green", lw=1, alpha=0.7, label="swapped into IA-SFT" if i == 0 else None)
+        ax2.axvline(s, color="tab:green", lw=1, alpha=0.7)
+    ax1.set_ylabel("linear CKA")
+    ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: the curve stays visible
+    ax1.set_title(title)
+    ax2.plot(steps, [d["nse"] for d in checks], ".-", color="tab:purple")
+    ax2.set_ylabel("NSE (encoder)")
+    ax2.set_xlabel("pretraining step")
+    return _save(fig, out)
+
+
+def plot_series(rows: list[dict], keys: list[str], out: str | Path, title: str = "") -> Path:
+    """One panel per key present in `rows` (dicts with "step"; nested dicts flattened as a/b)."""
+    flat = [_flatten(r) for r in rows]
+    keys = [k for k in keys if any(k in r for r in flat)]
+    if not keys:
+        raise ValueError(f"plot_series: none of {keys} in the rows; nothing to plot for {out}")
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.9 * len(keys) + 0.6), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        pts = [(r["step"], r[key]) for r in flat if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-")
+        ax.set_ylabel(key, fontsize=8)
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("step")
+    return _save(fig, out)
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
