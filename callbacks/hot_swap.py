@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # Set while a hot-swap callback in this process blocks waiting for a snapshot: a pipeline running
 # pretraining beside it hands the idle cores to pretraining meanwhile (experiments/pipeline.py).
 WAITING = threading.Event()
+# Set (with a message) by such a pipeline when the pretraining process died: waiting is then pointless.
+PRODUCER_FAILED: dict[str, str] = {}
 
 
 def _marker_step(marker: Path) -> int | None:
@@ -145,6 +147,9 @@ class EncoderHotSwap(L.Callback):
                 if done(snap):
                     pl_module.print(f"[hot-swap] waited {time.monotonic() - t0:.0f} s")
                     return snap or self.current
+                if PRODUCER_FAILED:
+                    raise RuntimeError(f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: "
+                                       f"{PRODUCER_FAILED['message']}")
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"EncoderHotSwap: {message}")
                 time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))

@@ -183,6 +183,9 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
     def follow() -> None:
         granted = None
         while not stop.is_set():
+            for b in running:
+                if msg := b.failed():  # a hot-swap waiting on it would wait in vain: tell it
+                    hot_swap.PRODUCER_FAILED["message"] = msg
             want = budget()
             if want != granted:
                 atomic_write_json(mine, want[0])
@@ -202,6 +205,7 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
     finally:
         stop.set()
         watcher.join()
+        hot_swap.PRODUCER_FAILED.clear()
         os.environ.pop(THREADS_FILE, None)
         torch.set_num_threads(before)
         for b in running:

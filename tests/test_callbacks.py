@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from callbacks import hot_swap
 from callbacks.cka_drift import CKADriftMonitor
 from callbacks.common import evenly_spaced, sha256_file
 from callbacks.hot_swap import EncoderHotSwap, complete_snapshots
@@ -196,3 +197,10 @@ def test_final_by_step_waits_for_the_final_snapshot_then_gives_up_with_a_clear_e
     stuck = EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=0.2, wait_poll_s=0.05)
     with pytest.raises(TimeoutError, match="final snapshot did not appear .* within 0.2 s"):
         stuck.on_train_batch_start(module.trainer, module, None, 0)
+    hot_swap.PRODUCER_FAILED["message"] = "background stage pretrain_ctc failed (exit code 1)"
+    try:  # the pipeline saw pretraining die: no point waiting out the hour
+        with pytest.raises(RuntimeError, match="stopped waiting .* pretrain_ctc failed"):
+            EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=3600,
+                           wait_poll_s=0.05).on_train_batch_start(module.trainer, module, None, 0)
+    finally:
+        hot_swap.PRODUCER_FAILED.clear()
