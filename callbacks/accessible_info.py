@@ -69,7 +69,8 @@ class AccessibleInformationProbe(MeasuredCallback):
         probe_batches: validation batches that form the fixed probe set.
         at_start: check before the first step (the "before" of a stage).
         aligner: {"encoder": path, "ctc_head": path}: exports that label the frames instead of the
-            module's own encoder and CTC head (the encoder architecture is the module's).
+            module's own encoder and CTC head (the encoder architecture is the module's; it is a
+            second copy of the encoder on the device, frozen).
         max_frames: PAI frames kept per split (evenly spaced).
         test_every: every test_every-th utterance is held out for the probes' cross-entropies.
         max_classes: CSAI unit classes (the most frequent units; the rest share one class).
