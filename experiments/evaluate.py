@@ -1,20 +1,34 @@
-"""Score ASR hypotheses: error rates, edit operations and hallucination measures, per language.
+"""Evaluate a trained stage on shard dirs, or score hypotheses: error rates, edit operations, hallucination.
 
+python experiments/evaluate.py --checkpoint RUN_DIR --data DIR [--data DIR ...] --out OUT [--batch-size B] [--beam N]
 python experiments/evaluate.py --score HYPS.jsonl [--score MORE.jsonl ...] --out OUT
 
-HYPS.jsonl: one JSON object a line with `ref`, `hyp`, `language` ("zh", "en", "mix", or "none"
-for non-speech clips with an empty reference) and optionally `id`; any system's output can be
-scored the same way. Writes (atomically) OUT/metrics.json, OUT/hyps.jsonl (each utterance with
-its operations and flags) and OUT/report.md (the table, the worst utterances, the flagged ones).
-The scoring and the flags are entropy_asr/metrics/scoring.py's; the schema is in the README.
+--checkpoint: a speech stage's run dir (align, ia_sft, joint_sft): its config.yaml gives the
+architecture, prompt and decoding, its export/ the trained weights (components it did not
+train come from the config's `init`, as in training); or a Lightning .ckpt inside such a run
+dir (checkpoints/last.ckpt), whose weights are loaded instead. --data: WebDataset shard dirs
+(entropy_asr.data.prepare or the synthetic corpus' splits), decoded in batches; each is a set,
+named after the dir, with `rtfx` (audio seconds per decoding second) besides the scores.
+--score: HYPS.jsonl, one JSON object a line with `ref`, `hyp`, `language` ("zh", "en", "mix",
+or "none" for non-speech clips with an empty reference) and optionally `id`; any system's output
+is scored the same way.
+
+Writes (atomically) OUT/metrics.json, OUT/hyps.jsonl (each utterance with its operations and
+flags) and OUT/report.md (the table, the worst utterances, the flagged ones). The scoring and
+the flags are entropy_asr/metrics/scoring.py's; the schema is in the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+import tempfile
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
+
+import torch
+import yaml
 
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics.error_rate import GROUPS
@@ -80,9 +94,85 @@ def report(metrics: dict, records: dict[str, list[dict]], worst: int = 10) -> st
     return "\n".join(lines)
 
 
+def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], cmvn: Path | None = None):
+    """(module in eval mode, datamodule over `data_dirs`) of a trained stage, from its run dir or a .ckpt in it."""
+    from experiments.run import build_cli
+
+    ckpt = checkpoint if checkpoint.is_file() else None
+    run_dir = checkpoint.parent.parent if ckpt else checkpoint
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no {config}; give a stage's run dir (config.yaml, "
+                                f"export/) or a .ckpt under its checkpoints/")
+    model_cfg = yaml.safe_load(config.read_text())["model"]
+    args = model_cfg.get("init_args", {})
+    if "llm" not in args or not args.get("adapter"):
+        raise ValueError(f"--checkpoint {checkpoint}: {model_cfg.get('class_path')} has no adapter and LLM to "
+                         f"transcribe with; evaluate a speech stage (align, ia_sft, joint_sft)")
+    # the data config stays the training run's: its CMVN statistics are the ones the model learned with
+    overrides = ["--trainer.callbacks", "[]", "--trainer.logger", "false", "--wandb", "disabled",
+                 "--trainer.enable_progress_bar", "false",
+                 "--data.init_args.test_dirs", json.dumps([str(d) for d in data_dirs]),
+                 "--model.init_args.distill", "null"]
+    if cmvn:
+        overrides += ["--data.init_args.cmvn", str(cmvn)]
+    if "encoder_snapshots" in args:
+        overrides += ["--model.init_args.encoder_snapshots", "[]"]
+    if batch_size:
+        overrides += ["--data.init_args.batch.max_batch_size", str(batch_size)]
+    export = run_dir / "export"
+    if not ckpt:  # the stage's own exports over its starting points
+        init = dict(args.get("init") or {})
+        init.update({c: str(export / f"{c}.safetensors") for c in ("encoder", "ctc_head", "adapter")
+                     if (export / f"{c}.safetensors").is_file()})
+        overrides += ["--model.init_args.init", json.dumps(init)]
+        if (export / "llm").is_dir():
+            overrides += ["--model.init_args.llm.name_or_path", str(export / "llm")]
+    cli = build_cli(["--config", str(config), "--run_dir", tempfile.mkdtemp(prefix="evaluate-"), *overrides])
+    model, data = cli.model, cli.datamodule
+    model.configure_model()
+    if ckpt:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        model.load_state_dict(state, strict=False)
+    return model.eval(), data
+
+
+@torch.no_grad()
+def decode_sets(model, data, beam: int | None, device: torch.device) -> tuple[dict[str, list[dict]], dict[str, float]]:
+    """Per data dir: rows {id, ref, hyp, language} and the RTFx (audio seconds per decoding second)."""
+    decode = replace(model.decode, num_beams=beam) if beam else model.decode
+    model.to(device)
+    data.setup("test")
+    rows: dict[str, list[dict]] = {}
+    rtfx: dict[str, float] = {}
+    for d, loader in zip(data.test_dirs, data.test_dataloader(), strict=True):
+        name, audio, seconds, out = Path(d).name, 0.0, 0.0, []
+        for batch in loader:
+            t = time.perf_counter()
+            hyps = model.net.transcribe(batch["feats"].to(device), batch["feat_lens"].to(device),
+                                        batch["durations"].tolist(), decode)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t
+            audio += float(batch["durations"].sum())
+            out += [{"id": k, "ref": r, "hyp": h, "language": lang}
+                    for k, r, h, lang in zip(batch["keys"], batch["text"], hyps, batch["language"], strict=True)]
+        if name in rows:
+            raise ValueError(f"--data {d}: a set named {name!r} is already decoded; give dirs with distinct names")
+        rows[name], rtfx[name] = out, audio / max(seconds, 1e-9)
+    return rows, rtfx
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--score", type=Path, action="append", required=True, help="a hypotheses JSONL file (repeatable)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a speech stage's run dir, or a .ckpt in its checkpoints/")
+    src.add_argument("--score", type=Path, action="append", help="a hypotheses JSONL file (repeatable)")
+    p.add_argument("--data", type=Path, action="append", help="a shard dir to decode (repeatable; with --checkpoint)")
+    p.add_argument("--batch-size", type=int, help="at most this many utterances a batch (default: the config's)")
+    p.add_argument("--beam", type=int, help="beam size (default: the config's decode.num_beams)")
+    p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: from the run's data config)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--length-ratio", type=float, default=HallucinationParams.length_ratio,
                    help="hallucination: hypothesis longer than this times the reference (units)")
@@ -94,13 +184,26 @@ def main(argv: list[str] | None = None) -> dict:
     params = HallucinationParams(length_ratio=a.length_ratio, max_overlap=a.max_overlap, min_repeats=a.min_repeats)
     metrics: dict = {"params": asdict(params), "sets": {}}
     records: dict[str, list[dict]] = {}
-    for path in a.score:
-        if not path.is_file():
-            raise FileNotFoundError(f"--score {path}: no such file")
-        name = path.stem
-        if name in metrics["sets"]:
-            raise ValueError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
-        metrics["sets"][name], records[name] = score_rows(read_hyps(path), params)
+    if a.checkpoint:
+        if not a.data:
+            p.error("--checkpoint needs at least one --data DIR to decode")
+        missing = [str(d) for d in a.data if not (d / "index.json").is_file()]
+        if missing:
+            p.error(f"--data {missing}: not shard dirs (no index.json); make them with entropy_asr.data.prepare")
+        model, data = load_stage(a.checkpoint, a.batch_size, a.data, a.cmvn)
+        decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
+        metrics["checkpoint"] = str(a.checkpoint)
+        for name, rows in decoded.items():
+            metrics["sets"][name], records[name] = score_rows(rows, params)
+            metrics["sets"][name]["overall"]["rtfx"] = rtfx[name]
+    else:
+        for path in a.score:
+            if not path.is_file():
+                raise FileNotFoundError(f"--score {path}: no such file")
+            name = path.stem
+            if name in metrics["sets"]:
+                raise ValueError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
+            metrics["sets"][name], records[name] = score_rows(read_hyps(path), params)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out / "metrics.json", metrics)
     lines = [json.dumps({"set": name, **r}, ensure_ascii=False) for name, recs in records.items() for r in recs]

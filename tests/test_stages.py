@@ -417,3 +417,29 @@ def test_accessible_information_probe_needs_a_ctc_head_or_an_aligner(exports):
     few._probe = [(None, None, None, None, ["a", "b", "c"], ["en"] * 3)]  # a probe set of 3 utterances
     with pytest.raises(ValueError, match="has 3 utterance.*raise probe_batches or lower test_every"):
         few.on_fit_start(None, build(PretrainCTC, exports))  # before training, not after it
+
+
+def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(exports, tiny_corpus, tmp_path):
+    from experiments import evaluate
+
+    run_dir = tmp_path / "align"
+    run([*llm_stage_args("align", exports, run_dir), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
+         "--test", "false", *common(tiny_corpus), *small_models("align")])
+    sets = [tiny_corpus / "test", tiny_corpus / "nonspeech"]
+    data = [a for d in sets for a in ("--data", str(d))]
+    metrics = evaluate.main(["--checkpoint", str(run_dir), *data, "--out", str(tmp_path / "eval"), "--beam", "1"])
+    assert set(metrics["sets"]) == {"test", "nonspeech"}
+    for name, d in zip(("test", "nonspeech"), sets, strict=True):
+        overall = metrics["sets"][name]["overall"]
+        assert overall["utterances"] == json.loads((d / "index.json").read_text())["utterances"]
+        assert overall["rtfx"] > 0
+    assert "nonspeech_emission_rate" in metrics["sets"]["nonspeech"]["none"]
+    hyps = [json.loads(x) for x in (tmp_path / "eval" / "hyps.jsonl").read_text().splitlines()]
+    # the Lightning checkpoint holds the same weights: the same transcripts
+    again = evaluate.main(["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), *data,
+                           "--out", str(tmp_path / "eval2"), "--beam", "1"])
+    assert again["sets"]["test"]["overall"]["utterances"] == metrics["sets"]["test"]["overall"]["utterances"]
+    assert [json.loads(x)["hyp"] for x in (tmp_path / "eval2" / "hyps.jsonl").read_text().splitlines()] == \
+        [h["hyp"] for h in hyps]
+    with pytest.raises(SystemExit):  # --checkpoint without --data is a usage error
+        evaluate.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "eval3")])
