@@ -67,9 +67,24 @@ def read_hyps(path: Path) -> list[dict]:
     return rows
 
 
-def score_rows(rows: list[dict], params: HallucinationParams) -> tuple[dict, list[dict]]:
-    """(summary per language and overall, per-utterance records) of one set."""
-    scores = [score_utterance(r["ref"], r["hyp"], r["language"], params) for r in rows]
+def wetext_normalizer():
+    """WeTextProcessing's Mandarin text normalization (the paper's), applied to Mandarin and mixed text."""
+    try:
+        from tn.chinese.normalizer import Normalizer
+    except ImportError:
+        raise SystemExit("--normalizer wetext needs WeTextProcessing: pip install -e '.[wetext]'") from None
+    zh = Normalizer()  # its FSTs ship in the wheel: no download
+    return lambda text, language: zh.normalize(text) if language in ("zh", "mix") and text else text
+
+
+def score_rows(rows: list[dict], params: HallucinationParams, normalize=None) -> tuple[dict, list[dict]]:
+    """(summary per language and overall, per-utterance records) of one set.
+
+    normalize(text, language): applied to both sides before the standard normalization, if given.
+    """
+    n = normalize or (lambda text, language: text)
+    scores = [score_utterance(n(r["ref"], r["language"]), n(r["hyp"], r["language"]), r["language"], params)
+              for r in rows]
     return summarize(scores), [{**r, **as_record(s)} for r, s in zip(rows, scores, strict=True)]
 
 
@@ -173,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--beam", type=int, help="beam size (default: the config's decode.num_beams)")
     p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: from the run's data config)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--normalizer", choices=["default", "wetext"], default="default",
+                   help="wetext: WeTextProcessing's Mandarin normalization first (numbers spoken out: 3个 -> 三个)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--length-ratio", type=float, default=HallucinationParams.length_ratio,
                    help="hallucination: hypothesis longer than this times the reference (units)")
@@ -182,7 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="repetition: an n-gram repeated back to back at least this often")
     a = p.parse_args(argv)
     params = HallucinationParams(length_ratio=a.length_ratio, max_overlap=a.max_overlap, min_repeats=a.min_repeats)
-    metrics: dict = {"params": asdict(params), "sets": {}}
+    metrics: dict = {"params": {**asdict(params), "normalizer": a.normalizer}, "sets": {}}
+    normalize = wetext_normalizer() if a.normalizer == "wetext" else None
     records: dict[str, list[dict]] = {}
     if a.checkpoint:
         if not a.data:
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
         metrics["checkpoint"] = str(a.checkpoint)
         for name, rows in decoded.items():
-            metrics["sets"][name], records[name] = score_rows(rows, params)
+            metrics["sets"][name], records[name] = score_rows(rows, params, normalize)
             metrics["sets"][name]["overall"]["rtfx"] = rtfx[name]
     else:
         for path in a.score:
@@ -203,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
             name = path.stem
             if name in metrics["sets"]:
                 raise ValueError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
-            metrics["sets"][name], records[name] = score_rows(read_hyps(path), params)
+            metrics["sets"][name], records[name] = score_rows(read_hyps(path), params, normalize)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out / "metrics.json", metrics)
     lines = [json.dumps({"set": name, **r}, ensure_ascii=False) for name, recs in records.items() for r in recs]

@@ -94,3 +94,13 @@ def test_bad_hypothesis_lines_name_the_file_and_line(tmp_path, line, message):
     (tmp_path / "sys.jsonl").write_text(line + "\n")
     with pytest.raises(ValueError, match=message):
         evaluate.main(["--score", str(tmp_path / "sys.jsonl"), "--out", str(tmp_path / "out")])
+
+
+def test_wetext_normalization_speaks_numbers_out_before_scoring(tmp_path):
+    pytest.importorskip("tn.chinese.normalizer", reason="WeTextProcessing is the optional [wetext] extra")
+    hyps = tmp_path / "sys.jsonl"
+    hyps.write_text(json.dumps({"ref": "我买了三个苹果", "hyp": "我买了3个苹果", "language": "zh"}, ensure_ascii=False))
+    plain = evaluate.main(["--score", str(hyps), "--out", str(tmp_path / "a")])
+    wetext = evaluate.main(["--score", str(hyps), "--out", str(tmp_path / "b"), "--normalizer", "wetext"])
+    assert plain["sets"]["sys"]["zh"]["cer"] > 0 and wetext["sets"]["sys"]["zh"]["cer"] == 0
+    assert wetext["params"]["normalizer"] == "wetext"
