@@ -14,7 +14,9 @@ or "none" for non-speech clips with an empty reference) and optionally `id`; any
 is scored the same way.
 
 Writes (atomically) OUT/metrics.json, OUT/hyps.jsonl (each utterance with its operations and
-flags) and OUT/report.md (the table, the worst utterances, the flagged ones). The scoring and
+flags) and OUT/report.md (the table, the worst utterances, the flagged ones), and, unless W&B is
+disabled (--wandb, else $WANDB_MODE, else offline as in training), a W&B run with the scores and
+a transcript table per set. The scoring and
 the flags are entropy_asr/metrics/scoring.py's; the schema is in the README.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -178,6 +181,21 @@ def decode_sets(model, data, beam: int | None, device: torch.device) -> tuple[di
     return rows, rtfx
 
 
+def log_wandb(mode: str, project: str, out: Path, metrics: dict, records: dict[str, list[dict]]) -> None:
+    """The scores and a table of the transcripts per set, as one W&B run (offline: under OUT/wandb)."""
+    import wandb
+
+    run = wandb.init(project=project, dir=str(out), mode=mode, job_type="evaluate",
+                     config={**metrics["params"], "checkpoint": metrics.get("checkpoint")})
+    columns = ["id", "language", "ref", "hyp", "errors", "ref_units", "flags"]
+    for name, recs in records.items():
+        table = wandb.Table(columns=columns, data=[[r["id"], r["language"], r["ref"], r["hyp"], r["errors"],
+                                                    r["ref_units"], ",".join(r["flags"])] for r in recs])
+        scores = {f"{name}/{group}/{k}": v for group, row in metrics["sets"][name].items() for k, v in row.items()}
+        run.log({f"{name}/transcripts": table, **scores})
+    run.finish()
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -191,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--normalizer", choices=["default", "wetext"], default="default",
                    help="wetext: WeTextProcessing's Mandarin normalization first (numbers spoken out: 3个 -> 三个)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--wandb", choices=["offline", "online", "disabled"],
+                   help="also log the scores and a transcript table to W&B (default: $WANDB_MODE, else offline)")
+    p.add_argument("--wandb_project", default="entropy-asr")
     p.add_argument("--length-ratio", type=float, default=HallucinationParams.length_ratio,
                    help="hallucination: hypothesis longer than this times the reference (units)")
     p.add_argument("--max-overlap", type=float, default=HallucinationParams.max_overlap,
@@ -227,6 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     lines = [json.dumps({"set": name, **r}, ensure_ascii=False) for name, recs in records.items() for r in recs]
     atomic_write_bytes(a.out / "hyps.jsonl", ("\n".join(lines) + "\n").encode())
     atomic_write_bytes(a.out / "report.md", report(metrics, records).encode())
+    mode = a.wandb or os.environ.get("WANDB_MODE") or "offline"
+    if mode != "disabled":
+        log_wandb(mode, a.wandb_project, a.out, metrics, records)
     for name, groups in metrics["sets"].items():
         overall = groups["overall"]
         print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if isinstance(v, float)))

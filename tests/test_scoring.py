@@ -85,6 +85,15 @@ def test_score_end_to_end(tmp_path):
     assert [x["id"] for x in lines] == ["a", "sys-2", "n"] and lines[0]["substitutions"] == 1
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| overall |" in report and "non-speech emission" in report
+    assert not (tmp_path / "out" / "wandb").exists()  # tests run with WANDB_MODE=disabled
+
+
+def test_score_logs_a_wandb_table_offline(tmp_path):
+    hyps = tmp_path / "sys.jsonl"
+    hyps.write_text(json.dumps({"id": "a", "ref": "hello world", "hyp": "hello word", "language": "en"}) + "\n")
+    evaluate.main(["--score", str(hyps), "--out", str(tmp_path / "out"), "--wandb", "offline"])
+    runs = list((tmp_path / "out" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and b"sys/transcripts" in runs[0].read_bytes()
 
 
 @pytest.mark.parametrize("line,message", [("{not json", "sys.jsonl:1: not JSON"),
