@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -112,7 +111,7 @@ def report(metrics: dict, records: dict[str, list[dict]], worst: int = 10) -> st
     return "\n".join(lines)
 
 
-def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], cmvn: Path | None = None):
+def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], out: Path, cmvn: Path | None = None):
     """(module in eval mode, datamodule over `data_dirs`) of a trained stage, from its run dir or a .ckpt in it."""
     from experiments.run import build_cli
 
@@ -146,12 +145,16 @@ def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], 
         overrides += ["--model.init_args.init", json.dumps(init)]
         if (export / "llm").is_dir():
             overrides += ["--model.init_args.llm.name_or_path", str(export / "llm")]
-    cli = build_cli(["--config", str(config), "--run_dir", tempfile.mkdtemp(prefix="evaluate-"), *overrides])
+    cli = build_cli(["--config", str(config), "--run_dir", str(out), *overrides])  # (nothing trains or writes there)
     model, data = cli.model, cli.datamodule
     model.configure_model()
     if ckpt:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        model.load_state_dict(state, strict=False)
+        result = model.load_state_dict(state, strict=False)
+        unexpected = [k for k in result.unexpected_keys if not k.startswith("teacher.")]  # training-only parts
+        if result.missing_keys or unexpected:
+            raise ValueError(f"--checkpoint {ckpt} does not fit {run_dir / 'config.yaml'}'s model: missing "
+                             f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), data
 
 
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
         missing = [str(d) for d in a.data if not (d / "index.json").is_file()]
         if missing:
             p.error(f"--data {missing}: not shard dirs (no index.json); make them with entropy_asr.data.prepare")
-        model, data = load_stage(a.checkpoint, a.batch_size, a.data, a.cmvn)
+        model, data = load_stage(a.checkpoint, a.batch_size, a.data, a.out, a.cmvn)
         decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
         metrics["checkpoint"] = str(a.checkpoint)
         for name, rows in decoded.items():
