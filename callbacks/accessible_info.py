@@ -44,7 +44,7 @@ from entropy_asr.metrics import (
     accessible_information,
     frame_phone_positions,
     semantic_accessible_information,
-    spectral_stats,
+    spectral_summary,
     unit_rows,
 )
 from entropy_asr.model.export import load_component
@@ -55,10 +55,6 @@ from entropy_asr.text.inventory import PHONES, phones_to_ids
 from entropy_asr.text.phonemizer import Phonemizer
 
 PROBE_FIELDS = ("feats", "feat_lens", "phones", "phone_lens", "text", "language")
-
-
-def _moments(x: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
-    return x.shape[0], x.sum(0), x.T @ x
 
 
 class AccessibleInformationProbe(MeasuredCallback):
@@ -217,7 +213,7 @@ class AccessibleInformationProbe(MeasuredCallback):
             xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))  # the probes fit on the model's device
             pai = accessible_information(xtr, ytr, xte, yte, int(y.max()) + 1, **self.probe_kw)
             out.update(pai_bits=pai["ai_bits"], h_phone_bits=pai["h_bits"], phone_probe_ce_bits=pai["probe_ce_bits"])
-            spectrum = spectral_stats(*_moments(torch.cat([xtr, xte])))  # the same frames' NSE: free here
+            spectrum = spectral_summary(torch.cat([xtr, xte]))  # the same frames' NSE: free here
             out.update(nse_encoder=spectrum["nse"], erank_encoder=spectrum["effective_rank"])
             if tr["units"] and te["units"]:
                 csai = semantic_accessible_information(torch.cat(tr["x"]).to(device), tr["units"], tr["prons"],

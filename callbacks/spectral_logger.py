@@ -25,14 +25,14 @@ from callbacks.common import (
     first_validation_batches,
     measured,
 )
-from entropy_asr.metrics import spectral_stats
+from entropy_asr.metrics import spectral_summary
 from entropy_asr.model.prompt import build_generation_inputs
 from entropy_asr.plots import plot_series, read_jsonl
 
 
 def _stats(frames: torch.Tensor, max_frames: int) -> dict[str, float]:
     x = evenly_spaced(frames.double(), max_frames)
-    return {**spectral_stats(x.shape[0], x.sum(0), x.T @ x), "frames": frames.shape[0]}
+    return {**spectral_summary(x), "frames": frames.shape[0]}
 
 
 @torch.no_grad()

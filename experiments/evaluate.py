@@ -178,8 +178,6 @@ def decode_sets(model, data, beam: int | None, device: torch.device) -> tuple[di
             audio += float(batch["durations"].sum())
             out += [{"id": k, "ref": r, "hyp": h, "language": lang}
                     for k, r, h, lang in zip(batch["keys"], batch["text"], hyps, batch["language"], strict=True)]
-        if name in rows:
-            raise ValueError(f"--data {d}: a set named {name!r} is already decoded; give dirs with distinct names")
         rows[name], rtfx[name] = out, audio / max(seconds, 1e-9)
     return rows, rtfx
 
@@ -229,6 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
     if a.checkpoint:
         if not a.data:
             p.error("--checkpoint needs at least one --data DIR to decode")
+        names = [d.name for d in a.data]
+        if len(set(names)) != len(names):
+            p.error(f"--data {[str(d) for d in a.data]}: each dir names a set; give dirs with distinct names")
         missing = [str(d) for d in a.data if not (d / "index.json").is_file()]
         if missing:
             p.error(f"--data {missing}: not shard dirs (no index.json); make them with entropy_asr.data.prepare")

@@ -14,6 +14,7 @@ from entropy_asr.metrics.spectral import (
            SpectralEntropy,
            normalized_spectral_entropy,
            spectral_stats,
+           spectral_summary,
 )
 
 __all__ = [
@@ -27,6 +28,6 @@ __all__ = [
            "linear_cka",
            "normalized_spectral_entropy",
            "semantic_accessible_information",
-           "spectral_stats",
+           "spectral_stats", "spectral_summary",
            "unit_rows",
 ]

@@ -49,10 +49,15 @@ def spectral_stats(n: Tensor | float, s: Tensor, ss: Tensor) -> dict[str, float]
     return {"nse": float(h / math.log(d)), "effective_rank": float(h.exp()), "rankme": float(_entropy(q).exp())}
 
 
+def spectral_summary(x: Tensor) -> dict[str, float]:
+    """{nse, effective_rank, rankme} of the frames x (n, d) (see spectral_stats)."""
+    x = valid_frames(x)
+    return spectral_stats(x.shape[0], x.sum(0), x.T @ x)
+
+
 def normalized_spectral_entropy(x: Tensor) -> float:
     """NSE of the frames x (n, d): entropy of the covariance spectrum over ln d (see the module doc)."""
-    x = valid_frames(x)
-    return spectral_stats(x.shape[0], x.sum(0), x.T @ x)["nse"]
+    return spectral_summary(x)["nse"]
 
 
 class SpectralEntropy(Metric):
