@@ -12,6 +12,12 @@ resumed run continues on the same snapshot; `final_swapped` says the final one i
 Each swap is logged (hot_swap/snapshot_step at the IA-SFT step) and appended to
 `<run dir>/swaps.jsonl` {step, snapshot_step, marker, final}. With `final_by_step`, the run waits at
 that step for pretraining's final snapshot, so the steps after it train on the final encoder.
+
+Replay (`replay_start`, `replay_pace`): the snapshots of a pretraining run that has finished are
+revealed as if it were still running beside this one: at IA-SFT step s, only snapshots of
+pretraining step <= replay_start + replay_pace * s are visible (the final one also from
+`final_by_step` on). The swaps are then a function of the steps alone, so runs are
+bit-reproducible and ablations can share one pretraining run (experiments/reproduce.py).
 """
 
 from __future__ import annotations
@@ -86,16 +92,24 @@ class EncoderHotSwap(L.Callback):
         final_by_step: at this step boundary, if the final snapshot is not in yet, wait for it (up
             to wait_for_final_s), so that the remaining steps train on pretraining's final encoder.
         wait_for_final_s: how long to wait there before giving up with an error.
+        replay_start / replay_pace: replay a finished pretraining run (see the module docstring):
+            pretraining's step at IA-SFT step 0, and its steps per IA-SFT step. Nothing waits in
+            replay: a snapshot that should be visible and is missing is an error.
     """
 
     def __init__(self, snapshot_dir: str, poll_every_n_steps: int = 1, wait_for_first_s: float = 0.0,
-                 wait_poll_s: float = 10.0, final_by_step: int | None = None, wait_for_final_s: float = 3600.0):
+                 wait_poll_s: float = 10.0, final_by_step: int | None = None, wait_for_final_s: float = 3600.0,
+                 replay_start: int | None = None, replay_pace: float = 1.0):
         if poll_every_n_steps < 1 or wait_for_first_s < 0 or wait_poll_s <= 0 or wait_for_final_s < 0:
             raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s and wait_for_final_s "
                              f">= 0 and wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, "
                              f"{wait_for_final_s}, {wait_poll_s}")
         if final_by_step is not None and final_by_step < 0:
             raise ValueError(f"EncoderHotSwap: final_by_step must be >= 0, got {final_by_step}")
+        if replay_start is not None and (replay_start < 0 or replay_pace <= 0):
+            raise ValueError(f"EncoderHotSwap: replay_start must be >= 0 and replay_pace > 0, got {replay_start}, "
+                             f"{replay_pace}")
+        self.replay_start, self.replay_pace = replay_start, replay_pace
         self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
         self.wait_for_first_s, self.wait_poll_s = wait_for_first_s, wait_poll_s
         self.final_by_step, self.wait_for_final_s = final_by_step, wait_for_final_s
@@ -138,6 +152,12 @@ class EncoderHotSwap(L.Callback):
                           f"running? Raise wait_for_final_s, or drop final_by_step to go on without it")
 
     def _wait(self, pl_module, seconds: float, done, message: str) -> dict:
+        if self.replay_start is not None:  # a finished run: what is not there will not come
+            snap = self.poll(pl_module)
+            if done(snap):
+                return snap or self.current
+            raise FileNotFoundError(f"EncoderHotSwap (replay): {message.split(' within ')[0]} (replay expects a "
+                                    f"finished pretraining run)")
         deadline = time.monotonic() + seconds
         t0 = time.monotonic()
         WAITING.set()
@@ -185,7 +205,8 @@ class EncoderHotSwap(L.Callback):
         was_final = self.final_swapped
         self._refresh_final()
         done = self.current["step"] if self.current else -1
-        newer = complete_snapshots(self.snapshot_dir, after_step=done, skip=self._rejected)
+        newer = [s for s in complete_snapshots(self.snapshot_dir, after_step=done, skip=self._rejected)
+                 if self.visible(s, pl_module.global_step)]
         if not newer:
             if self.final_swapped and not was_final:
                 pl_module.print(f"[hot-swap] step {pl_module.global_step}: {self.current['marker']} (already in) "
@@ -200,6 +221,14 @@ class EncoderHotSwap(L.Callback):
                         f"{snap['step']}{', final' if self.final_swapped else ''})")
         self._record(pl_module)
         return snap
+
+    def visible(self, snap: dict, step: int) -> bool:
+        """Whether a snapshot may be swapped in at this IA-SFT step (always, unless replaying)."""
+        if self.replay_start is None:
+            return True
+        if snap.get("final") and self.final_by_step is not None and step >= self.final_by_step:
+            return True
+        return snap["step"] <= self.replay_start + self.replay_pace * step
 
     def _record(self, pl_module) -> None:
         """Log the swap (IA-SFT step, snapshot step) to the loggers and to <run dir>/swaps.jsonl."""

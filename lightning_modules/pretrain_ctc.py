@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
-from entropy_asr.metrics.error_rate import PhoneErrorRate, ctc_greedy
+from entropy_asr.metrics.error_rate import CharCTCErrorRate, PhoneErrorRate, ctc_greedy
 from entropy_asr.model.export import save_component
 from lightning_modules.base import SpeechLLMModule
 
@@ -36,6 +36,10 @@ def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor, lens: torch.Tensor) -
 class PretrainCTC(SpeechLLMModule):
     """Encoder + phone CTC head; validation reports the phone error rate (val/per).
 
+    With model.ctc_head.units "chars" the targets are the transcript's characters instead
+    (entropy_asr.text.chars, from norm_text; the character-level ablation) and validation
+    reports their error rate (val/char_er).
+
     Args:
         consistency_weight: > 0 turns on CR-CTC: the batch must carry two augmented views
             (data.augment.views: 2); loss = mean CTC of both views + weight * symmetric KL.
@@ -54,8 +58,20 @@ class PretrainCTC(SpeechLLMModule):
             raise ValueError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
         self.consistency_weight = consistency_weight
         self.snapshot_steps = sorted(snapshot_steps or [])
-        self.val_rates = PhoneErrorRate()
+        self.char_inventory = self.configs["ctc_head"].char_inventory() if self.configs["ctc_head"] else None
+        self.val_rates = PhoneErrorRate() if self.char_inventory is None else CharCTCErrorRate()
         self._last_snapshot = -1
+
+    def ctc_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, S) padded target ids and (B,) lengths: the batch's phones, or its characters for units 'chars'."""
+        if self.char_inventory is None:
+            return batch["phones"], batch["phone_lens"]
+        ids = [self.char_inventory.ids(t) for t in batch["norm_text"]]
+        lens = torch.tensor([len(x) for x in ids], dtype=torch.long, device=batch["phones"].device)
+        targets = torch.zeros(len(ids), max(1, int(lens.max())), dtype=torch.long, device=lens.device)
+        for i, x in enumerate(ids):
+            targets[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        return targets, lens
 
     def model_step(self, batch: dict) -> torch.Tensor:
         feats, lens = batch["feats"], batch["feat_lens"]
@@ -68,10 +84,11 @@ class PretrainCTC(SpeechLLMModule):
             lens = torch.cat([lens, lens])
         frames, frame_lens = self.net.encode(feats, lens)
         log_probs = self.net.ctc_log_probs(frames)
+        targets, target_lens = self.ctc_targets(batch)
         if not two_views:
-            return ctc_loss(log_probs, frame_lens, batch["phones"], batch["phone_lens"])
+            return ctc_loss(log_probs, frame_lens, targets, target_lens)
         B = batch["feats"].shape[0]
-        phones, phone_lens = torch.cat([batch["phones"]] * 2), torch.cat([batch["phone_lens"]] * 2)
+        phones, phone_lens = torch.cat([targets] * 2), torch.cat([target_lens] * 2)
         ctc = ctc_loss(log_probs, frame_lens, phones, phone_lens) / 2  # sum over 2B / 2B = mean per view
         kl = symmetric_kl(log_probs[:B], log_probs[B:], frame_lens[:B])
         self.log("train/ctc", ctc.detach(), batch_size=B)
@@ -81,7 +98,8 @@ class PretrainCTC(SpeechLLMModule):
     def evaluate_batch(self, batch: dict, rates) -> None:
         frames, frame_lens = self.net.encode(batch["feats"], batch["feat_lens"])
         hyps = ctc_greedy(self.net.ctc_log_probs(frames), frame_lens)
-        refs = [batch["phones"][i, : int(n)].tolist() for i, n in enumerate(batch["phone_lens"])]
+        targets, target_lens = self.ctc_targets(batch)
+        refs = [targets[i, : int(n)].tolist() for i, n in enumerate(target_lens)]
         rates.update(hyps, refs)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:

@@ -3,6 +3,7 @@ encoder) and joint SFT (everything). They share one step: next-token loss on the
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,12 +11,13 @@ import torch
 from torch import nn
 
 from entropy_asr.model.export import load_component
-from entropy_asr.model.heads import Adapter
+from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
     PhoneFramesConfig,
     aligned_layout,
 )
+from entropy_asr.text import PHONES
 from lightning_modules.base import SpeechLLMModule
 
 
@@ -29,17 +31,25 @@ class DistillConfig:
     pretraining snapshot as the encoder). Loss: LM loss + weight * MSE / Var(target). Off by
     default (the paper configs align with the LM loss alone, as METHOD.md does); the tiny pipeline
     uses it because a from-scratch tiny LLM reads only what its text step showed it.
+
+    `aligner` ({encoder: PATH, ctc_head: PATH}, phone CTC exports) times the phones with that
+    fixed encoder and head instead, for an encoder without a phone head (the character-CTC
+    ablation): it costs one more encoder forward per step.
     """
 
     phone_frames: str
     adapter: str
     weight: float = 1.0
     max_frames_per_phone: int = 5
+    aligner: dict[str, str] | None = None
 
     def __post_init__(self):
         if self.weight < 0 or self.max_frames_per_phone < 1:
             raise ValueError(f"distill.weight must be >= 0 and max_frames_per_phone >= 1, got {self.weight}, "
                              f"{self.max_frames_per_phone}")
+        if self.aligner is not None and set(self.aligner) != {"encoder", "ctc_head"}:
+            raise ValueError(f"distill.aligner: give exactly {{encoder: PATH, ctc_head: PATH}} (phone CTC exports), "
+                             f"got keys {sorted(self.aligner)}")
 
 
 class SpeechSFT(SpeechLLMModule):
@@ -54,9 +64,14 @@ class SpeechSFT(SpeechLLMModule):
 
     def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
         super().__init__(**kwargs)
-        if distill is not None and (self.configs["ctc_head"] is None or "ctc_head" not in self.init_from):
+        own_head = self.configs["ctc_head"] is not None and "ctc_head" in self.init_from
+        if distill is not None and distill.aligner is None and not own_head:
             raise ValueError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
-                             f"model.init.ctc_head (the pretraining export or snapshot that matches the encoder)")
+                             f"model.init.ctc_head (the pretraining export or snapshot that matches the encoder), "
+                             f"or model.distill.aligner")
+        if distill is not None and distill.aligner is None and self.configs["ctc_head"].units != "phones":
+            raise ValueError(f"{self.stage}: model.distill lays out phones, and model.ctc_head has units "
+                             f"{self.configs['ctc_head'].units!r}; set model.distill.aligner to phone CTC exports")
         self.distill = distill
         self.teacher: nn.ModuleDict | None = None
 
@@ -71,6 +86,11 @@ class SpeechSFT(SpeechLLMModule):
         })
         for name in ("phone_frames", "adapter"):
             load_component(self.teacher[name], getattr(self.distill, name), name)
+        if self.distill.aligner is not None:  # a fixed phone aligner of its own
+            self.teacher["encoder"] = copy.deepcopy(self.net.encoder)
+            self.teacher["ctc_head"] = CTCHead(width, len(PHONES))
+            for name in ("encoder", "ctc_head"):
+                load_component(self.teacher[name], self.distill.aligner[name], name)
         self.teacher.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):
@@ -92,7 +112,11 @@ class SpeechSFT(SpeechLLMModule):
     def distill_loss(self, frames, lens, speech, speech_lens, batch) -> torch.Tensor:
         """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones."""
         with torch.no_grad():
-            log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
+            if "encoder" in self.teacher:  # the fixed phone aligner: (B, T', V) from its own encoder
+                log_probs = torch.log_softmax(self.teacher["ctc_head"](self.teacher["encoder"](
+                    batch["feats"], batch["feat_lens"])[0]).float(), -1)
+            else:
+                log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
             ids = aligned_layout(log_probs, lens, batch["phones"], batch["phone_lens"],
                                  self.distill.max_frames_per_phone).to(frames.device)  # (B, T')
             target, _ = self.teacher["adapter"](self.teacher["phone_frames"](ids, lens), lens)  # (B, N, H)

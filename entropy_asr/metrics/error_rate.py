@@ -73,6 +73,7 @@ class PhoneErrorRate(Metric):
     """
 
     full_state_update = False
+    key, empty_key = "per", "phones_per_clip"  # the names compute() returns
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -88,8 +89,14 @@ class PhoneErrorRate(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         if self.units > 0:
-            return {"per": (self.errors / self.units).float()}
-        return {"phones_per_clip": (self.errors / self.utts.clamp(min=1)).float()}
+            return {self.key: (self.errors / self.units).float()}
+        return {self.empty_key: (self.errors / self.utts.clamp(min=1)).float()}
+
+
+class CharCTCErrorRate(PhoneErrorRate):
+    """The same edit-distance rate over character CTC ids (the character-level ablation): "char_er"."""
+
+    key, empty_key = "char_er", "chars_per_clip"
 
 
 def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> list[list[int]]:

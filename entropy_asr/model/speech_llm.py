@@ -31,14 +31,38 @@ from entropy_asr.text import PHONES
 
 @dataclass
 class CTCHeadConfig:
-    """The phone CTC head: a 3-layer MLP over encoder frames."""
+    """The CTC head: a 3-layer MLP over encoder frames, onto phones (the method) or characters.
+
+    units: "phones" (the shared phone inventory) or "chars" (entropy_asr.text.chars; the
+    character-level ablation), which needs `inventory`, the JSON that
+    `python -m entropy_asr.text.chars TRAIN_DIR OUT` builds.
+    """
 
     hidden_dim: int | None = None  # default: the encoder's width
     dropout: float = 0.1
+    units: str = "phones"
+    inventory: str | None = None
 
     def __post_init__(self):
         if self.hidden_dim is not None and self.hidden_dim < 1:
             raise ValueError(f"ctc_head.hidden_dim must be positive or null, got {self.hidden_dim}")
+        if self.units not in ("phones", "chars"):
+            raise ValueError(f"ctc_head.units must be 'phones' or 'chars', got {self.units!r}")
+        if self.units == "chars" and not self.inventory:
+            raise ValueError("ctc_head.units 'chars' needs ctc_head.inventory: the JSON built by "
+                             "`python -m entropy_asr.text.chars TRAIN_SHARD_DIR OUT.json`")
+
+    def char_inventory(self):
+        """The CharInventory for units 'chars', else None."""
+        if self.units != "chars":
+            return None
+        from entropy_asr.text.chars import CharInventory
+
+        return CharInventory.load(self.inventory)
+
+    def vocab_size(self) -> int:
+        inventory = self.char_inventory()
+        return len(PHONES) if inventory is None else len(inventory)
 
 
 @dataclass
@@ -99,7 +123,7 @@ class SpeechLLM(nn.Module):
         self.phone_frames = PhoneFrames(phone_frames) if phone_frames is not None else None
         self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
         if ctc_head is not None:
-            self.ctc_head = CTCHead(self.encoder.output_dim, len(PHONES), ctc_head.hidden_dim, ctc_head.dropout)
+            self.ctc_head = CTCHead(self.encoder.output_dim, ctc_head.vocab_size(), ctc_head.hidden_dim, ctc_head.dropout)
         if llm is not None:
             source = llm.tokenizer_name_or_path
             if source is None:
@@ -119,7 +143,7 @@ class SpeechLLM(nn.Module):
         return self.encoder(feats, feat_lens, **chunk)
 
     def ctc_log_probs(self, frames: Tensor) -> Tensor:
-        """(B, T', D) -> (B, T', V) phone log-posteriors, float32 for a stable CTC loss."""
+        """(B, T', D) -> (B, T', V) CTC (phone or character) log-posteriors, float32 for a stable CTC loss."""
         return F.log_softmax(self.ctc_head(frames).float(), dim=-1)
 
     def speech_embeddings(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
