@@ -35,6 +35,7 @@ from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component
 from entropy_asr.plots import plot_drift
+from lightning_modules.strategies import full_weights
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +119,11 @@ class CKADriftMonitor(MeasuredCallback):
         if first:
             self.reference = frames
             if self.export_reference or final:
-                entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
+                with full_weights(pl_module):  # every rank enters (FSDP gathers); rank zero writes
+                    entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
         elif final or cka < self.threshold:
-            entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
+            with full_weights(pl_module):
+                entry["snapshot"] = self.export(pl_module, step, cka, nse, final)
             self.reference = frames
         self.history.append(entry)
         if not final:

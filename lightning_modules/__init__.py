@@ -11,7 +11,7 @@ from lightning_modules.sft import (
            Snapshot,
            SpeechSFT,
 )
+from lightning_modules.strategies import SpeechFSDP, full_weights
 
 __all__ = ["IASFT", "Align", "DistillConfig", "JointSFT", "OptimConfig", "PretrainCTC", "PretrainLM", "Snapshot",
-           "SpeechLLMModule",
-           "SpeechSFT"]
+           "SpeechFSDP", "SpeechLLMModule", "SpeechSFT", "full_weights"]

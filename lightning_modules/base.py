@@ -32,6 +32,7 @@ from entropy_asr.model.speech_llm import (
     PromptConfig,
     SpeechLLM,
 )
+from lightning_modules.strategies import full_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class SpeechLLMModule(L.LightningModule):
         optim: AdamW + schedule. decode: generation for validation/test.
         max_bad_steps: stop after this many consecutive non-finite losses (each is skipped and counted).
         export_dir: where exports go; default <run dir>/export.
+        compile: torch.compile each Conformer block and LLM decoder layer (GPU training; the first
+            steps compile, and each new batch shape may recompile until shapes are marked dynamic).
     """
 
     components: tuple[str, ...] = ()
@@ -102,6 +105,7 @@ class SpeechLLMModule(L.LightningModule):
         max_bad_steps: int = 20,
         export_dir: str | None = None,
         phone_frames: PhoneFramesConfig | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         given = {"encoder": encoder, "ctc_head": ctc_head, "adapter": adapter, "llm": llm, "phone_frames": phone_frames}
@@ -127,6 +131,7 @@ class SpeechLLMModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.decode = decode or DecodeConfig()
         self.max_bad_steps, self.export_dir_arg = max_bad_steps, export_dir
+        self.compile_blocks = compile
         self.net: SpeechLLM | None = None
         self.bad_in_row = 0
         self.bad_total = 0
@@ -145,6 +150,8 @@ class SpeechLLMModule(L.LightningModule):
             load_component(getattr(self.net, component), path, component)
             log.info("%s: loaded %s from %s", self.stage, component, path)
         set_trainable(self.net, self.trainable_patterns, where="model.trainable")
+        if self.compile_blocks:  # per block, in place: checkpoints and exports keep their keys
+            self.net.compile_blocks()
         self.train(self.training)  # re-apply eval mode to frozen components
 
     def train(self, mode: bool = True):
@@ -271,8 +278,19 @@ class SpeechLLMModule(L.LightningModule):
         cfg = self.configs[component]
         return {"stage": self.stage, "step": int(self.global_step), "config": asdict(cfg) if cfg else {}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Norm clipping also under FSDP (Lightning's FSDP precision refuses it): the root's clip_grad_norm_."""
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root = self.trainer.strategy.model
+        if isinstance(root, FSDP) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            root.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def on_train_end(self) -> None:
-        self.export(self.export_dir, final=True)
+        with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes
+            self.export(self.export_dir, final=True)
 
     @rank_zero_only
     def export(self, out: str | Path, components: list[str] | None = None, final: bool = False) -> dict[str, str]:

@@ -9,6 +9,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from entropy_asr.metrics.error_rate import CharCTCErrorRate, PhoneErrorRate, ctc_greedy
 from entropy_asr.model.export import save_component
 from lightning_modules.base import SpeechLLMModule
+from lightning_modules.strategies import full_weights
 
 
 def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor, phone_lens: torch.Tensor) -> torch.Tensor:
@@ -106,7 +107,8 @@ class PretrainCTC(SpeechLLMModule):
         step = self.global_step  # already counts the optimizer step this batch made
         if step in self.snapshot_steps and step != self._last_snapshot:
             self._last_snapshot = step
-            self.export_snapshot()
+            with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes
+                self.export_snapshot()
 
     @rank_zero_only
     def export_snapshot(self) -> None:

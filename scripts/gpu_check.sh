@@ -1,37 +1,56 @@
 #!/usr/bin/env bash
-# One GPU check for issue 3, run on the device machine from the repo root (wheels in .whl/):
-#  1. paper-shaped steps (600M Conformer; + Qwen3-1.7B-shaped LLM) in bf16 autocast, and with
-#     CALLBACK_COST=1 one check of each metric callback at that size (scripts/callback_cost.py)
-#  2. a tiny pipeline (PIPELINE, default experiments/tiny/pipeline.yaml), every stage, on the GPU
-#     with --trainer.precision bf16-mixed
+# Every GPU check in one call, run on the device machine from the repo root (wheels in .whl/, made by
+# ../shared/offline-gpu/wheels.sh wandb):
+#  1. experiments/benchmark.py at paper size (600M Conformer + Qwen3-1.7B shape, 151,936-row vocabulary),
+#     every stage in bf16 autocast, decoding RTFx at batch 64; the table is appended to docs/benchmarks.md
+#     (copied to $OUT). BATCH (default 32) utterances of 10 s per step.
+#  2. FSDP=1: the tiny pretraining config for 30 steps under lightning_modules.SpeechFSDP on the GPU
+#     (sharding, exports gathered from the shards).
+#  3. COMPILE=1: the benchmark's ia_sft and joint_sft again with torch.compile and activation checkpointing.
+#  4. CALLBACK_COST=1: the metric callbacks' cost at paper size (scripts/callback_cost.py).
+#  5. PIPELINE=1: the tiny pipeline, every stage on the GPU in bf16-mixed.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
-export HF_HUB_OFFLINE=1 ENTROPY_ASR_CACHE=/tmp/cache PYTHONWARNINGS=ignore
+export HF_HUB_OFFLINE=1 ENTROPY_ASR_CACHE=/tmp/cache PYTHONWARNINGS=ignore WANDB_MODE=disabled
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, lightning, transformers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'transformers', transformers.__version__)"
-mkdir -p $OUT
+mkdir -p "$OUT"
 t0=$(date +%s)
-python3 - <<'PY'
+timeout "${BENCH_TIMEOUT:-300}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
+  --out "$OUT/bench.json" --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench.log"
+echo "benchmark: $(( $(date +%s) - t0 )) s"
+if [ -n "${FSDP:-}" ]; then
+  t1=$(date +%s)
+  timeout "${FSDP_TIMEOUT:-150}" python3 experiments/run.py --config experiments/tiny/pretrain_ctc.yaml --run_dir /tmp/fsdp \
+    --trainer.accelerator gpu --trainer.devices 1 --trainer.strategy '{"class_path": "lightning_modules.SpeechFSDP"}' \
+    --trainer.precision bf16-mixed --trainer.max_steps 30 --trainer.limit_val_batches 2 --trainer.callbacks '[]' \
+    --trainer.enable_progress_bar false --data.init_args.synthetic '{"utterances": 200, "seed": 0}' \
+    --data.init_args.num_workers 4 --test false > "$OUT/fsdp.log" 2>&1
+  echo "fsdp rc=$? in $(( $(date +%s) - t1 )) s"; tail -c 600 "$OUT/fsdp.log"
+  python3 -c "from safetensors.torch import load_file; w = load_file('/tmp/fsdp/export/encoder.safetensors'); print('fsdp export: encoder', sum(v.numel() for v in w.values()), 'parameters')"
+fi
+if [ -n "${COMPILE:-}" ]; then
+  timeout "${COMPILE_TIMEOUT:-240}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
+    --stages ia_sft joint_sft --decode-batch 0 --compile --activation-checkpointing --out "$OUT/bench_compile.json" \
+    --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench_compile.log"
+fi
+cp docs/benchmarks.md "$OUT/" 2>/dev/null
+if [ -n "${CALLBACK_COST:-}" ]; then
+  python3 - <<'PY'
 from entropy_asr.model.tokenizer import train_bpe_tokenizer
 from entropy_asr.data.sentences import SentenceGenerator
 import random
 g, r = SentenceGenerator(), random.Random(0)
 train_bpe_tokenizer([g.sentence(r, l) for l in ("zh", "en", "mix") for _ in range(2000)], 3000, "/tmp/tok")
 PY
-[ -z "${SKIP_PAPER:-}" ] && timeout 150 python3 scripts/paper_step.py --tokenizer /tmp/tok 2>&1 | grep -v Warning | tee $OUT/paper_step.jsonl
-# the metric callbacks' cost at paper size, at the paper configs' intervals (issue 4); opt-in with
-# CALLBACK_COST=1 (and SKIP_PIPELINE=1 to stay inside one call's 600 s)
-[ -n "${CALLBACK_COST:-}" ] && timeout 240 python3 scripts/callback_cost.py --tokenizer /tmp/tok 2>&1 | grep '^{' | tee $OUT/callback_cost.jsonl
-[ -n "${SKIP_PIPELINE:-}" ] && exit 0
-echo "paper step: $(( $(date +%s) - t0 )) s"
-t1=$(date +%s)
-PIPELINE=${PIPELINE:-experiments/tiny/pipeline.yaml}
-run_dir=$(python3 -c "import yaml,sys; print(yaml.safe_load(open(sys.argv[1]))['run_dir'])" $PIPELINE)
-timeout ${PIPELINE_TIMEOUT:-330} python3 experiments/pipeline.py --config $PIPELINE --trainer.accelerator gpu \
-  --trainer.devices 1 --trainer.precision bf16-mixed --trainer.enable_progress_bar false --data.init_args.num_workers 6 \
-  > $OUT/pipeline.log 2>&1
-echo "pipeline rc=$? in $(( $(date +%s) - t1 )) s"
-grep -E "^== |^\|" $OUT/pipeline.log | tail -20
-cp $run_dir/results.json $OUT/ 2>/dev/null
-for s in pretrain_lm pretrain_ctc align ia_sft joint_sft; do cp $run_dir/$s/metrics.csv $OUT/metrics_$s.csv 2>/dev/null; done
-tail -5 $OUT/pipeline.log
+  timeout 240 python3 scripts/callback_cost.py --tokenizer /tmp/tok 2>&1 | grep '^{' | tee "$OUT/callback_cost.jsonl"
+fi
+if [ -n "${PIPELINE:-}" ]; then
+  t1=$(date +%s)
+  timeout "${PIPELINE_TIMEOUT:-330}" python3 experiments/pipeline.py --config experiments/tiny/pipeline.yaml \
+    --trainer.accelerator gpu --trainer.devices 1 --trainer.precision bf16-mixed --trainer.enable_progress_bar false \
+    --data.init_args.num_workers 6 > "$OUT/pipeline.log" 2>&1
+  echo "pipeline rc=$? in $(( $(date +%s) - t1 )) s"
+  grep -E "^== |^\|" "$OUT/pipeline.log" | tail -20
+fi
+echo "gpu_check: $(( $(date +%s) - t0 )) s"

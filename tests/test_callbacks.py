@@ -204,3 +204,25 @@ def test_final_by_step_waits_for_the_final_snapshot_then_gives_up_with_a_clear_e
                            wait_poll_s=0.05).on_train_batch_start(module.trainer, module, None, 0)
     finally:
         hot_swap.PRODUCER_FAILED.clear()
+
+
+def test_replay_reveals_a_finished_runs_snapshots_at_the_pace_of_a_run_beside_it(tmp_path):
+    for step in (400, 500, 600):
+        write_snapshot(tmp_path, step)
+    write_snapshot(tmp_path, 800, final=True)
+    cb, module = EncoderHotSwap(str(tmp_path), replay_start=450, replay_pace=10.0, final_by_step=30), SwapStub()
+    seen = []
+    for step in range(32):
+        module.global_step = module.trainer.global_step = step
+        cb.on_train_batch_start(module.trainer, module, None, 0)
+        seen.append(cb.current["step"])
+    # visible at IA-SFT step s: pretraining step <= 450 + 10 s; the final one from final_by_step (30) on
+    assert seen[:5] == [400] * 5 and seen[5:15] == [500] * 10 and seen[15:30] == [600] * 15 and seen[30:] == [800] * 2
+    assert cb.final_swapped and module.swapped == [f"encoder-step{s:08d}.safetensors" for s in (400, 500, 600, 800)]
+    (tmp_path / "snapshot-step00000800.json").unlink()  # replay of a run that never finished: no waiting
+    cb = EncoderHotSwap(str(tmp_path), replay_start=450, replay_pace=10.0, final_by_step=30, wait_for_final_s=3600)
+    module.global_step = module.trainer.global_step = 30
+    with pytest.raises(FileNotFoundError, match=r"\(replay\).*final snapshot did not appear"):
+        cb.on_train_batch_start(module.trainer, module, None, 0)
+    with pytest.raises(ValueError, match="replay_pace > 0"):
+        EncoderHotSwap(str(tmp_path), replay_start=0, replay_pace=0.0)

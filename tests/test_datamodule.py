@@ -55,6 +55,12 @@ def test_validation_covers_every_utterance_once_across_2_ranks_x_2_workers(tiny_
     assert again == per_rank[0]  # fixed order
 
 
+def test_an_eval_set_with_fewer_shards_than_ranks_is_an_error_not_a_hang(tiny_corpus):
+    dm = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "dev"), rank=0, world_size=2)
+    with pytest.raises(ValueError, match=r"1 evaluation shard\(s\) \(dev\) for 2 ranks.*smaller --shard-size"):
+        dm.val_dataloader()
+
+
 def test_training_ranks_read_disjoint_shards(tiny_corpus):
     shard_of = keys_in(tiny_corpus / "train")
     seen = []

@@ -269,3 +269,21 @@ def test_build_encoder_by_name():
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field if field != "num_heads" else "d_model.*num_heads"):
         EncoderConfig(**{field: value})
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
+    cfg = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8,
+           "dropout": 0.0}
+    torch.manual_seed(0)
+    plain = ConformerEncoder(EncoderConfig(**cfg)).train()
+    recompute = ConformerEncoder(EncoderConfig(**cfg, activation_checkpointing=True)).train()
+    recompute.load_state_dict(plain.state_dict())
+    feats, lens = torch.randn(2, 60, 80), torch.tensor([60, 41])
+    outs, grads = [], []
+    for enc in (plain, recompute):
+        out, _ = enc(feats, lens)
+        out.square().sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in enc.parameters()])
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))

@@ -213,6 +213,9 @@ def test_generate_batched_matches_single_and_beam_runs(tokenizer, prompt):
     assert isinstance(greedy, list) and len(greedy) == 3 and all(isinstance(t, str) for t in greedy)
     beam = generate(model, tokenizer, prompt, speech, lens, max_new_tokens=5, num_beams=3)
     assert len(beam) == 3 and all(isinstance(t, str) for t in beam)
+    # the static KV cache (DecodeConfig.static_cache, the fast GPU path) decodes the same tokens
+    static = generate(model, tokenizer, prompt, speech, lens, max_new_tokens=[5, 3, 8], cache_implementation="static")
+    assert static == greedy
 
 
 def test_training_on_one_sample_reproduces_it(tokenizer, prompt):
@@ -288,6 +291,8 @@ def test_tiny_model_sizes_follow_tokenizer(tokenizer):
     ({"tiny": {"vocab_size": 10}}, "llm.tiny.vocab_size"),
     ({"lora": {"rank": 4}}, "llm.lora"),
     ({"name_or_path": ""}, "llm.name_or_path"),
+    ({"loss_chunk_tokens": 0}, "llm.loss_chunk_tokens"),
+    ({"vocab_rows": 1000, "name_or_path": "Qwen/Qwen3-1.7B"}, "llm.vocab_rows"),
 ])
 def test_llm_config_errors_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -297,3 +302,35 @@ def test_llm_config_errors_name_the_field(kwargs, field):
 def test_max_new_tokens_follow_duration():
     assert max_new_tokens_for([0.2, 2.0, 10.0]) == [8, 16, 80]
     assert max_new_tokens_for([3.0], tokens_per_second=5.0, floor=4) == [15]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4096])
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}])
+def test_chunked_loss_equals_hf_loss_with_the_same_gradients(tokenizer, prompt, chunk, lora):
+    from entropy_asr.model.losses import chunked_lm_loss
+
+    model = tiny_llm(tokenizer, seed=4, lora=lora).train()
+    speech, lens = speech_batch([3, 5], TINY["hidden_size"])
+    texts = ["hello 北京", "we go to school"]
+    batch = build_train_inputs(prompt, lambda ids: llm_embed(model, ids), speech, lens, texts)
+    params = [p for p in model.parameters() if p.requires_grad]
+    reference = model(**batch).loss  # full (B, L, V) logits
+    want = torch.autograd.grad(reference, params)
+    batch = build_train_inputs(prompt, lambda ids: llm_embed(model, ids), speech, lens, texts)  # a fresh graph
+    labels = batch.pop("labels")
+    hidden = model.get_decoder()(**batch).last_hidden_state
+    head = model.get_output_embeddings()
+    loss = chunked_lm_loss(hidden, head.weight, labels, head.bias, chunk=chunk)
+    got = torch.autograd.grad(loss, params)
+    assert float(loss) == pytest.approx(float(reference), rel=1e-5)
+    assert all(torch.allclose(g, w, atol=1e-6, rtol=1e-4) for g, w in zip(got, want, strict=True))
+    none = torch.full_like(labels, -100)  # no label at all: zero, and the graph survives
+    assert float(chunked_lm_loss(hidden, head.weight, none)) == 0.0
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        chunked_lm_loss(hidden, head.weight, labels, chunk=0)
+
+
+def test_vocab_rows_pads_the_from_config_llm(tokenizer):
+    model = tiny_llm(tokenizer, vocab_rows=len(tokenizer) + 100)
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer) + 100
+    assert tiny_llm(tokenizer, vocab_rows=10).get_input_embeddings().weight.shape[0] == len(tokenizer)  # never fewer

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -164,7 +165,7 @@ def build(cls, exports, **kw):
     if cls is not PretrainCTC:
         args.update(adapter=AdapterConfig(), llm=LLMConfig(name_or_path=str(exports["llm"])))
     else:
-        args.update(ctc_head=CTCHeadConfig())
+        args.setdefault("ctc_head", CTCHeadConfig())
     m = cls(**args)
     m.configure_model()
     return m
@@ -443,3 +444,43 @@ def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(exp
         [h["hyp"] for h in hyps]
     with pytest.raises(SystemExit):  # --checkpoint without --data is a usage error
         evaluate.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "eval3")])
+
+
+def test_align_distill_with_a_fixed_phone_aligner_equals_the_own_head_path(exports):
+    snap = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    own = build(Align, exports, ctc_head=CTCHeadConfig(), init=snap, distill=DistillConfig(**exports["reader"]))
+    # the encoder without a phone head (e.g. character-CTC pretrained) borrows the same snapshot as its aligner
+    fixed = build(Align, exports, init={"encoder": snap["encoder"]},
+                  distill=DistillConfig(**exports["reader"], aligner=snap))
+    fixed.net.adapter.load_state_dict(own.net.adapter.state_dict())
+    assert fixed.net.ctc_head is None and not any(p.requires_grad for p in fixed.teacher.parameters())
+    batch = {"feats": torch.randn(2, 200, 80), "feat_lens": torch.tensor([200, 160]), "text": ["你好", "hello"],
+             "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
+    losses = []
+    for m in (own, fixed):
+        m.log = lambda *a, **k: None
+        m.train()
+        torch.manual_seed(0)
+        losses.append(float(m.model_step(batch)))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # same weights align the same: same target
+    with pytest.raises(ValueError, match=r"exactly \{encoder: PATH, ctc_head: PATH\}"):
+        DistillConfig(**exports["reader"], aligner={"encoder": snap["encoder"]})
+
+
+def test_pretrain_ctc_on_characters(exports, tiny_corpus, tmp_path):
+    from entropy_asr.text.chars import build_char_inventory
+
+    inv = build_char_inventory(tiny_corpus / "train", tmp_path / "chars.json")
+    head = json.dumps({"dropout": 0.0, "units": "chars", "inventory": str(tmp_path / "chars.json")})
+    out = run(["--config", str(TINY / "pretrain_ctc.yaml"), "--run_dir", str(tmp_path / "run"), "--trainer.max_steps",
+               "2", "--trainer.limit_val_batches", "1", "--trainer.callbacks", "[]", "--test", "false",
+               "--data.init_args.batches_per_epoch", "2",
+               "--model.init_args.ctc_head", head, *common(tiny_corpus), "--model.init_args.encoder", json.dumps(ENC)])
+    assert "val/char_er" in out["val"] and "val/per" not in out["val"]
+    weights = load_file(str(tmp_path / "run" / "export" / "ctc_head.safetensors"))
+    assert max(w.shape[0] for w in weights.values()) == len(inv)  # the output layer has the inventory's rows
+    m = build(PretrainCTC, exports, ctc_head=CTCHeadConfig(units="chars", inventory=str(tmp_path / "chars.json")))
+    targets, lens = m.ctc_targets({"norm_text": ["ab 好", ""], "phones": torch.zeros(2, 1, dtype=torch.long)})
+    assert lens.tolist() == [4, 0] and targets[0].tolist() == inv.ids("ab 好")
+    phones = build(PretrainCTC, exports)  # phones: the batch's own phone ids
+    assert phones.ctc_targets({"phones": torch.ones(1, 3), "phone_lens": torch.tensor([3])})[1].tolist() == [3]

@@ -60,15 +60,20 @@ def worker_position() -> tuple[int, int]:
 
 
 class EvalShards(IterableDataset):
-    """Shard source for evaluation: shard i goes to global worker i % (world * workers), in order."""
+    """Shard source for evaluation: shard i goes to rank i % world, and among that rank's shards
+    to its workers in turn, in order. Every rank gets at least one shard (or an error): a rank
+    without evaluation batches would skip the epoch-end synchronization the others wait in."""
 
     def __init__(self, urls: list[str], rank: int, world_size: int):
+        if 0 < len(urls) < world_size:
+            raise ValueError(f"{len(urls)} evaluation shard(s) ({urls[0].rsplit('/', 2)[-2]}) for {world_size} ranks: "
+                             f"a rank without a shard has nothing to validate and the ranks would hang at the "
+                             f"epoch-end sync; write the set with a smaller --shard-size (>= {world_size} shards)")
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_position()
-        me, total = self.rank * num_workers + worker, self.world_size * num_workers
-        for url in self.urls[me::total]:
+        for url in self.urls[self.rank::self.world_size][worker::num_workers]:
             yield {"url": url}
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 MIN_INPUT_FRAMES = 7  # the smallest T two no-padding 3x3/stride-2 convs turn into one output frame
 
@@ -44,6 +45,7 @@ class EncoderConfig:
     full_context_prob: float = 0.5  # share of training batches that get no chunk mask at all
     causal_conv: bool = False  # left-padded depthwise conv, so no layer looks into the future
     rope_base: float = 10000.0
+    activation_checkpointing: bool = False  # recompute each block in the backward pass: memory for ~1/3 more compute
 
     def __post_init__(self):
         for name in ("input_dim", "d_model", "num_layers", "num_heads", "ffn_dim", "conv_kernel",
@@ -278,8 +280,12 @@ class ConformerEncoder(nn.Module):
         mask = ((allowed[None] & valid[:, None, :]) | eye)[:, None]  # (B, 1, T', T'), broadcast over heads
 
         cos, sin = rotary_tables(T, self.config.d_model // self.config.num_heads, self.config.rope_base, x.device)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, mask, valid, cos, sin)
+            if recompute:
+                x = checkpoint(layer, x, mask, valid, cos, sin, use_reentrant=False)
+            else:
+                x = layer(x, mask, valid, cos, sin)
         return self.norm(x) * valid[..., None], out_lens
 
 

@@ -33,6 +33,8 @@ class LLMConfig:
     lora: dict | None = None  # peft LoraConfig kwargs ({r, alpha, dropout, target_modules}); None = full fine-tuning
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    loss_chunk_tokens: int = 4096  # label positions per output-layer chunk in the loss (entropy_asr.model.losses)
+    vocab_rows: int | None = None  # the from-config LLM's embedding rows (>= the tokenizer's); 151936 = Qwen3's
 
     def __post_init__(self):
         if self.name_or_path is not None and not (isinstance(self.name_or_path, str) and self.name_or_path.strip()):
@@ -57,6 +59,11 @@ class LLMConfig:
                 raise ValueError(f"llm.tiny.{name} is taken from the tokenizer; remove it from the config")
         if self.lora is not None:
             self._lora_kwargs()  # raises on unknown keys
+        if self.loss_chunk_tokens < 1:
+            raise ValueError(f"llm.loss_chunk_tokens must be >= 1, got {self.loss_chunk_tokens}")
+        if self.vocab_rows is not None and (self.vocab_rows < 1 or self.name_or_path is not None):
+            raise ValueError(f"llm.vocab_rows pads the from-config LLM's vocabulary (name_or_path null); got "
+                             f"{self.vocab_rows} with name_or_path {self.name_or_path!r}")
 
     @property
     def tokenizer_name_or_path(self) -> str | None:
@@ -87,7 +94,8 @@ def build_llm(config: LLMConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrain
                                                      attn_implementation=config.attn_implementation)
     else:
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id
-        qwen3 = Qwen3Config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=bos,
+        rows = max(len(tokenizer), config.vocab_rows or 0)  # padded rows, as Qwen3's checkpoints pad theirs
+        qwen3 = Qwen3Config(vocab_size=rows, pad_token_id=tokenizer.pad_token_id, bos_token_id=bos,
                             eos_token_id=tokenizer.eos_token_id, **{**TINY_QWEN3, **config.tiny})
         model = AutoModelForCausalLM.from_config(qwen3, dtype=dtype, attn_implementation=config.attn_implementation)
 

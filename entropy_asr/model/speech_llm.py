@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
+from entropy_asr.model.losses import chunked_lm_loss
 from entropy_asr.model.prompt import (
     DEFAULT_SYSTEM,
     DEFAULT_USER,
@@ -97,6 +98,9 @@ class DecodeConfig:
     num_beams: int = 1
     tokens_per_second: float = 8.0  # max new tokens per second of audio (see prompt.max_new_tokens_for)
     max_new_tokens_floor: int = 8  # the limit never goes below this, for very short clips
+    # a static KV cache, whose decoding step Transformers compiles: RTFx 558 -> 1,621 at batch 64 on an
+    # H200 (docs/benchmarks.md); each new batch shape compiles once, so it pays on GPUs with fixed batches
+    static_cache: bool = False
 
     def __post_init__(self):
         if self.num_beams < 1:
@@ -122,6 +126,7 @@ class SpeechLLM(nn.Module):
         self.encoder = ConformerEncoder(encoder) if encoder is not None else None
         self.phone_frames = PhoneFrames(phone_frames) if phone_frames is not None else None
         self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
+        self.loss_chunk = llm.loss_chunk_tokens if llm is not None else 4096
         if ctc_head is not None:
             self.ctc_head = CTCHead(self.encoder.output_dim, ctc_head.vocab_size(), ctc_head.hidden_dim, ctc_head.dropout)
         if llm is not None:
@@ -137,6 +142,14 @@ class SpeechLLM(nn.Module):
             width = self.llm.get_input_embeddings().embedding_dim
             in_dim = self.encoder.output_dim if self.encoder is not None else phone_frames.dim
             self.adapter = Adapter(in_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
+
+    def compile_blocks(self) -> None:
+        """torch.compile each Conformer block and each LLM decoder layer in place (state-dict keys unchanged)."""
+        blocks = list(self.encoder.layers) if self.encoder is not None else []
+        if self.llm is not None:
+            blocks += list(self.llm.get_decoder().layers)
+        for block in blocks:
+            block.compile()
 
     def encode(self, feats: Tensor, feat_lens: Tensor, **chunk) -> tuple[Tensor, Tensor]:
         """(B, T, 80) features at 100 Hz -> (B, T', D) encoder frames at 25 Hz and their lengths."""
@@ -160,11 +173,17 @@ class SpeechLLM(nn.Module):
                 torch.zeros(batch_size, dtype=torch.long, device=device))
 
     def lm_loss(self, speech: Tensor | None, speech_lens: Tensor | None, texts: list[str]) -> Tensor:
-        """Mean next-token cross-entropy over the transcript tokens and EOS (the prompt is masked)."""
+        """Mean next-token cross-entropy over the transcript tokens and EOS (the prompt is masked).
+
+        The output layer sees only the label positions, `loss_chunk` at a time (entropy_asr.model.losses).
+        """
         if speech is None:
             speech, speech_lens = self._no_speech(len(texts))
         inputs = build_train_inputs(self.prompt, lambda ids: llm_embed(self.llm, ids), speech, speech_lens, texts)
-        return self.llm(**inputs).loss
+        labels = inputs.pop("labels")
+        hidden = self.llm.get_decoder()(**inputs).last_hidden_state  # (B, L, H): no (B, L, V) logits
+        head = self.llm.get_output_embeddings()
+        return chunked_lm_loss(hidden, head.weight, labels, head.bias, self.loss_chunk)
 
     @torch.no_grad()
     def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig) -> list[str]:
@@ -177,4 +196,6 @@ class SpeechLLM(nn.Module):
                       decode: DecodeConfig) -> list[str]:
         """Batched generation from LLM-width speech tokens (B, N, H), length limits from `durations` (s)."""
         limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.max_new_tokens_floor)
-        return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams)
+        extra = {"cache_implementation": "static"} if decode.static_cache else {}
+        return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams,
+                        **extra)

@@ -1,0 +1,359 @@
+"""Speed, per stage: `python experiments/benchmark.py --size paper` on a GPU (issue 6; docs/benchmarks.md).
+
+For each training stage, what trains decides the work (pretrain_ctc: encoder + CTC head; align:
+adapter, gradients through the frozen LLM; ia_sft: adapter + LLM on a frozen encoder, no encoder
+backward; joint_sft: everything), on batches of `--seconds`-long utterances with transcripts:
+  - step time, audio seconds and LLM tokens (positions) per second, peak memory;
+  - MFU: the step's model FLOPs (torch.utils.flop_counter on one eager step without activation
+    checkpointing, so attention is counted and recomputation is not) per second, over the card's
+    peak measured in this run by a large bf16 matmul (float32 on a CPU);
+then decoding RTFx (batched greedy decoding of `--decode-batch` utterances, exactly
+`--decode-tokens` new tokens each, so random weights cannot stop early or run long) and the data
+pipeline's audio seconds per second per CPU worker (reading, fbank, augmentation, batching).
+
+Prints one table, writes JSON (--out) and, with --record, appends the table with the card's name,
+the command and the date to docs/benchmarks.md. --size tiny runs on a CPU in seconds (the tests).
+Random weights; nothing is downloaded. The paper size is the 600M Conformer + a Qwen3-1.7B-shaped
+LLM with Qwen3's 151,936-row vocabulary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.model.encoder import EncoderConfig
+from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.prompt import generate
+from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, PromptConfig
+
+STAGES = ("pretrain_ctc", "align", "ia_sft", "joint_sft")
+PAPER_ENCODER = {"d_model": 1280, "num_layers": 16, "num_heads": 20, "ffn_dim": 5120, "conv_kernel": 33,
+                 "subsampling_channels": 32, "dropout": 0.1}
+QWEN3_1_7B = {"hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+              "head_dim": 128, "intermediate_size": 6144, "max_position_embeddings": 4096, "tie_word_embeddings": True}
+TINY_ENCODER = {"d_model": 144, "num_layers": 6, "num_heads": 4, "ffn_dim": 576, "conv_kernel": 15,
+                "subsampling_channels": 64, "dropout": 0.0}
+SIZES = {"paper": (PAPER_ENCODER, QWEN3_1_7B, 151936), "tiny": (TINY_ENCODER, {}, None)}
+# transcripts of about 10 s of speech, Mandarin and English (the corpus' kind of text)
+SENTENCES = ["我们明天下午去看看那个新的图书馆吧，听说里面的环境特别安静，很适合周末学习。",
+             "She bought a new computer and a small table for the study room, and it arrived on Monday."]
+
+
+@dataclass
+class Options:
+    size: str = "tiny"
+    stages: tuple[str, ...] = STAGES
+    batch: int = 16
+    seconds: float = 10.0
+    steps: int = 5
+    decode_batch: int = 64
+    decode_tokens: int = 48
+    static_cache: bool = False
+    compile: bool = False
+    activation_checkpointing: bool = False
+    data_workers: int = 1
+    tokenizer: str | None = None
+    device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_flops(device: torch.device, n: int | None = None) -> float:
+    """Measured matmul FLOP/s: bf16 n x n on a GPU (n = 8192), float32 on a CPU (n = 1024)."""
+    cuda = device.type == "cuda"
+    n = n or (8192 if cuda else 1024)
+    dtype = torch.bfloat16 if cuda else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 20 if cuda else 5
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def build_stage(stage: str, o: Options):
+    """The stage's LightningModule at the size, configured (weights random), on the device."""
+    from lightning_modules import IASFT, Align, JointSFT, PretrainCTC
+
+    enc, llm, rows = SIZES[o.size]
+    encoder = EncoderConfig(**enc, activation_checkpointing=o.activation_checkpointing)
+    if stage == "pretrain_ctc":
+        module = PretrainCTC(encoder=encoder, ctc_head=CTCHeadConfig(dropout=0.0))
+    else:
+        cls = {"align": Align, "ia_sft": IASFT, "joint_sft": JointSFT}[stage]
+        llm_cfg = LLMConfig(tokenizer=o.tokenizer, tiny=llm, vocab_rows=rows,
+                            gradient_checkpointing=o.activation_checkpointing)
+        module = cls(encoder=encoder, adapter=AdapterConfig(), llm=llm_cfg,
+                     prompt=PromptConfig(system=None, user="Transcribe: <speech>"))
+    with torch.device(o.device):  # weights are made where they run: a 2.3B random init on a CPU takes minutes
+        module.configure_model()
+    return module.to(o.device).train()
+
+
+def synthetic_batch(o: Options, device: torch.device, batch: int | None = None) -> dict:
+    """B utterances of `seconds` of random fbank with transcripts and phones (the shapes are what count)."""
+    B, T = batch or o.batch, int(o.seconds * 100)
+    g = torch.Generator().manual_seed(0)
+    phones = torch.randint(2, 60, (B, int(o.seconds * 12)), generator=g)
+    return {"feats": torch.randn(B, T, 80, generator=g).to(device), "feat_lens": torch.full((B,), T, device=device),
+            "phones": phones.to(device), "phone_lens": torch.full((B,), phones.shape[1], device=device),
+            "text": [SENTENCES[i % 2] for i in range(B)], "norm_text": [SENTENCES[i % 2] for i in range(B)],
+            "durations": torch.full((B,), o.seconds)}
+
+
+@torch.no_grad()
+def llm_positions(module, batch: dict) -> int:
+    """LLM input positions of the batch (prompt + speech tokens + transcript + EOS), 0 without an LLM."""
+    from entropy_asr.model.llm import llm_embed
+    from entropy_asr.model.prompt import build_train_inputs
+
+    net = module.net
+    if net.llm is None:
+        return 0
+    speech, lens = net.speech_embeddings(batch["feats"][:, :, :], batch["feat_lens"])
+    inputs = build_train_inputs(net.prompt, lambda ids: llm_embed(net.llm, ids), speech, lens, batch["text"])
+    return int(inputs["attention_mask"].sum())
+
+
+def train_step_flops(module, batch: dict, device: torch.device) -> float:
+    """FLOPs of one forward + backward, eager, without activation checkpointing (model FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enc = module.net.encoder.config
+    saved = enc.activation_checkpointing
+    enc.activation_checkpointing = False
+    llm = module.net.llm
+    ckpt = bool(llm is not None and getattr(llm, "is_gradient_checkpointing", False))
+    if ckpt:
+        llm.gradient_checkpointing_disable()
+    try:
+        with FlopCounterMode(display=False) as counter, _autocast(device):
+            loss = module.model_step(batch)
+            loss.backward()
+        module.zero_grad(set_to_none=True)
+        return float(counter.get_total_flops())
+    finally:
+        enc.activation_checkpointing = saved
+        if ckpt:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def bench_stage(stage: str, o: Options, peak: float) -> dict:
+    device = torch.device(o.device)
+    module = build_stage(stage, o)
+    batch = synthetic_batch(o, device)
+    flops = train_step_flops(module, batch, device)
+    if o.compile:
+        module.net.compile_blocks()
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(o.steps + (2 if o.compile else 1)):  # the first step(s) warm up (and compile)
+        _sync(device)
+        t = time.perf_counter()
+        with _autocast(device):
+            loss = module.model_step(batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    step_s = sorted(times[(2 if o.compile else 1):])[len(times[(2 if o.compile else 1):]) // 2]  # median
+    audio = o.batch * o.seconds
+    out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": round(step_s, 4),
+           "audio_s_per_s": round(audio / step_s, 1), "tokens_per_s": round(llm_positions(module, batch) / step_s, 1),
+           "tflops_per_step": round(flops / 1e12, 3), "mfu": round(flops / step_s / peak, 4),
+           "loss": round(float(loss), 3),
+           "trainable_M": round(sum(p.numel() for p in params) / 1e6, 1),
+           "params_M": round(sum(p.numel() for p in module.parameters()) / 1e6, 1)}
+    if device.type == "cuda":
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    del module, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+@torch.no_grad()
+def bench_decode(o: Options) -> dict:
+    """Batched greedy decoding of decode_batch utterances, exactly decode_tokens new tokens each; RTFx."""
+    device = torch.device(o.device)
+    module = build_stage("joint_sft", o).eval()
+    if device.type == "cuda":
+        module.to(torch.bfloat16)
+    net = module.net
+    batch = synthetic_batch(o, device, o.decode_batch)
+    if device.type == "cuda":
+        batch["feats"] = batch["feats"].to(torch.bfloat16)
+    n = o.decode_tokens
+
+    def once() -> float:
+        _sync(device)
+        t = time.perf_counter()
+        speech, lens = net.speech_embeddings(batch["feats"], batch["feat_lens"])
+        extra = {"cache_implementation": "static"} if o.static_cache else {}  # (transformers compiles its step)
+        generate(net.llm, net.tokenizer, net.prompt, speech, lens, n, min_new_tokens=n, **extra)
+        _sync(device)
+        return time.perf_counter() - t
+
+    once()  # warm-up (and, with a static cache, compilation)
+    t = min(once() for _ in range(2))
+    audio = o.decode_batch * o.seconds
+    return {"stage": "decode", "batch": o.decode_batch, "seconds": o.seconds, "new_tokens": n,
+            "decode_s": round(t, 3), "rtfx": round(audio / t, 1), "tokens_per_s": round(o.decode_batch * n / t, 1)}
+
+
+def bench_data(o: Options, corpus: Path | None, batches: int = 30) -> dict:
+    """The training pipeline (read, decode, fbank, speed perturbation, SpecAugment, bucketing) per CPU worker."""
+    from datamodules.speech import SpeechDataModule
+    from entropy_asr.data.augment import AugmentConfig
+    from entropy_asr.data.pipeline import BatchConfig
+
+    where = {"synthetic": {"utterances": 200, "seed": 0}} if corpus is None else \
+        {"train_dir": str(corpus / "train"), "val_dir": str(corpus / "dev")}
+    data = SpeechDataModule(**where, num_workers=o.data_workers, shuffle_buffer=100,
+                            batches_per_epoch=batches, augment=AugmentConfig(),
+                            batch=BatchConfig(max_batch_seconds=160.0, max_batch_size=64))
+    data.prepare_data()
+    data.setup("fit")
+    loader = data.train_dataloader()
+    audio, n = 0.0, 0
+    it = iter(loader)
+    first = next(it)  # workers start and fill the shuffle buffer: not counted
+    t = time.perf_counter()
+    for batch in it:
+        audio += float(batch["durations"].sum())
+        n += 1
+    wall = time.perf_counter() - t
+    del first
+    return {"stage": "data", "workers": o.data_workers, "batches": n, "audio_s": round(audio, 1),
+            "audio_s_per_s_per_worker": round(audio / wall / max(o.data_workers, 1), 1)}
+
+
+def format_table(rows: list[dict], device: str) -> str:
+    lines = [f"device: {device}", "", ("| stage | batch x s | step s | audio s/s | LLM tokens/s | TFLOP/step | MFU | "
+             "peak GiB | RTFx |"), "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["stage"] == "data":
+            lines.append(f"| data ({r['workers']} worker) | - | - | {r['audio_s_per_s_per_worker']} per worker | - | - "
+                         f"| - | - | - |")
+        elif r["stage"] == "decode":
+            lines.append(f"| decode (greedy, {r['new_tokens']} new tokens) | {r['batch']} x {r['seconds']:g} | "
+                         f"{r['decode_s']} | - | {r['tokens_per_s']} | - | - | - | {r['rtfx']} |")
+        else:
+            lines.append(f"| {r['stage']} | {r['batch']} x {r['seconds']:g} | {r['step_s']} | {r['audio_s_per_s']} | "
+                         f"{r['tokens_per_s'] or '-'} | {r['tflops_per_step']} | {100 * r['mfu']:.1f}% | "
+                         f"{r.get('peak_gib', '-')} | - |")
+    return "\n".join(lines)
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def default_tokenizer(out_dir: Path) -> str:
+    """A BPE tokenizer trained on generated sentences (3,000 tokens; the LLM's rows are padded to Qwen3's)."""
+    import random
+
+    from entropy_asr.data.sentences import SentenceGenerator
+    from entropy_asr.model.tokenizer import train_bpe_tokenizer
+
+    path = out_dir / "tokenizer"
+    if not (path / "tokenizer.json").exists():
+        g, r = SentenceGenerator(), random.Random(0)
+        train_bpe_tokenizer([g.sentence(r, lang) for lang in ("zh", "en", "mix") for _ in range(1000)], 3000, str(path))
+    return str(path)
+
+
+def run(o: Options, out: Path | None = None, record: Path | None = None, corpus: Path | None = None,
+        skip_data: bool = False, command: str | None = None) -> dict:
+    device = torch.device(o.device)
+    if o.tokenizer is None:
+        o.tokenizer = default_tokenizer(Path(os.environ.get("ENTROPY_ASR_CACHE", "/tmp")) / "benchmark")
+    peak = peak_flops(device)
+    rows = []
+    for stage in o.stages:
+        rows.append(bench_stage(stage, o, peak))
+        print(json.dumps(rows[-1]), flush=True)
+    if o.decode_batch > 0:
+        rows.append(bench_decode(o))
+        print(json.dumps(rows[-1]), flush=True)
+    if not skip_data:
+        rows.append(bench_data(o, corpus))
+        print(json.dumps(rows[-1]), flush=True)
+    name = device_name(o.device)
+    result = {"device": name, "peak_tflops": round(peak / 1e12, 1), "size": o.size, "options": o.__dict__,
+              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "rows": rows,
+              "command": command or " ".join(sys.argv)}
+    table = format_table(rows, f"{name}, measured matmul peak {peak / 1e12:.3g} TFLOP/s")
+    print(table)
+    if out:
+        atomic_write_json(out, result)
+    if record:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        old = record.read_text() if record.exists() else "# Benchmarks\n\nWritten by experiments/benchmark.py --record.\n"
+        section = (f"\n## {result['date']}: {name}, {o.size} size\n\n`{result['command']}` (torch {torch.__version__}"
+                   f"{', torch.compile' if o.compile else ''}{', activation checkpointing' if o.activation_checkpointing else ''})"
+                   f"\n\n{table}\n")
+        atomic_write_bytes(record, (old + section).encode())
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--batch", type=int, default=16, help="utterances per training step")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds per utterance")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per stage (the median is reported)")
+    p.add_argument("--decode-batch", type=int, default=64, help="0 skips decoding")
+    p.add_argument("--decode-tokens", type=int, default=48, help="new tokens per utterance, exactly")
+    p.add_argument("--static-cache", action="store_true", help="decode with a static KV cache (compiled decoding step)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each Conformer block and LLM layer")
+    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--data-workers", type=int, default=1)
+    p.add_argument("--corpus", type=Path, help="corpus root (train/, dev/ shard dirs) for the data benchmark (default: a synthetic one)")
+    p.add_argument("--skip-data", action="store_true")
+    p.add_argument("--tokenizer", help="tokenizer dir (default: one trained on generated sentences)")
+    p.add_argument("--device", default=Options().device)
+    p.add_argument("--out", type=Path, help="write the figures as JSON here")
+    p.add_argument("--record", type=Path, help="append the table to this markdown file (docs/benchmarks.md)")
+    a = p.parse_args(argv)
+    o = Options(size=a.size, stages=tuple(a.stages), batch=a.batch, seconds=a.seconds, steps=a.steps,
+                decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache, compile=a.compile,
+                activation_checkpointing=a.activation_checkpointing, data_workers=a.data_workers,
+                tokenizer=a.tokenizer, device=a.device)
+    if o.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return run(o, a.out, a.record, a.corpus, a.skip_data,
+               "python experiments/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

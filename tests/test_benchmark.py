@@ -1,0 +1,46 @@
+"""experiments/benchmark.py at tiny size on the CPU: every stage, decoding, the data pipeline, the record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments.benchmark import STAGES, Options, format_table, run
+
+
+@pytest.fixture(scope="module")
+def result(tiny_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    o = Options(size="tiny", batch=2, seconds=2.0, steps=1, decode_batch=2, decode_tokens=5, device="cpu",
+                tokenizer=None)
+    import os
+
+    os.environ.setdefault("ENTROPY_ASR_CACHE", str(out))
+    return run(o, out / "bench.json", out / "benchmarks.md", corpus=tiny_corpus, command="benchmark test"), out
+
+
+def test_every_stage_is_measured_with_its_own_work(result):
+    res, _out = result
+    rows = {r["stage"]: r for r in res["rows"]}
+    assert set(STAGES) | {"decode", "data"} == set(rows)
+    for stage in STAGES:
+        r = rows[stage]
+        assert r["step_s"] > 0 and r["audio_s_per_s"] == pytest.approx(2 * 2.0 / r["step_s"], rel=0.01)
+        assert 0 < r["mfu"] < 1.5  # CPU peak from one matmul size; model FLOPs over it
+    # what trains decides the work: a frozen LLM still passes gradients back to the adapter (align), the
+    # frozen encoder has no backward in IA-SFT, joint SFT does everything
+    flops = {s: rows[s]["tflops_per_step"] for s in STAGES}
+    assert flops["align"] < flops["ia_sft"] < flops["joint_sft"]
+    assert rows["pretrain_ctc"]["tokens_per_s"] == 0 and rows["ia_sft"]["tokens_per_s"] > 0
+    assert rows["ia_sft"]["trainable_M"] < rows["joint_sft"]["trainable_M"] == rows["joint_sft"]["params_M"]
+    assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"], rel=0.01)
+    assert rows["data"]["batches"] > 0 and rows["data"]["audio_s_per_s_per_worker"] > 0
+
+
+def test_table_json_and_record(result):
+    res, out = result
+    assert json.loads((out / "bench.json").read_text())["rows"] == res["rows"]
+    md = (out / "benchmarks.md").read_text()
+    assert "`benchmark test`" in md and "| joint_sft |" in md and "| decode (greedy, 5 new tokens) |" in md
+    assert format_table(res["rows"], "x").count("\n") == len(res["rows"]) + 3

@@ -1,0 +1,101 @@
+"""Multi-process training on CPUs (gloo): two DDP ranks through the Lightning CLI, and metric states that
+all-reduce to the single-process values (issue 6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from entropy_asr.metrics.cka import LinearCKA
+from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate
+from tests.test_datamodule import keys_in
+
+ROOT = Path(__file__).resolve().parents[1]
+ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
+
+
+def test_two_ddp_ranks_train_on_different_shards_and_validate_every_utterance_once(tiny_corpus, tmp_path):
+    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    recorder = [{"class_path": "tests.ddp_helpers.KeyRecorder", "init_args": {"out": str(tmp_path / "keys")}}]
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+           "--run_dir", str(tmp_path / "run"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.max_steps", "4", "--trainer.callbacks", json.dumps(recorder),
+           "--trainer.enable_progress_bar", "false", "--test", "false", "--wandb", "disabled",
+           "--model.init_args.encoder", json.dumps(ENC), "--data.init_args.synthetic", syn,
+           "--data.init_args.num_workers", "0", "--data.init_args.batches_per_epoch", "2",
+           "--data.init_args.val_dir", str(tiny_corpus / "train")]  # 6 shards: some for each rank (dev has 1)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["global_step"] == 4 and "val/per" in results["val"]
+    ranks = [json.loads((tmp_path / "keys" / f"keys-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    shard_of = keys_in(tiny_corpus / "train")
+    shards = [{shard_of[k] for k in r["train"]} for r in ranks]
+    assert shards[0] and shards[1] and not shards[0] & shards[1]  # each rank reads its own training shards
+    dev = set(keys_in(tiny_corpus / "train"))
+    epochs = 2  # 4 steps at 2 batches an epoch: validation ran after each epoch
+    for r in ranks:
+        assert len(r["val"]) % epochs == 0
+    per_epoch = [k for r in ranks for k in r["val"][: len(r["val"]) // epochs]]
+    assert sorted(per_epoch) == sorted(dev)  # every utterance once per validation, across the ranks
+
+
+def _metric_worker(rank: int, world: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        metrics = _metrics()
+        _update(metrics, rank, world)
+        torch.save({k: _value(m.compute()) for k, m in metrics.items()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _metrics() -> dict:
+    return {"rates": ErrorRates(), "per": PhoneErrorRate(), "cka": LinearCKA(8, 6), "cka_u": LinearCKA(8, 6, debiased=True)}
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    hyps = ["我们去 学校", "hello word", "我 like it", ""]
+    refs = ["我们去学校了", "hello world", "我 like this", ""]
+    langs = ["zh", "en", "mix", "none"]
+    x = torch.randn(4, 30, 8, generator=g)
+    y = x @ torch.randn(8, 6, generator=g) + 0.3 * torch.randn(4, 30, 6, generator=g)
+    phones = ([[3, 4, 5], [6, 7]], [[3, 5], [6, 7, 8]])
+    return hyps, refs, langs, x, y, phones
+
+
+def _update(metrics: dict, rank: int, world: int) -> None:
+    hyps, refs, langs, x, y, (ph_h, ph_r) = _data()
+    for i in range(rank, 4, world):  # this rank's share of the utterances
+        metrics["rates"].update([hyps[i]], [refs[i]], [langs[i]])
+        metrics["cka"].update(x[i], y[i])
+        metrics["cka_u"].update(x[i], y[i])
+    for i in range(rank, 2, world):
+        metrics["per"].update([ph_h[i]], [ph_r[i]])
+
+
+def _value(v):
+    return {k: float(t) for k, t in v.items()} if isinstance(v, dict) else float(v)
+
+
+def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
+    single = _metrics()
+    _update(single, 0, 1)
+    want = {k: _value(m.compute()) for k, m in single.items()}
+    mp.spawn(_metric_worker, args=(2, f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        assert got.keys() == want.keys()
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
