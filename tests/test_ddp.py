@@ -97,5 +97,5 @@ def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
     for rank in (0, 1):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert got.keys() == want.keys()
-        for k in want:
-            assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
+        for k, value in want.items():
+            assert got[k] == pytest.approx(value, rel=1e-9, abs=1e-12), k
