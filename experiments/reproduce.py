@@ -279,6 +279,11 @@ def encoder_cka(a: Path, b: Path, config_path: Path, data, max_frames: int = 819
     from entropy_asr.model.export import load_component
 
     cfg = EncoderConfig(**yaml.safe_load(config_path.read_text())["model"]["init_args"]["encoder"])
+    probe = []
+    for i, batch in enumerate(data.val_dataloader()):  # read once, for both encoders
+        if i == batches:
+            break
+        probe.append((batch["feats"], batch["feat_lens"]))
     feats = []
     for path in (a, b):
         enc = ConformerEncoder(cfg)
@@ -286,10 +291,8 @@ def encoder_cka(a: Path, b: Path, config_path: Path, data, max_frames: int = 819
         enc.eval()
         out = []
         with torch.no_grad():
-            for i, batch in enumerate(data.val_dataloader()):
-                if i == batches:
-                    break
-                frames, lens = enc(batch["feats"], batch["feat_lens"])  # (B, T', D)
+            for x, x_lens in probe:
+                frames, lens = enc(x, x_lens)  # (B, T', D)
                 valid = torch.arange(frames.shape[1])[None, :] < lens[:, None]
                 out.append(frames[valid].double())
         feats.append(evenly_spaced(torch.cat(out), max_frames))
