@@ -126,7 +126,7 @@ def llm_positions(module, batch: dict) -> int:
     net = module.net
     if net.llm is None:
         return 0
-    speech, lens = net.speech_embeddings(batch["feats"][:, :, :], batch["feat_lens"])
+    speech, lens = net.speech_embeddings(batch["feats"], batch["feat_lens"])
     inputs = build_train_inputs(net.prompt, lambda ids: llm_embed(net.llm, ids), speech, lens, batch["text"])
     return int(inputs["attention_mask"].sum())
 
@@ -169,8 +169,8 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
     opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(o.steps + (2 if o.compile else 1)):  # the first step(s) warm up (and compile)
+    warm, times = (2 if o.compile else 1), []  # the first step(s) warm up (and compile): not timed
+    for _ in range(o.steps + warm):
         _sync(device)
         t = time.perf_counter()
         with _autocast(device):
@@ -180,7 +180,8 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
         opt.zero_grad(set_to_none=True)
         _sync(device)
         times.append(time.perf_counter() - t)
-    step_s = sorted(times[(2 if o.compile else 1):])[len(times[(2 if o.compile else 1):]) // 2]  # median
+    timed = sorted(times[warm:])
+    step_s = timed[len(timed) // 2]  # median
     audio = o.batch * o.seconds
     out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": round(step_s, 4),
            "audio_s_per_s": round(audio / step_s, 1), "tokens_per_s": round(llm_positions(module, batch) / step_s, 1),
