@@ -88,7 +88,7 @@ class Background:
         self.name, self.log_path, self.threads_file = name, stage_dir / "stdout.log", stage_dir / "threads"
         stage_dir.mkdir(parents=True, exist_ok=True)
         self.grant(threads)
-        env = {**os.environ, THREADS_FILE: str(self.threads_file)}
+        env = {**os.environ, THREADS_FILE: str(self.threads_file), "PYTHONUNBUFFERED": "1"}  # echo lines as they come
         self.proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         self._tee = threading.Thread(target=self._copy, daemon=True)

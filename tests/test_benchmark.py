@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -14,10 +15,10 @@ def result(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     o = Options(size="tiny", batch=2, seconds=2.0, steps=1, decode_batch=2, decode_tokens=5, device="cpu",
                 tokenizer=None)
-    import os
-
-    os.environ.setdefault("ENTROPY_ASR_CACHE", str(out))
-    return run(o, out / "bench.json", out / "benchmarks.md", corpus=tiny_corpus, command="benchmark test"), out
+    with pytest.MonkeyPatch.context() as mp:  # not left behind for later tests
+        if "ENTROPY_ASR_CACHE" not in os.environ:
+            mp.setenv("ENTROPY_ASR_CACHE", str(out))
+        return run(o, out / "bench.json", out / "benchmarks.md", corpus=tiny_corpus, command="benchmark test"), out
 
 
 def test_every_stage_is_measured_with_its_own_work(result):
@@ -26,7 +27,7 @@ def test_every_stage_is_measured_with_its_own_work(result):
     assert set(STAGES) | {"decode", "data"} == set(rows)
     for stage in STAGES:
         r = rows[stage]
-        assert r["step_s"] > 0 and r["audio_s_per_s"] == pytest.approx(2 * 2.0 / r["step_s"], rel=0.01)
+        assert r["step_s"] > 0 and r["audio_s_per_s"] == pytest.approx(2 * 2.0 / r["step_s"])
         assert 0 < r["mfu"] < 1.5  # CPU peak from one matmul size; model FLOPs over it
     # what trains decides the work: a frozen LLM still passes gradients back to the adapter (align), the
     # frozen encoder has no backward in IA-SFT, joint SFT does everything
@@ -34,7 +35,7 @@ def test_every_stage_is_measured_with_its_own_work(result):
     assert flops["align"] < flops["ia_sft"] < flops["joint_sft"]
     assert rows["pretrain_ctc"]["tokens_per_s"] == 0 and rows["ia_sft"]["tokens_per_s"] > 0
     assert rows["ia_sft"]["trainable_M"] < rows["joint_sft"]["trainable_M"] == rows["joint_sft"]["params_M"]
-    assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"], rel=0.01)
+    assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"])
     assert rows["data"]["batches"] > 0 and rows["data"]["audio_s_per_s_per_worker"] > 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
@@ -138,14 +137,9 @@ def test_nse_isotropic_is_one_rank_one_is_zero():
     assert float(m2.compute()["effective_rank"]) == pytest.approx(2, rel=0.02)  # two equal directions
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _rank_worker(rank: int, port: int, out: dict):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+def _rank_worker(rank: int, init: str, out: dict):
+    # a file rendezvous: a free TCP port picked here could be taken before the ranks bind it
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     x, y = data(n=300)
     part = slice(rank * 150, (rank + 1) * 150)
     biased, mini, spec = LinearCKA(12, 8), LinearCKA(12, 8, debiased=True), SpectralEntropy(12)
@@ -159,7 +153,7 @@ def _rank_worker(rank: int, port: int, out: dict):
     dist.destroy_process_group()
 
 
-def test_two_processes_give_the_single_process_values():
+def test_two_processes_give_the_single_process_values(tmp_path):
     x, y = data(n=300)
     biased, mini, spec = LinearCKA(12, 8), LinearCKA(12, 8, debiased=True), SpectralEntropy(12)
     for i in range(0, 300, 50):  # the same minibatches as the two ranks together
@@ -168,7 +162,7 @@ def test_two_processes_give_the_single_process_values():
         spec.update(x[i:i + 50])
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_rank_worker, args=(_free_port(), out), nprocs=2, join=True)
+        mp.spawn(_rank_worker, args=(f"file://{tmp_path}/rendezvous", out), nprocs=2, join=True)
         got = dict(out)
     assert got["biased"] == pytest.approx(float(biased.compute()), rel=1e-10)
     assert got["mini"] == pytest.approx(float(mini.compute()), rel=1e-10)

@@ -174,9 +174,10 @@ def test_thread_share_applies_the_granted_thread_count(tmp_path):
     from callbacks.thread_share import ThreadShare
 
     before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a known start, whatever earlier tests left
     share = ThreadShare(str(tmp_path / "threads"))
     try:
-        assert share.apply() is None and torch.get_num_threads() == before  # nothing granted yet: unchanged
+        assert share.apply() is None and torch.get_num_threads() == 2  # nothing granted yet: unchanged
         (tmp_path / "threads").write_text("1\n")
         assert share.apply() == 1 and torch.get_num_threads() == 1
     finally:

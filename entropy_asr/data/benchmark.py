@@ -23,7 +23,15 @@ from entropy_asr.data.pipeline import BatchConfig, build_pipeline, shard_urls
 
 def measure(data: str | Path, seconds: float = 20.0, augment: bool = True, warmup_batches: int = 2) -> dict:
     """Stream training batches from `data` for about `seconds`; return throughput figures."""
-    torch.set_num_threads(1)  # one worker = one core
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # one worker = one core (restored after: callers keep their own setting)
+    try:
+        return _measure(data, seconds, augment, warmup_batches)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(data: str | Path, seconds: float, augment: bool, warmup_batches: int) -> dict:
     urls = shard_urls(data)
     pipe = build_pipeline(urls, train=True, cmvn=load_cmvn(Path(data) / "cmvn.json"), batch=BatchConfig(),
                           augment=AugmentConfig() if augment else None, batches_per_epoch=10**9,
