@@ -15,7 +15,12 @@ from torch.utils.data import DataLoader
 
 from entropy_asr.data.audio import load_cmvn
 from entropy_asr.data.augment import AugmentConfig
-from entropy_asr.data.pipeline import BatchConfig, build_pipeline, shard_urls
+from entropy_asr.data.pipeline import (
+    BatchConfig,
+    build_pipeline,
+    nonspeech_shard_urls,
+    shard_urls,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,12 @@ class SpeechDataModule(L.LightningDataModule):
         cmvn: cmvn.json to normalize with; default: the training dir's (else the val dir's).
         synthetic: if set, {"root": DIR, "utterances": N, "seed": S, ...}: build the synthetic
             corpus into DIR (default: a cache dir named by N and S) in prepare_data when it is
-            missing; unset dirs default to its train / dev / [test, test_unseen_voice, nonspeech].
+            missing; unset dirs default to its train / dev / [test, test_unseen_voice, nonspeech],
+            and nonspeech_dirs to its train_nonspeech.
+        nonspeech_dirs / nonspeech_share: shard dirs of clips without speech (language "none",
+            empty transcripts; `prepare --nonspeech` writes them from your own recordings) and the
+            share of training utterances drawn from them, so the model learns to say nothing on
+            silence and noise. Their shards are shared by all ranks.
         batches_per_epoch: training batches per epoch per rank (the training stream is endless).
         rank / world_size: override the trainer's (for tests that simulate ranks).
     """
@@ -47,6 +57,8 @@ class SpeechDataModule(L.LightningDataModule):
         batches_per_epoch: int = 1000,
         seed: int = 0,
         synthetic: dict | None = None,
+        nonspeech_dirs: list[str] | None = None,
+        nonspeech_share: float = 0.0,
         rank: int | None = None,
         world_size: int | None = None,
     ):
@@ -58,7 +70,14 @@ class SpeechDataModule(L.LightningDataModule):
             train_dir = train_dir or str(root / "train")
             val_dir = val_dir or str(root / "dev")
             test_dirs = test_dirs or [str(root / s) for s in ("test", "test_unseen_voice", "nonspeech")]
+            nonspeech_dirs = nonspeech_dirs if nonspeech_dirs is not None else [str(root / "train_nonspeech")]
+        if not 0 <= nonspeech_share < 1:
+            raise ValueError(f"data.init_args.nonspeech_share must be in [0, 1), got {nonspeech_share}")
+        if nonspeech_share > 0 and not nonspeech_dirs:
+            raise ValueError("data.init_args.nonspeech_share > 0 needs data.init_args.nonspeech_dirs: shard dirs of "
+                             "clips without speech (python -m entropy_asr.data.prepare jsonl ... --nonspeech)")
         self.train_dir, self.val_dir, self.test_dirs = train_dir, val_dir, list(test_dirs or [])
+        self.nonspeech_dirs, self.nonspeech_share = list(nonspeech_dirs or []), nonspeech_share
         self.cmvn_path = cmvn
         self.batch = batch or BatchConfig()
         self.augment = augment if augment is not None else AugmentConfig()
@@ -106,10 +125,13 @@ class SpeechDataModule(L.LightningDataModule):
         if self._cmvn is None:
             self.setup()
         rank, world = self._position()
+        mix = [u for d in self.nonspeech_dirs for u in nonspeech_shard_urls(d)] \
+            if train and self.nonspeech_share else []
         pipe = build_pipeline(
             urls, train=train, cmvn=self._cmvn, batch=self.batch, augment=self.augment,
             rank=rank, world_size=world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             batches_per_epoch=self.batches_per_epoch, num_workers=self.num_workers,
+            mix_urls=mix, mix_share=self.nonspeech_share,
         )
         return DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=False)

@@ -7,6 +7,7 @@ from the same generator, never a sentence of an evaluation split.
 
 from __future__ import annotations
 
+import logging
 import random
 
 import lightning as L
@@ -16,6 +17,8 @@ from entropy_asr.data.sentences import SentenceGenerator
 from entropy_asr.data.shards import read_transcripts
 from entropy_asr.data.synthetic import LANGUAGE_SHARE
 from entropy_asr.text import Phonemizer, normalize_text, phones_to_ids
+
+log = logging.getLogger(__name__)
 
 
 def _collate(items: list[tuple[str, str, list[int]]]) -> dict:
@@ -71,6 +74,9 @@ class TextDataModule(L.LightningDataModule):
         synthetic: as in SpeechDataModule: unset dirs default to the synthetic corpus' splits.
         extra_sentences: generated sentences added to the training text (0: transcripts only).
         language_share: mix of generated sentences, e.g. {"zh": 0.4, "en": 0.4, "mix": 0.2}.
+        vocab_size: content words per language of the sentence generator (None: its default).
+        nonspeech_share: empty transcripts (language "none") added per training item, so a reader
+            learns that silence reads as nothing; validation keeps the dev split's non-speech clips.
 
     Training batches are length-bucketed (LengthBucketBatches): with random batches about 60%
     of the tiny LLM's compute went to padding.
@@ -84,7 +90,8 @@ class TextDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         extra_sentences: int = 20000,
         language_share: dict[str, float] | None = None,
-        vocab_size: int = 2000,
+        vocab_size: int | None = None,
+        nonspeech_share: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -101,8 +108,11 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError("data.train_dir is not set; point it at a shard dir, or set data.synthetic")
         if extra_sentences < 0:
             raise ValueError(f"data.extra_sentences must be >= 0, got {extra_sentences}")
+        if not 0 <= nonspeech_share < 1:
+            raise ValueError(f"data.nonspeech_share must be in [0, 1), got {nonspeech_share}")
         self.train_dir, self.val_dir, self.exclude_dirs = train_dir, val_dir, list(exclude_dirs or [])
         self.synthetic, self.extra_sentences, self.vocab_size = synthetic, extra_sentences, vocab_size
+        self.nonspeech_share = nonspeech_share
         self.language_share = language_share or dict(LANGUAGE_SHARE)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.train_items: list[tuple[str, str, list[int]]] | None = None
@@ -119,12 +129,12 @@ class TextDataModule(L.LightningDataModule):
         """Read the transcripts and generate the extra sentences (deterministic in `seed`)."""
         if self.train_items is not None:
             return
-        def speech(d):
+        def speech(d, nonspeech: bool = False):
             return [(m["text"], m["language"], phones_to_ids(m["phones"]))
-                    for m in read_transcripts(d) if m["language"] != "none"]
+                    for m in read_transcripts(d) if nonspeech or m["language"] != "none"]
 
         train = speech(self.train_dir)
-        self.val_items = speech(self.val_dir) if self.val_dir else []
+        self.val_items = speech(self.val_dir, nonspeech=self.nonspeech_share > 0) if self.val_dir else []
         held_out = {normalize_text(t, lang) for d in [self.val_dir, *self.exclude_dirs] if d
                     for t, lang, _ in speech(d)}
         leaked = sum(normalize_text(t, lang) in held_out for t, lang, _ in train)
@@ -132,20 +142,26 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"{self.train_dir}: {leaked} training transcripts also occur in the held-out dirs "
                              f"{[self.val_dir, *self.exclude_dirs]}; the LLM would see evaluation sentences")
         rng = random.Random(f"entropy-asr-text/{self.seed}")
-        gen, phonemize = SentenceGenerator(self.vocab_size), Phonemizer()
+        gen = SentenceGenerator(self.vocab_size) if self.vocab_size else SentenceGenerator()
+        phonemize = Phonemizer()
         langs, weights = list(self.language_share), list(self.language_share.values())
         extra = []
+        log_every = max(10_000, self.extra_sentences // 10)
         while len(extra) < self.extra_sentences:
             lang = rng.choices(langs, weights)[0]
             text = gen.sentence(rng, lang)
             if normalize_text(text, lang) not in held_out:  # never a sentence of an evaluation split
                 extra.append((text, lang, phones_to_ids(phonemize(text, lang))))
-        self.train_items = train + extra
+                if len(extra) % log_every == 0:
+                    log.info("text: %d / %d generated sentences phonemized", len(extra), self.extra_sentences)
+        items = train + extra
+        n_empty = round(len(items) * self.nonspeech_share / (1 - self.nonspeech_share))
+        self.train_items = items + [("", "none", [])] * n_empty
 
     def texts(self) -> list[str]:
         """All training text (for the tokenizer)."""
         self.setup()
-        return [t for t, _, _ in self.train_items]
+        return [t for t, _, _ in self.train_items if t]
 
     def _sampler(self, items, shuffle: bool):
         world = self.trainer.world_size if self.trainer is not None else 1

@@ -31,7 +31,7 @@ def write_audio(path: Path, seconds: float, sr: int = 16000, seed: int = 0) -> P
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
-    """A 60-utterance synthetic corpus (all five splits), built once for the whole session."""
+    """A 60-utterance synthetic corpus (all six splits), built once for the whole session."""
     from entropy_asr.data.synthetic import build_corpus
 
     root = tmp_path_factory.mktemp("corpus") / "syn"

@@ -212,3 +212,113 @@ def test_test_loaders_one_per_dir(tiny_corpus):
     assert all(int(b["phone_lens"].max()) == 0 for b in nonspeech)
     with pytest.raises(ValueError, match="data.test_dirs is not set"):
         SpeechDataModule(val_dir=str(tiny_corpus / "dev"), num_workers=0).test_dataloader()
+
+
+# Non-speech mixing. One bucket and small batches keep the emitted stream in mixer order: at most
+# max_batch_size - 1 drawn utterances wait in the bucket when the epoch is cut, so the measured
+# share is the mixer's own up to that many utterances.
+MIX_BATCH = BatchConfig(max_batch_seconds=40.0, max_batch_size=4, max_duration=20.0, bucket_boundaries=[])
+
+
+def mixed_stream(corpus: Path, share: float, seed: int = 123, **kw) -> list[tuple[str, str, str, int]]:
+    """(key, language, text, phone_len) of every training utterance of one epoch, torch seeded with `seed`."""
+    kw.setdefault("batches_per_epoch", 100)
+    dm = dm_for(corpus, batch=MIX_BATCH, num_workers=0, shuffle_buffer=20, augment=AugmentConfig.off(),
+                nonspeech_dirs=[str(corpus / "train_nonspeech")], nonspeech_share=share, **kw)
+    torch.manual_seed(seed)  # the streams are seeded from torch's initial seed (Lightning's seed_everything)
+    out = []
+    for b in dm.train_dataloader():
+        dm.account(b)
+        out += zip(b["keys"], b["language"], b["text"], b["phone_lens"].tolist(), strict=True)
+    assert not dm.data_counts  # nothing skipped: every drawn utterance is in a batch (or the last bucket)
+    return out
+
+
+def test_mixed_samples_draws_the_share_from_the_secondary_stream():
+    from itertools import repeat
+
+    from entropy_asr.data.pipeline import MixedSamples
+
+    share, n = 0.3, 20000
+    torch.manual_seed(5)
+    draws = [x for x, _ in zip(MixedSamples(repeat("a"), repeat("b"), share, "s"), range(n), strict=False)]
+    assert abs(draws.count("b") / n - share) < 4 * (share * (1 - share) / n) ** 0.5  # 4 binomial sd: 0.013
+    torch.manual_seed(5)
+    assert [x for x, _ in zip(MixedSamples(repeat("a"), repeat("b"), share, "s"), range(n), strict=False)] == draws
+    torch.manual_seed(5)
+    assert all(x == "a" for x, _ in zip(MixedSamples(repeat("a"), repeat("b"), 0.0, "s"), range(1000), strict=False))
+    with pytest.raises(ValueError, match=r"share of mixed-in samples must be in \[0, 1\)"):
+        MixedSamples(repeat("a"), repeat("b"), 1.0, "s")
+
+
+def test_nonspeech_share_of_training_utterances(tiny_corpus):
+    share = 0.3
+    stream = mixed_stream(tiny_corpus, share, batches_per_epoch=50)
+    n = len(stream)
+    assert n >= 150
+    none = [u for u in stream if u[1] == "none"]
+    nonspeech_keys = set(keys_in(tiny_corpus / "train_nonspeech"))
+    assert {u[0] for u in none} == nonspeech_keys  # every non-speech utterance comes from the mixed-in dir
+    assert all(text == "" and phones == 0 for _, _, text, phones in none)
+    assert {u[0] for u in stream if u[1] != "none"} <= set(keys_in(tiny_corpus / "train"))
+    # Bernoulli(share) per utterance: 4 binomial standard deviations (~0.13 at n = 200), plus the <= 3
+    # drawn utterances still held in the bucket when the epoch is cut.
+    tol = 4 * (share * (1 - share) / n) ** 0.5 + (MIX_BATCH.max_batch_size - 1) / n
+    assert abs(len(none) / n - share) < tol, (len(none), n, tol)
+    again = mixed_stream(tiny_corpus, share, batches_per_epoch=8)  # same torch seed: the same stream
+    assert again and again == stream[:len(again)]
+
+
+def test_nonspeech_share_zero_mixes_nothing(tiny_corpus):
+    stream = mixed_stream(tiny_corpus, 0.0, batches_per_epoch=10)
+    assert stream and all(lang != "none" for _, lang, _, _ in stream)
+
+
+def test_nonspeech_shards_are_shared_by_all_ranks(tiny_corpus):
+    # train_nonspeech has a single shard: with two ranks each still reads it (TrainShards(shared=True)).
+    assert len(read_index(tiny_corpus / "train_nonspeech")["shards"]) < 2
+    for r in (0, 1):
+        stream = mixed_stream(tiny_corpus, 0.5, rank=r, world_size=2, batches_per_epoch=5)
+        assert any(lang == "none" for _, lang, _, _ in stream), r
+
+
+def test_nonspeech_is_never_mixed_into_evaluation(tiny_corpus):
+    dm = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "train"),
+                          test_dirs=[str(tiny_corpus / "test")], num_workers=0, batch=MIX_BATCH,
+                          nonspeech_dirs=[str(tiny_corpus / "train_nonspeech")], nonspeech_share=0.5)
+    val = [(k, lang) for b in dm.val_dataloader() for k, lang in zip(b["keys"], b["language"], strict=True)]
+    assert sorted(k for k, _ in val) == sorted(keys_in(tiny_corpus / "train"))  # each once, nothing added
+    assert all(lang != "none" for _, lang in val)
+    test = [k for loader in dm.test_dataloader() for b in loader for k in b["keys"]]
+    assert sorted(test) == sorted(keys_in(tiny_corpus / "test"))
+
+
+def test_nonspeech_dirs_must_hold_only_nonspeech(tiny_corpus):
+    from entropy_asr.data.pipeline import nonspeech_shard_urls
+
+    assert nonspeech_shard_urls(tiny_corpus / "train_nonspeech")
+    for split in ("train", "dev"):
+        with pytest.raises(ValueError, match=rf"{split}: data.nonspeech_dirs must hold only clips without speech"):
+            nonspeech_shard_urls(tiny_corpus / split)
+        dm = dm_for(tiny_corpus, num_workers=0, nonspeech_dirs=[str(tiny_corpus / split)], nonspeech_share=0.2)
+        with pytest.raises(ValueError, match="--nonspeech"):
+            dm.train_dataloader()
+
+
+def test_nonspeech_config_errors_name_the_key(tiny_corpus):
+    ns = [str(tiny_corpus / "train_nonspeech")]
+    for share in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"data.init_args.nonspeech_share must be in \[0, 1\)"):
+            dm_for(tiny_corpus, nonspeech_dirs=ns, nonspeech_share=share)
+    with pytest.raises(ValueError, match="nonspeech_share > 0 needs data.init_args.nonspeech_dirs"):
+        dm_for(tiny_corpus, nonspeech_share=0.1)
+    with pytest.raises(ValueError, match="nonspeech_dirs"):
+        dm_for(tiny_corpus, nonspeech_dirs=[], nonspeech_share=0.1)
+
+
+def test_synthetic_defaults_nonspeech_dirs_to_train_nonspeech(tiny_corpus):
+    syn = {"root": str(tiny_corpus), "utterances": 60, "seed": 7}
+    dm = SpeechDataModule(synthetic=syn, num_workers=0)
+    assert dm.nonspeech_dirs == [str(tiny_corpus / "train_nonspeech")] and dm.nonspeech_share == 0.0
+    assert SpeechDataModule(synthetic=syn, nonspeech_share=0.2).nonspeech_dirs == [str(tiny_corpus / "train_nonspeech")]
+    assert SpeechDataModule(synthetic=syn, nonspeech_dirs=[]).nonspeech_dirs == []  # explicitly none

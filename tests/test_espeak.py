@@ -1,8 +1,11 @@
 """eSpeak NG through ctypes: output format, speakers, code-switching and determinism."""
 
+import collections
 import hashlib
 import json
 import os
+import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from entropy_asr.data.espeak import SPEAKERS, ESpeak, Speaker, split_languages, synthesize_text
+from entropy_asr.data.espeak import (
+    ENGLISH_ACCENTS,
+    MAX_RANGE_ABOVE_PITCH,
+    PITCH_RANGE,
+    PITCH_RANGE_RANGE,
+    RATE_RANGE,
+    SPEAKERS,
+    UNSEEN_VARIANTS,
+    ESpeak,
+    Speaker,
+    draw_speaker,
+    split_languages,
+    synthesize_text,
+    variants,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ZH = "我觉得今天的天气很好。"  # 10 Han characters
@@ -115,3 +132,89 @@ def test_deterministic_in_a_fresh_process(engine):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     expected = [_digest(synthesize_text(engine, text, SPEAKERS[i])) for text, i in _CASES]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == expected
+
+
+def test_variants_lists_the_wheels_voice_variants(engine):
+    every = variants()
+    assert every == variants(engine.data_path) == tuple(sorted(os.listdir(os.path.join(engine.data_path, "voices", "!v"))))
+    assert len(every) >= 50 and {"m1", "f1", "klatt", "whisper"} <= set(every)
+    assert {s.variant for s in SPEAKERS} <= set(every)
+
+
+def test_unseen_variants_exist_and_speak(engine):
+    every = set(variants())
+    assert len(set(UNSEEN_VARIANTS)) == len(UNSEEN_VARIANTS) >= 6 and set(UNSEEN_VARIANTS) <= every
+    assert len(every - set(UNSEEN_VARIANTS)) >= 50  # plenty left for training
+    for variant in UNSEEN_VARIANTS:
+        speaker = Speaker("t", variant, rate=170, pitch=50, pitch_range=50)
+        for text in (ZH, "Good morning."):
+            audio = synthesize_text(engine, text, speaker)
+            assert audio.size > 0.3 * engine.sample_rate and np.sqrt(np.mean(audio**2)) > 0.005, (variant, text)
+
+
+def test_every_english_accent_speaks(engine):
+    accents = [a for a, _ in ENGLISH_ACCENTS]
+    assert len(set(accents)) == len(accents) and accents[0] == "en-us"
+    assert sum(w for _, w in ENGLISH_ACCENTS) == pytest.approx(1.0)
+    digests = set()
+    for accent in accents:
+        speaker = Speaker("t", "m1", rate=170, pitch=50, pitch_range=50, english=accent)
+        assert speaker.voice("en") == f"{accent}+m1" and speaker.voice("zh") == "cmn+m1"
+        audio = synthesize_text(engine, "Good morning, how are you today?", speaker)
+        assert audio.size > 0.5 * engine.sample_rate and np.sqrt(np.mean(audio**2)) > 0.01, accent
+        digests.add(_digest(audio))
+    assert len(digests) == len(accents)  # each accent sounds different
+    # Mandarin is spoken by cmn whatever the English accent
+    scots, us = (Speaker("t", "m1", 170, 50, 50, english=a) for a in ("en-gb-scotland", "en-us"))
+    assert np.array_equal(synthesize_text(engine, ZH, scots), synthesize_text(engine, ZH, us))
+
+
+def test_draw_speaker_is_deterministic_and_in_range():
+    pool = ("m1", "f2", "klatt3", "whisper")
+    a = [draw_speaker(random.Random(11), pool) for _ in range(3)]
+    assert a[0] == a[1] == a[2]
+    rng1, rng2 = random.Random(5), random.Random(5)
+    first = [draw_speaker(rng1, pool) for _ in range(50)]
+    assert first == [draw_speaker(rng2, pool) for _ in range(50)]
+    rng3 = random.Random(6)
+    assert first != [draw_speaker(rng3, pool) for _ in range(50)]
+    rng = random.Random(0)
+    drawn = [draw_speaker(rng, pool) for _ in range(3000)]
+    for s in drawn:
+        assert s.variant in pool
+        assert RATE_RANGE[0] <= s.rate <= RATE_RANGE[1] and PITCH_RANGE[0] <= s.pitch <= PITCH_RANGE[1]
+        assert PITCH_RANGE_RANGE[0] <= s.pitch_range <= min(PITCH_RANGE_RANGE[1], s.pitch + MAX_RANGE_ABOVE_PITCH)
+        assert s.name == f"{s.variant}/{s.english}/r{s.rate}p{s.pitch}g{s.pitch_range}"
+        assert re.fullmatch(r"[^/]+/[a-z0-9-]+/r\d{3}p\d{2}g\d{2}", s.name)
+    # the draws cover the ranges, every variant and every accent, en-us most often (share 0.7)
+    assert {s.variant for s in drawn} == set(pool)
+    accents = collections.Counter(s.english for s in drawn)
+    assert set(accents) == {a for a, _ in ENGLISH_ACCENTS} and 0.65 < accents["en-us"] / len(drawn) < 0.75
+    rates, pitches = [s.rate for s in drawn], [s.pitch for s in drawn]
+    assert min(rates) < RATE_RANGE[0] + 10 and max(rates) > RATE_RANGE[1] - 10
+    assert min(pitches) < PITCH_RANGE[0] + 5 and max(pitches) > PITCH_RANGE[1] - 5
+    assert len({s.name for s in drawn}) > 0.95 * len(drawn)  # a new speaker per utterance
+    with pytest.raises(IndexError):
+        draw_speaker(random.Random(0), ())
+
+
+def test_drawn_speakers_speak(engine):
+    rng = random.Random(3)
+    pool = variants()
+    for _ in range(12):
+        s = draw_speaker(rng, pool)
+        audio = synthesize_text(engine, MIX, s)
+        assert audio.size > 0.5 * engine.sample_rate, s.name
+
+
+def test_capped_pitch_range_does_not_crash():
+    # libespeak-ng crashed on "两个" with cmn+rob at pitch 34 and range 86; at the cap it must not.
+    code = ("from entropy_asr.data.espeak import ESpeak, MAX_RANGE_ABOVE_PITCH as M\n"
+            "e = ESpeak.instance()\n"
+            "for p in (15, 34, 55):\n"
+            "    for v in ('rob', 'm1', 'klatt'):\n"
+            "        assert e.synthesize('两个', 'cmn+' + v, 150, p, p + M).size > 0\n"
+            "print('ok')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr[-2000:])

@@ -13,7 +13,15 @@ import soundfile as sf
 import torch
 
 from entropy_asr.data.audio import CMVNStats, fbank, resample
-from entropy_asr.data.prepare import ManifestError, main, prepare, read_aishell, read_jsonl, read_kaldi, read_librispeech
+from entropy_asr.data.prepare import (
+    ManifestError,
+    main,
+    prepare,
+    read_aishell,
+    read_jsonl,
+    read_kaldi,
+    read_librispeech,
+)
 from entropy_asr.data.shards import SkipCounter, read_index
 from tests.conftest import tone, write_audio
 
@@ -228,3 +236,114 @@ def test_fbank_floors_digital_silence_at_the_dither_level(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match="feature version 1.*rebuild the shard dir"):
         load_cmvn(tmp_path / "old.json")
+
+
+def write_manifest(path: Path, lines: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    return path
+
+
+def test_nonspeech_flag_writes_a_set_of_language_none(tmp_path, capsys):
+    for i in range(3):
+        write_audio(tmp_path / f"n{i}.wav", 1.0, seed=i)
+    m = write_manifest(tmp_path / "noise.jsonl", [
+        {"audio": "n0.wav", "id": "n0"},  # no "text": allowed with --nonspeech
+        {"audio": "n1.wav", "text": None, "id": "n1"},  # null: no transcript either
+        {"audio": "n2.wav", "text": "  ", "id": "n2", "language": "en"},  # --nonspeech overrides the language
+    ])
+    out = tmp_path / "out"
+    index = main(["jsonl", str(m), "--nonspeech", "--out", str(out), "--workers", "1"])
+    assert index["utterances"] == 3 and index["languages"] == {"none": 3} and index["skipped"] == {}
+    assert read_index(out)["languages"] == {"none": 3}  # as written to index.json
+    for key, u in read_shards(out).items():
+        assert u["json"]["language"] == "none" and u["json"]["text"] == "" and u["json"]["phones"] == [], key
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["languages"] == {"none": 3}
+
+
+def test_nonspeech_flag_rejects_a_transcript_naming_file_and_line(tmp_path):
+    write_audio(tmp_path / "n.wav", 1.0)
+    m = write_manifest(tmp_path / "noise.jsonl", [{"audio": "n.wav"}, {"audio": "n.wav", "text": "hello"}])
+    with pytest.raises(ManifestError, match=r"noise\.jsonl:2: .*without speech.*--nonspeech.*'hello'"):
+        read_jsonl(m, nonspeech=True)
+    with pytest.raises(SystemExit) as e:
+        main(["jsonl", str(m), "--nonspeech", "--out", str(tmp_path / "o"), "--workers", "1"])
+    assert e.value.code == 2 and not (tmp_path / "o").exists()
+
+
+def test_nonspeech_flag_is_jsonl_only(tmp_path, capsys):
+    d = make_kaldi(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(["kaldi", str(d), "--nonspeech", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "--nonspeech takes a jsonl manifest" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_language_none_lines_mix_non_speech_into_a_speech_set(tmp_path):
+    write_audio(tmp_path / "a.wav", 1.0)
+    write_audio(tmp_path / "n.wav", 1.0, seed=3)
+    m = write_manifest(tmp_path / "m.jsonl", [
+        {"audio": "a.wav", "text": "hello world", "id": "speech"},
+        {"audio": "n.wav", "text": "", "language": "none", "id": "quiet"},
+    ])
+    records = read_jsonl(m)
+    assert [(r.key, r.language) for r in records] == [("speech", None), ("quiet", "none")]
+    index = prepare(records, tmp_path / "out", source="jsonl", num_workers=1)
+    assert index["languages"] == {"en": 1, "none": 1} and index["skipped"] == {}
+    utts = read_shards(tmp_path / "out")
+    assert utts["quiet"]["json"]["language"] == "none" and utts["quiet"]["json"]["text"] == ""
+    nulled = write_manifest(tmp_path / "m3.jsonl", [{"audio": "a.wav", "text": None, "id": "null"}])
+    assert [r.text for r in read_jsonl(nulled)] == [""]  # skipped as empty later, never the transcript "None"
+    m2 = write_manifest(tmp_path / "m2.jsonl", [{"audio": "n.wav", "text": "not empty", "language": "none"}])
+    with pytest.raises(ManifestError, match=r"m2\.jsonl:1: a clip without speech .*must have an empty \"text\""):
+        read_jsonl(m2)
+
+
+def test_all_inputs_skipped_is_one_clear_error_and_leaves_no_dir(tmp_path, capsys):
+    write_audio(tmp_path / "n.wav", 1.0)
+    m = write_manifest(tmp_path / "m.jsonl", [{"audio": "n.wav", "text": "", "id": f"e{i}"} for i in range(2)])
+    out = tmp_path / "made" / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["jsonl", str(m), "--out", str(out), "--workers", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2
+    assert len(err) == 1 and err[0].startswith("error: ")
+    assert "every one of the 2 inputs was skipped" in err[0] and "'empty_text': 2" in err[0]
+    assert "--nonspeech" in err[0] and "\"language\": \"none\"" in err[0]
+    assert not out.exists()  # created by prepare: removed again
+    # A dir that existed before is the user's: kept, with whatever else it holds.
+    out.mkdir(parents=True)
+    (out / "mine.txt").write_text("keep")
+    with pytest.raises(ManifestError, match="every one of the 2 inputs was skipped") as ei:
+        prepare(read_jsonl(m), out, source="jsonl", num_workers=1)
+    assert "--nonspeech" in str(ei.value)
+    assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # only prepare's own (empty) files went
+    # so following the hint in the same dir works (not refused as "a different input", no stale empty shards)
+    index = main(["jsonl", str(m), "--nonspeech", "--out", str(out), "--workers", "1"])
+    assert index["languages"] == {"none": 2} and (out / "mine.txt").read_text() == "keep"
+
+
+def test_all_inputs_skipped_without_empty_texts_has_no_nonspeech_hint(tmp_path):
+    write_audio(tmp_path / "long.wav", 3.0)
+    m = write_manifest(tmp_path / "m.jsonl", [{"audio": "long.wav", "text": "too long"}])
+    with pytest.raises(ManifestError, match=r"skipped \(\{'too_long': 1\}\)$"):
+        prepare(read_jsonl(m), tmp_path / "out", source="jsonl", max_duration=1.0, num_workers=1)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_cli_subprocess_nonspeech(tmp_path):
+    import subprocess
+    import sys
+
+    write_audio(tmp_path / "n.wav", 1.0)
+    m = write_manifest(tmp_path / "m.jsonl", [{"audio": "n.wav", "text": ""}])
+    cmd = [sys.executable, "-m", "entropy_asr.data.prepare", "jsonl", str(m), "--workers", "1", "--out"]
+    bad = subprocess.run(cmd + [str(tmp_path / "bad")], check=False, capture_output=True, text=True,
+                         cwd=Path(__file__).parents[1])
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()
+    assert [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")] == [bad.stderr.strip().splitlines()[-1]]
+    assert "Traceback" not in bad.stderr and "--nonspeech" in bad.stderr
+    ok = subprocess.run(cmd + [str(tmp_path / "ok"), "--nonspeech"], check=False, capture_output=True, text=True,
+                        cwd=Path(__file__).parents[1])
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["languages"] == {"none": 1}
+    assert read_index(tmp_path / "ok")["languages"] == {"none": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -11,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.compliance.kaldi as kaldi
-import torchaudio.functional as AF
+from torchaudio.compliance import kaldi
 
 SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 80
@@ -35,8 +35,18 @@ def resample(x: np.ndarray, orig_sr: int, new_sr: int = SAMPLE_RATE) -> np.ndarr
     if orig_sr == new_sr:
         return x
     g = math.gcd(int(orig_sr), int(new_sr))
-    y = AF.resample(torch.from_numpy(x), int(orig_sr) // g, int(new_sr) // g)
+    with torch.no_grad():
+        y = _resampler(int(orig_sr) // g, int(new_sr) // g)(torch.from_numpy(np.ascontiguousarray(x, np.float32)))
     return y.numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _resampler(orig: int, new: int):
+    """torchaudio's Resample with its sinc kernel built once per rate pair (per process): the kernel
+    costs more than the convolution for short clips."""
+    import torchaudio.transforms as T
+
+    return T.Resample(orig, new)
 
 
 def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
@@ -114,7 +124,7 @@ class CMVNStats:
     sum_sq: np.ndarray  # (80,)
 
     @classmethod
-    def zeros(cls, dim: int = NUM_MEL_BINS) -> "CMVNStats":
+    def zeros(cls, dim: int = NUM_MEL_BINS) -> CMVNStats:
         """Empty statistics."""
         return cls(0, np.zeros(dim, np.float64), np.zeros(dim, np.float64))
 
@@ -125,7 +135,7 @@ class CMVNStats:
         self.sum += f.sum(0)
         self.sum_sq += (f * f).sum(0)
 
-    def merge(self, other: "CMVNStats") -> "CMVNStats":
+    def merge(self, other: CMVNStats) -> CMVNStats:
         """Sum of two statistics (shards combine in any order)."""
         return CMVNStats(self.count + other.count, self.sum + other.sum, self.sum_sq + other.sum_sq)
 
@@ -152,7 +162,7 @@ class CMVNStats:
         }
 
     @classmethod
-    def from_json(cls, d: dict) -> "CMVNStats":
+    def from_json(cls, d: dict) -> CMVNStats:
         """Inverse of to_json."""
         return cls(int(d["count"]), np.asarray(d["sum"], np.float64), np.asarray(d["sum_sq"], np.float64))
 

@@ -1,4 +1,6 @@
-"""Training-only augmentations (METHOD.md): speed perturbation, silence padding, additive noise, SpecAugment."""
+"""Training-only augmentations: speed perturbation, silence padding, additive noise and SpecAugment (the
+paper's), plus what moves voices and rooms beyond them: gain, band-limiting, simulated reverberation
+and vocal tract length perturbation (VTLP) of the filterbank."""
 
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ class AugmentConfig:
     spec_time_width: int = 40  # max width (frames) of each time mask
     spec_time_max_ratio: float = 0.2  # a time mask never covers more than this share of frames
     views: int = 1  # 2: a second, independently SpecAugmented view of each utterance (CR-CTC), as feats2
+    gain_db: float = 0.0  # level change U(-gain_db, +gain_db) dB per utterance
+    lowpass_prob: float = 0.0  # share of utterances band-limited to a cutoff U(lowpass_hz) (phone lines, low-rate TTS)
+    lowpass_hz: tuple[float, float] = (3400.0, 7000.0)
+    reverb_prob: float = 0.0  # share of utterances convolved with a simulated room impulse response
+    reverb_rt60: tuple[float, float] = (0.15, 0.8)  # reverberation time (s) of those rooms
+    vtlp: float = 0.0  # VTLP: the filterbank's frequency axis is warped by a factor U(1 - vtlp, 1 + vtlp)
 
     def __post_init__(self):
         for f in self.speed_factors:
@@ -34,8 +42,17 @@ class AugmentConfig:
                 raise ValueError(f"augment.speed_factors: {f} is outside [0.5, 2.0]; use factors like 0.9, 1.0, 1.1")
         if not 0.0 <= self.noise_prob <= 1.0:
             raise ValueError(f"augment.noise_prob must be in [0, 1], got {self.noise_prob}")
+        for name in ("lowpass_prob", "reverb_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name, (lo, hi), top in (("lowpass_hz", self.lowpass_hz, SAMPLE_RATE / 2),
+                                    ("reverb_rt60", self.reverb_rt60, 5.0)):
+            if not 0 < lo <= hi <= top:
+                raise ValueError(f"augment.{name} must be [low, high] with 0 < low <= high <= {top:g}, got {[lo, hi]}")
+        if not 0.0 <= self.vtlp < 0.5:
+            raise ValueError(f"augment.vtlp must be in [0, 0.5) (a warp factor 1 +- vtlp), got {self.vtlp}")
         for name in ("pad_silence_max", "noise_snr_std", "spec_freq_masks", "spec_freq_width",
-                     "spec_time_masks", "spec_time_width"):
+                     "spec_time_masks", "spec_time_width", "gain_db"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if self.views not in (1, 2):
@@ -44,7 +61,7 @@ class AugmentConfig:
             raise ValueError(f"augment.spec_time_max_ratio must be in [0, 1], got {self.spec_time_max_ratio}")
 
     @classmethod
-    def off(cls) -> "AugmentConfig":
+    def off(cls) -> AugmentConfig:
         """No augmentation at all."""
         return cls(speed_factors=[1.0], pad_silence_max=0.0, noise_prob=0.0, spec_freq_masks=0, spec_time_masks=0)
 
@@ -101,13 +118,63 @@ def add_noise(x: np.ndarray, rng: np.random.Generator, snr_db: float) -> np.ndar
     return np.clip(x + scale * noise, -1.0, 1.0).astype(np.float32)
 
 
+def lowpass(x: np.ndarray, cutoff_hz: float, width_hz: float = 500.0) -> np.ndarray:
+    """Band-limit `x` to `cutoff_hz` (raised-cosine roll-off over `width_hz`), by FFT."""
+    if x.size == 0:
+        return x
+    n_fft = 1 << max(1, (x.size - 1).bit_length())
+    spec = np.fft.rfft(x.astype(np.float64), n_fft)
+    f = np.fft.rfftfreq(n_fft, 1 / SAMPLE_RATE)
+    ramp = np.clip((f - cutoff_hz) / width_hz + 0.5, 0.0, 1.0)
+    return np.fft.irfft(spec * 0.5 * (1 + np.cos(np.pi * ramp)), n_fft)[:x.size].astype(np.float32)
+
+
+def room_impulse_response(rng: np.random.Generator, rt60: float) -> np.ndarray:
+    """A simulated room: a direct path, then exponentially decaying noise (60 dB down at rt60 s)."""
+    n = int(rt60 * SAMPLE_RATE)
+    t = np.arange(n) / SAMPLE_RATE
+    tail = rng.standard_normal(n) * np.exp(-6.9 * t / rt60)  # ln(1000) = 6.9: -60 dB at rt60
+    delay = int(rng.uniform(0.002, 0.01) * SAMPLE_RATE)  # first reflections after the direct sound
+    rir = np.concatenate([[1.0], np.zeros(delay), tail * rng.uniform(0.1, 0.5)])
+    return rir / np.sqrt(np.sum(rir ** 2))
+
+
+def reverberate(x: np.ndarray, rir: np.ndarray) -> np.ndarray:
+    """`x` convolved with `rir` (FFT), same length, at the dry signal's peak level."""
+    if x.size == 0:
+        return x
+    n_fft = 1 << max(1, (x.size + rir.size - 2).bit_length())
+    y = np.fft.irfft(np.fft.rfft(x.astype(np.float64), n_fft) * np.fft.rfft(rir, n_fft), n_fft)[:x.size]
+    peak_x, peak_y = float(np.abs(x).max()), float(np.abs(y).max())
+    return (y * (peak_x / peak_y) if peak_y > 0 else y).astype(np.float32)
+
+
 def augment_waveform(x: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Speed, silence padding and noise on one (T,) waveform."""
+    """Speed, silence padding, room, band-limiting, noise and gain on one (T,) waveform."""
     x = speed_perturb(x, float(rng.choice(cfg.speed_factors)))
     x = pad_silence(x, rng, cfg.pad_silence_max)
+    if cfg.reverb_prob > 0 and rng.random() < cfg.reverb_prob:
+        x = reverberate(x, room_impulse_response(rng, rng.uniform(*cfg.reverb_rt60)))
+    if cfg.lowpass_prob > 0 and rng.random() < cfg.lowpass_prob:
+        x = lowpass(x, rng.uniform(*cfg.lowpass_hz))
     if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
         x = add_noise(x, rng, rng.normal(cfg.noise_snr_mean, cfg.noise_snr_std))
+    if cfg.gain_db > 0:
+        x = np.clip(x * 10 ** (rng.uniform(-cfg.gain_db, cfg.gain_db) / 20), -1.0, 1.0).astype(np.float32)
     return x
+
+
+def vtlp(feats: torch.Tensor, factor: float) -> torch.Tensor:
+    """Vocal tract length perturbation on (T, F) log-mel features: bin f takes the value at f * factor
+    (linear interpolation; past the last bin, the last bin), i.e. formants move by 1/factor."""
+    if factor == 1.0:
+        return feats
+    F = feats.shape[1]
+    src = (torch.arange(F, dtype=torch.float32) * factor).clamp(max=F - 1)  # (F,)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=F - 1)
+    w = (src - lo)[None, :]  # (1, F)
+    return feats[:, lo] * (1 - w) + feats[:, hi] * w
 
 
 def spec_augment(feats: torch.Tensor, cfg: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:

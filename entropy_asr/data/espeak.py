@@ -249,26 +249,22 @@ class ESpeak:
 
 @dataclass(frozen=True)
 class Speaker:
-    """One synthetic speaker: an eSpeak variant plus rate (wpm), pitch and pitch range (0-100)."""
+    """One synthetic speaker: an eSpeak variant, an English accent, rate (wpm), pitch and pitch range (0-100)."""
 
     name: str
     variant: str
     rate: int
     pitch: int
     pitch_range: int
+    english: str = "en-us"  # the eSpeak language file English runs are spoken with
 
     def voice(self, language: str) -> str:
         """eSpeak voice name for `language` ("zh" or "en") spoken by this speaker."""
-        return f"{_VOICE_BY_LANGUAGE[language]}+{self.variant}"
+        return f"{self.english if language == 'en' else 'cmn'}+{self.variant}"
 
 
-_VOICE_BY_LANGUAGE = {"zh": "cmn", "en": "en-us"}
-
-# Fixed, not sampled, so every machine builds the same speakers. Variants come from the wheel's
-# voices/!v folder (m1-m8 and f1-f5 are formant variants; klatt* use the Klatt synthesizer).
-# Rates stay within 145-205 wpm and pitches 30-75, where eSpeak remains intelligible. The order
-# mixes male, female and Klatt voices so that any tail held out as "unseen" (the corpus builder
-# holds out the last three) is one of each kind rather than one synthesizer family.
+# Fixed, not sampled: a small table of ordinary voices for tests and examples. Variants come from
+# the wheel's voices/!v folder (m1-m8 and f1-f5 are formant variants; klatt* use the Klatt synthesizer).
 SPEAKERS: tuple[Speaker, ...] = (
     Speaker("m1", "m1", rate=165, pitch=45, pitch_range=50),
     Speaker("f1", "f1", rate=175, pitch=60, pitch_range=55),
@@ -287,6 +283,41 @@ SPEAKERS: tuple[Speaker, ...] = (
     Speaker("f5", "f5", rate=200, pitch=62, pitch_range=45),
     Speaker("klatt3", "klatt3", rate=150, pitch=30, pitch_range=55),
 )
+
+# The corpus draws a new speaker per utterance (draw_speaker): any variant of the wheel's voices/!v
+# folder, an English accent, and rate, pitch and pitch range from wide ranges. These variants (one
+# or two of each family: formant, Klatt, named) are held out of training for the unseen-voice test.
+UNSEEN_VARIANTS = ("m7", "f4", "klatt5", "Annie", "Michael", "belinda", "edward", "norbert")
+# English accents, with their share: labels stay CMUdict's (General American), so the others teach
+# the encoder that an accent's vowels are still the same phones.
+ENGLISH_ACCENTS = (("en-us", 0.7), ("en-gb-x-rp", 0.1), ("en", 0.05), ("en-us-nyc", 0.05), ("en-029", 0.05),
+                   ("en-gb-scotland", 0.05))
+RATE_RANGE = (115, 250)  # words per minute; eSpeak's default is 175
+PITCH_RANGE = (15, 90)
+PITCH_RANGE_RANGE = (15, 90)
+# libespeak-ng crashes (SIGSEGV) on some variant/text pairs when the pitch range is far above the
+# pitch, e.g. "两个" with cmn+rob at pitch 34, range 86. A scan of every variant at rates 115 and 250
+# and pitches 15-90 on short Mandarin and English texts found no crash with range <= pitch + 35.
+MAX_RANGE_ABOVE_PITCH = 35
+
+
+def variants(data_path: str | None = None) -> tuple[str, ...]:
+    """Every voice variant the wheel ships (voices/!v), sorted."""
+    if data_path is None:
+        import espeakng_loader
+
+        data_path = espeakng_loader.get_data_path()
+    return tuple(sorted(os.listdir(os.path.join(data_path, "voices", "!v"))))
+
+
+def draw_speaker(rng, pool: tuple[str, ...]) -> Speaker:
+    """A random speaker (a `random.Random` draw) with a variant from `pool`; its name spells its settings."""
+    variant = rng.choice(pool)
+    english = rng.choices([a for a, _ in ENGLISH_ACCENTS], [w for _, w in ENGLISH_ACCENTS])[0]
+    rate, pitch = rng.randint(*RATE_RANGE), rng.randint(*PITCH_RANGE)
+    prange = rng.randint(PITCH_RANGE_RANGE[0], min(PITCH_RANGE_RANGE[1], pitch + MAX_RANGE_ABOVE_PITCH))
+    return Speaker(f"{variant}/{english}/r{rate}p{pitch}g{prange}", variant, rate, pitch, prange, english)
+
 
 # Full-width punctuation that the cmn voice reads as pauses but an English voice might name.
 _ASCII_PUNCT = str.maketrans({"，": ", ", "。": ". ", "？": "? ", "！": "! ", "；": "; ", "：": ": ", "、": ", ",

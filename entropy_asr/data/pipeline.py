@@ -13,9 +13,9 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -24,7 +24,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from entropy_asr.data.audio import SAMPLE_RATE, decode_audio, fbank, resample
-from entropy_asr.data.augment import AugmentConfig, augment_waveform, spec_augment
+from entropy_asr.data.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
 from entropy_asr.data.shards import read_index
 from entropy_asr.text import inventory_fingerprint, phones_to_ids
 
@@ -78,13 +78,18 @@ class EvalShards(IterableDataset):
 
 
 class TrainShards(IterableDataset):
-    """Endless shard source for training: the rank's own shards, sampled with replacement per worker."""
+    """Endless shard source for training: the rank's own shards, sampled with replacement per worker.
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int):
-        if len(urls) < world_size:
+    shared: every rank samples from all shards (for a small auxiliary set, e.g. non-speech clips,
+    that may have fewer shards than ranks).
+    """
+
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shared: bool = False):
+        if not shared and len(urls) < world_size:
             raise ValueError(f"{len(urls)} training shards for {world_size} ranks: each rank needs its own shard; "
                              "re-shard with a smaller --shard-size")
-        self.urls = list(urls)[rank::world_size]  # explicit node split: ranks read disjoint shards
+        # explicit node split: ranks read disjoint shards
+        self.urls = list(urls) if shared else list(urls)[rank::world_size]
         self.rank, self.seed, self.epoch = rank, seed, 0
 
     def __iter__(self) -> Iterator[dict]:
@@ -116,6 +121,23 @@ class DataCounts:
         out = {k: (n, self.examples[k]) for k, n in self.pending.items()}
         self.pending.clear()
         return out
+
+
+class MixedSamples(IterableDataset):
+    """Endless training samples: from `primary`, and with probability `share` from `secondary` instead
+    (e.g. non-speech clips with empty transcripts, so the model learns to say nothing)."""
+
+    def __init__(self, primary, secondary, share: float, seed: str):
+        if not 0 <= share < 1:
+            raise ValueError(f"the share of mixed-in samples must be in [0, 1), got {share}")
+        self.primary, self.secondary, self.share, self.seed = primary, secondary, share, seed
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, _ = worker_position()
+        rng = random.Random(f"mix/{self.seed}/{worker}/{torch.initial_seed()}")
+        primary, secondary = iter(self.primary), iter(self.secondary)
+        while True:
+            yield next(secondary if rng.random() < self.share else primary)
 
 
 def _shard_handler(counts: DataCounts):
@@ -169,7 +191,10 @@ class Featurizer:
             return None
         if self.augment is not None:
             x = augment_waveform(x, self.augment, self._rng())
-        feats = (fbank(x) - self.mean) * self.inv_std  # (T, 80): global CMVN
+        feats = fbank(x)  # (T, 80)
+        if self.augment is not None and self.augment.vtlp > 0:
+            feats = vtlp(feats, float(self._rng().uniform(1 - self.augment.vtlp, 1 + self.augment.vtlp)))
+        feats = (feats - self.mean) * self.inv_std  # global CMVN
         views = {}
         if self.augment is not None:
             if self.augment.views == 2:  # CR-CTC: same waveform, two independent SpecAugment masks
@@ -264,6 +289,18 @@ def shard_urls(data_dir: str | Path) -> list[str]:
     return [str(Path(data_dir) / s["name"]) for s in index["shards"]]
 
 
+def nonspeech_shard_urls(data_dir: str | Path) -> list[str]:
+    """shard_urls of a dir that must hold only clips without speech (index.json: languages {"none": n})."""
+    urls = shard_urls(data_dir)
+    languages = read_index(data_dir).get("languages", {})
+    speech = {k: v for k, v in languages.items() if k != "none"}
+    if speech or not languages:
+        raise ValueError(f"{data_dir}: data.nonspeech_dirs must hold only clips without speech (language 'none'), "
+                         f"but its index.json counts {languages or 'no languages'}; write it with "
+                         f"`python -m entropy_asr.data.prepare ... --nonspeech`")
+    return urls
+
+
 def build_pipeline(
     urls: list[str],
     *,
@@ -277,14 +314,27 @@ def build_pipeline(
     shuffle_buffer: int = 1000,
     batches_per_epoch: int | None = None,
     num_workers: int = 0,
+    mix_urls: list[str] | None = None,
+    mix_share: float = 0.0,
 ) -> wds.DataPipeline:
-    """A WebDataset pipeline yielding padded batches; iterate it through DataLoader(batch_size=None)."""
+    """A WebDataset pipeline yielding padded batches; iterate it through DataLoader(batch_size=None).
+
+    Training with `mix_urls` and `mix_share` > 0 draws that share of the utterances from those
+    shards (every rank from all of them) instead of `urls`.
+    """
     counts = DataCounts()
     featurize = Featurizer(cmvn, batch, augment if train else None, seed, counts)
     if train:
-        stages = [TrainShards(urls, rank, world_size, seed),
-                  wds.tarfile_to_samples(handler=_shard_handler(counts)),
-                  lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}")]
+        def samples(shards: TrainShards, tag: str) -> wds.DataPipeline:
+            return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=_shard_handler(counts)),
+                                    lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}{tag}"))
+
+        speech = samples(TrainShards(urls, rank, world_size, seed), "")
+        if mix_urls and mix_share > 0:
+            other = samples(TrainShards(mix_urls, rank, world_size, seed + 1, shared=True), "/mix")
+            stages = [MixedSamples(speech, other, mix_share, f"{seed}/{rank}")]
+        else:
+            stages = [speech]
     else:
         stages = [EvalShards(urls, rank, world_size), wds.tarfile_to_samples(handler=_shard_handler(counts))]
     stages += [wds.map(featurize), lambda src: bucket_batches(src, batch, counts)]  # map drops None

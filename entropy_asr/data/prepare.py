@@ -4,6 +4,11 @@
     python -m entropy_asr.data.prepare kaldi data/train --out shards/train
     python -m entropy_asr.data.prepare librispeech LibriSpeech/dev-clean --out shards/ls-dev-clean
     python -m entropy_asr.data.prepare aishell data_aishell --split dev --out shards/aishell-dev
+    python -m entropy_asr.data.prepare jsonl noise.jsonl --nonspeech --out shards/my-nonspeech
+
+A set of clips without speech (silence, noise, music, for training the model to say nothing and
+for measuring hallucination) is declared with --nonspeech, or line by line in a JSONL manifest
+with "language": "none"; its transcripts must be empty.
 
 Each importer only parses its layout into `Record`s; reading, resampling, validation,
 phonemization, CMVN and the tars are the shared writer's (`entropy_asr.data.shards`).
@@ -17,16 +22,25 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
 
 import soundfile as sf
 
 from entropy_asr.data.audio import read_audio
-from entropy_asr.data.shards import SkipCounter, Utterance, atomic_write_json, prepare_utterance, write_shards
-
+from entropy_asr.data.shards import (
+    NoUtterancesError,
+    SkipCounter,
+    Utterance,
+    atomic_write_json,
+    prepare_utterance,
+    shard_name,
+    stats_path,
+    write_shards,
+)
 
 
 @dataclass(frozen=True)
@@ -52,8 +66,12 @@ def _require_file(audio: str, where: str) -> str:
     return audio
 
 
-def read_jsonl(path: Path) -> list[Record]:
-    """A JSONL manifest: {"audio": path, "text": str, optional "id", "language", "speaker", "start", "end"}."""
+def read_jsonl(path: Path, nonspeech: bool = False) -> list[Record]:
+    """A JSONL manifest: {"audio": path, "text": str, optional "id", "language", "speaker", "start", "end"}.
+
+    "language": "none" marks a clip without speech (its text must be empty); `nonspeech` makes every
+    line one ("text" may then be left out).
+    """
     records = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -63,13 +81,21 @@ def read_jsonl(path: Path) -> list[Record]:
             d = json.loads(line)
         except json.JSONDecodeError as e:
             raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-        for k in ("audio", "text"):
+        if not isinstance(d, dict):
+            raise ManifestError(f"{where}: expected a JSON object with \"audio\" and \"text\", got {type(d).__name__}")
+        for k in ("audio",) if nonspeech else ("audio", "text"):
             if k not in d:
                 raise ManifestError(f"{where}: missing key {k!r}; each line needs \"audio\" and \"text\"")
+        language = "none" if nonspeech else d.get("language")
+        text = "" if d.get("text") is None else str(d["text"])  # null: no transcript (not the word "None")
+        if language == "none" and text.strip():
+            declared = " from --nonspeech" if nonspeech else ""
+            raise ManifestError(f"{where}: a clip without speech (language \"none\"{declared}) "
+                                f"must have an empty \"text\", got {text[:40]!r}; give its language, or empty the text")
         audio = d["audio"] if os.path.isabs(d["audio"]) else str(path.parent / d["audio"])
         _require_file(audio, where)
         key = str(d.get("id") or Path(d["audio"]).with_suffix("").as_posix().replace("/", "_"))
-        records.append(Record(key, audio, str(d["text"]), d.get("language"), str(d.get("speaker", "unknown")),
+        records.append(Record(key, audio, text, language, str(d.get("speaker", "unknown")),
                               float(d.get("start", 0.0)), None if d.get("end") is None else float(d["end"])))
     return records
 
@@ -174,7 +200,7 @@ def records_to_utterances(job: tuple[list[Record], str, float], skips: SkipCount
             skips.add("corrupt_audio", f"{r.audio}: cannot decode ({e}); skipped")
             continue
         utt = prepare_utterance(r.key, samples, sr, r.text, r.language, r.speaker, source, skips,
-                                max_duration=max_duration)
+                                max_duration=max_duration, allow_empty=r.language == "none")
         if utt is not None:
             yield utt
 
@@ -188,6 +214,7 @@ def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: 
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     records = sorted(records, key=lambda r: r.key)
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # The plan fingerprint guards resumption: finished shards are reused only for the same input.
     plan = hashlib.sha256(json.dumps([asdict(r) for r in records] + [shard_size, max_duration, source]).encode()).hexdigest()[:16]
@@ -196,8 +223,23 @@ def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: 
         raise ManifestError(f"{out} holds shards of a different input or settings; use a new --out or delete {out}")
     atomic_write_json(plan_file, {"fingerprint": plan, "records": len(records), "shard_size": shard_size})
     jobs = [(records[i:i + shard_size], source, max_duration) for i in range(0, len(records), shard_size)]
-    return write_shards(out, jobs, records_to_utterances, num_workers=num_workers or os.cpu_count() or 1,
-                        meta={"source": source}, pre_skipped=pre_skipped)
+    try:
+        return write_shards(out, jobs, records_to_utterances, num_workers=num_workers or os.cpu_count() or 1,
+                            meta={"source": source}, pre_skipped=pre_skipped)
+    except NoUtterancesError as e:
+        if created:  # nothing usable came of it: leave no half-made shard dir behind
+            shutil.rmtree(out, ignore_errors=True)
+        else:  # a dir that was there: remove only this plan's (empty) shards and plan, so a corrected rerun
+            # (e.g. with --nonspeech) is not refused as "a different input" nor handed these empty shards
+            for i in range(len(jobs)):
+                (out / shard_name(i)).unlink(missing_ok=True)
+                stats_path(out / shard_name(i)).unlink(missing_ok=True)
+            plan_file.unlink(missing_ok=True)
+        hint = ""
+        if e.skipped.get("empty_text"):
+            hint = ("; empty transcripts are kept only in a set of clips without speech: pass --nonspeech, or give "
+                    "those lines \"language\": \"none\"")
+        raise ManifestError(f"{out}: every one of the {len(records)} inputs was skipped ({e.skipped}){hint}") from None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -211,13 +253,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--shard-size", type=int, default=1000, help="utterances per shard")
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="parallel processes")
     p.add_argument("--max-duration", type=float, default=60.0, help="longer clips are skipped and counted (s)")
+    p.add_argument("--nonspeech", action="store_true",
+                   help="the input is clips without speech (silence, noise, music): empty transcripts, language none "
+                        "(jsonl only; for data.nonspeech_dirs and hallucination tests)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not a.input.exists():
         p.error(f"{a.input} does not exist")
+    if a.nonspeech and a.format != "jsonl":
+        p.error("--nonspeech takes a jsonl manifest (one {\"audio\": path} per line)")
     try:
         skips = SkipCounter()
-        records = {"jsonl": lambda: read_jsonl(a.input), "kaldi": lambda: read_kaldi(a.input, skips),
+        records = {"jsonl": lambda: read_jsonl(a.input, a.nonspeech), "kaldi": lambda: read_kaldi(a.input, skips),
                    "librispeech": lambda: read_librispeech(a.input),
                    "aishell": lambda: read_aishell(a.input, a.split, skips)}[a.format]()
         source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")

@@ -18,17 +18,31 @@ import os
 import re
 import tarfile
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import webdataset as wds
 
-from entropy_asr.data.audio import SAMPLE_RATE, CMVNStats, encode_flac, fbank, resample, to_pcm16
-from entropy_asr.text import INVENTORY_VERSION, Phonemizer, detect_language, inventory_fingerprint, normalize_text
+from entropy_asr.data.audio import (
+    SAMPLE_RATE,
+    CMVNStats,
+    encode_flac,
+    fbank,
+    resample,
+    to_pcm16,
+)
+from entropy_asr.text import (
+    INVENTORY_VERSION,
+    Phonemizer,
+    detect_language,
+    inventory_fingerprint,
+    normalize_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +163,7 @@ class ShardStats:
                 "skipped": dict(sorted(self.skipped.items())), "languages": dict(sorted(self.languages.items()))}
 
     @classmethod
-    def from_json(cls, d: dict) -> "ShardStats":
+    def from_json(cls, d: dict) -> ShardStats:
         """Inverse of to_json."""
         return cls(d["count"], d["seconds"], CMVNStats.from_json(d["cmvn"]), d["skipped"], d["languages"])
 
@@ -264,6 +278,14 @@ def run_shard_jobs(items: list[tuple[Callable[..., Iterator[Utterance]], Path, A
             _run_job(item)
 
 
+class NoUtterancesError(ValueError):
+    """Every input was skipped; `skipped` counts why."""
+
+    def __init__(self, message: str, skipped: dict[str, int]):
+        super().__init__(message)
+        self.skipped = skipped
+
+
 def write_index(out: Path, paths: list[Path], *, meta: dict | None = None,
                 pre_skipped: dict[str, int] | None = None) -> dict:
     """Merge the shard stats into index.json and cmvn.json (atomically)."""
@@ -277,7 +299,7 @@ def write_index(out: Path, paths: list[Path], *, meta: dict | None = None,
         langs.update(st.languages)
     count = sum(st.count for st in stats)
     if count == 0:
-        raise ValueError(f"{out}: no usable utterances were written (skipped: {dict(skipped)})")
+        raise NoUtterancesError(f"{out}: no usable utterances were written (skipped: {dict(skipped)})", dict(skipped))
     atomic_write_json(out / "cmvn.json", cmvn.to_json())
     index = {
         "version": INDEX_VERSION,

@@ -2,11 +2,17 @@
 
     python -m entropy_asr.data.synthetic --out DIR --utterances N --seed S
 
-Writes the splits DIR/{train,dev,test,test_unseen_voice,nonspeech}, each a shard dir (see
-entropy_asr.data.shards), and DIR/corpus.json once everything is done. Sentences are disjoint
-across splits; test_unseen_voice uses speakers never heard in train; nonspeech holds
-silence and noise-only clips with empty transcripts (for hallucination tests). The same seed
-gives byte-identical shards; an interrupted build resumes (finished shards are kept).
+Writes the splits DIR/{train,train_nonspeech,dev,test,test_unseen_voice,nonspeech}, each a shard
+dir (see entropy_asr.data.shards), and DIR/corpus.json once everything is done. Sentences come
+from a grammar over thousands of words per language (entropy_asr.data.sentences) and are
+disjoint across splits; every utterance gets its own speaker (an eSpeak variant, English accent,
+rate and pitch; entropy_asr.data.espeak.draw_speaker), and test_unseen_voice uses variants never
+heard in training. train_nonspeech (mixed into training at a configurable share, so the model
+learns to say nothing) and nonspeech (the hallucination test) hold clips without speech and with
+empty transcripts: silence, near-silence, coloured noise, hum, tones, clicks, music-like chords
+and babble made of overlapping (partly reversed) speech. dev holds a few too, so validation
+reports the non-speech emission rate. The same seed gives byte-identical shards; an interrupted
+build resumes (finished shards are kept).
 """
 
 from __future__ import annotations
@@ -19,29 +25,53 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from entropy_asr.data.audio import SAMPLE_RATE, resample
 from entropy_asr.data.augment import colored_noise
-from entropy_asr.data.espeak import SPEAKERS, ESpeak, synthesize_text
-from entropy_asr.data.sentences import SentenceGenerator
-from entropy_asr.data.shards import (SkipCounter, Utterance, atomic_write_json, is_finished, prepare_utterance,
-                                     run_shard_jobs, shard_name, write_index)
+from entropy_asr.data.espeak import (
+    ENGLISH_ACCENTS,
+    MAX_RANGE_ABOVE_PITCH,
+    PITCH_RANGE,
+    PITCH_RANGE_RANGE,
+    RATE_RANGE,
+    UNSEEN_VARIANTS,
+    ESpeak,
+    Speaker,
+    draw_speaker,
+    synthesize_text,
+    variants,
+)
+from entropy_asr.data.sentences import GRAMMAR_VERSION, SentenceGenerator
+from entropy_asr.data.shards import (
+    SkipCounter,
+    Utterance,
+    atomic_write_json,
+    is_finished,
+    prepare_utterance,
+    run_shard_jobs,
+    shard_name,
+    write_index,
+)
 from entropy_asr.text import normalize_text
 
 log = logging.getLogger(__name__)
 
-CORPUS_VERSION = 2  # 2: features floored at the dither level (audio.FEATURE_VERSION 2)
-SPLITS = ("train", "dev", "test", "test_unseen_voice", "nonspeech")
-# Share of the N utterances per split (nonspeech included); each split gets at least 2.
-SPLIT_SHARE = {"train": 0.78, "dev": 0.06, "test": 0.08, "test_unseen_voice": 0.06, "nonspeech": 0.02}
+# 3: grammar sentences over POS lexicons, a speaker per utterance, non-speech for training; 4: grammar fixes;
+# 5: everyday verbs (go, get, make, say, have), particles, quantifiers, comparatives, places, days and months
+CORPUS_VERSION = 5
+SPLITS = ("train", "train_nonspeech", "dev", "test", "test_unseen_voice", "nonspeech")
+# Share of the N utterances per split; each split gets at least 2.
+SPLIT_SHARE = {"train": 0.80, "train_nonspeech": 0.04, "dev": 0.04, "test": 0.06, "test_unseen_voice": 0.04,
+               "nonspeech": 0.02}
+DEV_NONSPEECH_SHARE = 0.05  # of dev: validation also measures the non-speech emission rate
 LANGUAGE_SHARE = {"zh": 0.4, "en": 0.4, "mix": 0.2}
-N_UNSEEN_SPEAKERS = 3  # the last speakers of SPEAKERS: never in train/dev/test
 MAX_SILENCE_PAD = 1.0  # seconds of silence at each end, U(0, 1) (METHOD.md augmentation)
+NONSPEECH_KINDS = ("silence", "near_silence", "white", "pink", "brown", "hum", "tones", "clicks", "music", "babble")
 
 
 @dataclass(frozen=True)
@@ -51,12 +81,12 @@ class UttSpec:
     key: str
     text: str
     language: str
-    speaker: int  # index into SPEAKERS; -1 for non-speech
+    speaker: Speaker | None  # None for non-speech
     seed: int  # for padding and non-speech noise
 
 
 def split_counts(n: int) -> dict[str, int]:
-    """Utterances per split for a corpus of n (largest-remainder rounding, >= 2 each)."""
+    """Utterances per split for a corpus of n (>= 2 each; train takes the rounding)."""
     if n < 2 * len(SPLITS):
         raise ValueError(f"--utterances {n} is too small: each of the {len(SPLITS)} splits needs at least 2")
     counts = {s: max(2, int(n * f)) for s, f in SPLIT_SHARE.items()}
@@ -64,21 +94,31 @@ def split_counts(n: int) -> dict[str, int]:
     return counts
 
 
+def voice_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(variants heard in train/dev/test, variants only in test_unseen_voice)."""
+    every = variants()
+    missing = [v for v in UNSEEN_VARIANTS if v not in every]
+    if missing:
+        raise ValueError(f"unseen-voice variants {missing} are not in this eSpeak NG wheel's voices/!v")
+    return tuple(v for v in every if v not in UNSEEN_VARIANTS), UNSEEN_VARIANTS
+
+
 def plan_corpus(n: int, seed: int) -> dict[str, list[UttSpec]]:
     """Sentences, languages, speakers and seeds of every utterance; disjoint sentences across splits."""
     rng = random.Random(f"entropy-asr-synthetic/{seed}")
     gen = SentenceGenerator()
-    seen_speakers = list(range(len(SPEAKERS) - N_UNSEEN_SPEAKERS))
-    unseen_speakers = list(range(len(SPEAKERS) - N_UNSEEN_SPEAKERS, len(SPEAKERS)))
+    seen, unseen = voice_pools()
     used: set[str] = set()  # normalized sentences already taken by any split
     plan: dict[str, list[UttSpec]] = {}
     langs, weights = list(LANGUAGE_SHARE), list(LANGUAGE_SHARE.values())
     for split, count in split_counts(n).items():
         specs = []
+        n_nonspeech = {"train_nonspeech": count, "nonspeech": count,
+                       "dev": round(count * DEV_NONSPEECH_SHARE)}.get(split, 0)
         for i in range(count):
             key = f"syn{seed}_{split}_{i:06d}"
-            if split == "nonspeech":
-                specs.append(UttSpec(key, "", "none", -1, rng.getrandbits(32)))
+            if i < n_nonspeech:
+                specs.append(UttSpec(key, "", "none", None, rng.getrandbits(32)))
                 continue
             lang = rng.choices(langs, weights)[0]
             for _ in range(1000):
@@ -89,27 +129,77 @@ def plan_corpus(n: int, seed: int) -> dict[str, list[UttSpec]]:
             else:
                 raise RuntimeError(f"could not draw a new {lang} sentence after 1000 tries; the generator is too small")
             used.add(norm)
-            speaker = rng.choice(unseen_speakers if split == "test_unseen_voice" else seen_speakers)
+            speaker = draw_speaker(rng, unseen if split == "test_unseen_voice" else seen)
             specs.append(UttSpec(key, text, lang, speaker, rng.getrandbits(32)))
         plan[split] = specs
     return plan
 
 
-def nonspeech_clip(rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    """A 1-6 s clip with no speech: digital silence, near-silence, colored noise or mains hum."""
-    n = int(rng.uniform(1.0, 6.0) * SAMPLE_RATE)
-    kind = str(rng.choice(["silence", "near_silence", "white", "pink", "brown", "hum"]))
+def _level(x: np.ndarray, db: float) -> np.ndarray:
+    """`x` scaled to an RMS of `db` dBFS."""
+    return x * 10 ** (db / 20) / max(1e-9, float(np.sqrt(np.mean(x.astype(np.float64) ** 2))))
+
+
+def _babble(n: int, rng: np.random.Generator, engine: ESpeak, pool: tuple[str, ...]) -> np.ndarray:
+    """5-8 overlapping talkers (half of them time-reversed): speech-like, with no words to transcribe."""
+    gen = SentenceGenerator()
+    r = random.Random(int(rng.integers(2**31)))
+    out = np.zeros(n, np.float64)
+    for _ in range(int(rng.integers(5, 9))):
+        lang = r.choice(("zh", "en"))
+        x = resample(synthesize_text(engine, gen.sentence(r, lang), draw_speaker(r, pool)), engine.sample_rate,
+                     SAMPLE_RATE)
+        if r.random() < 0.5:
+            x = x[::-1]
+        x = np.tile(x, 1 + n // max(1, len(x)))  # loop to cover the clip
+        start = int(rng.integers(0, len(x) - n + 1))
+        out += _level(x[start:start + n], float(rng.uniform(-3, 3)))
+    return out.astype(np.float32)
+
+
+def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[str, ...]] | None = None
+                   ) -> tuple[np.ndarray, str]:
+    """A 1-8 s clip with no speech (NONSPEECH_KINDS); babble needs (engine, variant pool)."""
+    n = int(rng.uniform(1.0, 8.0) * SAMPLE_RATE)
+    kinds = NONSPEECH_KINDS if engine_pool is not None else NONSPEECH_KINDS[:-1]
+    kind = str(rng.choice(kinds))
+    t = np.arange(n) / SAMPLE_RATE
     if kind == "silence":
         return np.zeros(n, np.float32), kind
     if kind == "hum":
-        t = np.arange(n) / SAMPLE_RATE
         f0 = float(rng.choice([50.0, 60.0]))
         x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3, 4))
-        x = x / np.abs(x).max()
+    elif kind == "tones":  # beeps: sine tones of random pitch and length with gaps
+        x = np.zeros(n)
+        pos = 0
+        while pos < n:
+            length, gap = int(rng.uniform(0.05, 0.8) * SAMPLE_RATE), int(rng.uniform(0.0, 0.5) * SAMPLE_RATE)
+            seg = np.arange(min(length, n - pos)) / SAMPLE_RATE
+            x[pos:pos + seg.size] = np.sin(2 * np.pi * rng.uniform(200, 3000) * seg)
+            pos += length + gap
+    elif kind == "clicks":  # impulses (keyboard, clock, crackle) on a faint noise floor
+        x = 0.01 * rng.standard_normal(n)
+        for at in rng.integers(0, n, max(1, int(rng.uniform(2, 12) * n / SAMPLE_RATE))):
+            k = min(int(rng.integers(20, 400)), n - int(at))
+            x[at:at + k] += rng.standard_normal(k) * np.exp(-np.arange(k) / rng.uniform(5, 60))  # a decaying burst
+    elif kind == "music":  # chords of harmonic tones, changing every 0.3-1 s
+        x = np.zeros(n)
+        pos = 0
+        while pos < n:
+            length = int(rng.uniform(0.3, 1.0) * SAMPLE_RATE)
+            seg = np.arange(min(length, n - pos)) / SAMPLE_RATE
+            root = 110 * 2 ** (int(rng.integers(0, 24)) / 12)
+            for step in (0, 4, 7):
+                f = root * 2 ** (step / 12)
+                x[pos:pos + seg.size] += sum(np.sin(2 * np.pi * f * h * seg) / h ** 1.5 for h in (1, 2, 3, 4))
+            x[pos:pos + seg.size] *= np.exp(-seg * rng.uniform(0.5, 4))
+            pos += length
+    elif kind == "babble":
+        x = _babble(n, rng, *engine_pool)
     else:
         x = colored_noise(n, rng, {"near_silence": 0.0, "white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
-    level_db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(-40, -15)
-    return (x * 10 ** (level_db / 20) / max(1e-9, float(np.sqrt(np.mean(x ** 2))))).clip(-1, 1).astype(np.float32), kind
+    level_db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(-45, -12)
+    return _level(x, level_db).clip(-1, 1).astype(np.float32), kind
 
 
 def render(specs: list[UttSpec], skips: SkipCounter) -> Iterator[Utterance]:
@@ -117,13 +207,13 @@ def render(specs: list[UttSpec], skips: SkipCounter) -> Iterator[Utterance]:
     engine = None
     for s in specs:
         rng = np.random.default_rng(s.seed)
-        if s.speaker < 0:
-            x, kind = nonspeech_clip(rng)
+        engine = engine or ESpeak.instance()
+        if s.speaker is None:
+            x, kind = nonspeech_clip(rng, (engine, voice_pools()[0]))
             utt = prepare_utterance(s.key, x, SAMPLE_RATE, "", "none", "none", "synthetic", skips,
                                     max_duration=60.0, allow_empty=True, extra={"nonspeech_kind": kind})
         else:
-            engine = engine or ESpeak.instance()
-            spk = SPEAKERS[s.speaker]
+            spk = s.speaker
             x = resample(synthesize_text(engine, s.text, spk), engine.sample_rate, SAMPLE_RATE)
             left, right = (rng.uniform(0, MAX_SILENCE_PAD, 2) * SAMPLE_RATE).astype(int)
             x = np.concatenate([np.zeros(left, np.float32), x.astype(np.float32), np.zeros(right, np.float32)])
@@ -136,7 +226,9 @@ def render(specs: list[UttSpec], skips: SkipCounter) -> Iterator[Utterance]:
 
 def fingerprint(n: int, seed: int, shard_size: int) -> str:
     """Identifies a corpus build: settings plus the speaker table."""
-    blob = json.dumps([CORPUS_VERSION, n, seed, shard_size, [asdict(s) for s in SPEAKERS]], sort_keys=True)
+    voices = [list(voice_pools()[0]), UNSEEN_VARIANTS, ENGLISH_ACCENTS, RATE_RANGE, PITCH_RANGE, PITCH_RANGE_RANGE,
+              MAX_RANGE_ABOVE_PITCH]
+    blob = json.dumps([CORPUS_VERSION, GRAMMAR_VERSION, n, seed, shard_size, voices], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -169,13 +261,14 @@ def build_corpus(out: str | Path, utterances: int, seed: int = 0, *, shard_size:
     items.sort(key=lambda it: -len(it[2]))
     run_shard_jobs(items, num_workers or os.cpu_count() or 1)
     settings = {"utterances": utterances, "seed": seed, "shard_size": shard_size}
-    speakers = {"seen": [s.name for s in SPEAKERS[:-N_UNSEEN_SPEAKERS]],
-                "unseen": [s.name for s in SPEAKERS[-N_UNSEEN_SPEAKERS:]]}
+    seen, unseen = voice_pools()
+    speakers = {"seen_variants": list(seen), "unseen_variants": list(unseen)}
     indexes = {split: write_index(out / split, paths[split], meta={"source": "synthetic", "split": split,
                                                                     "speakers": speakers})
                for split in plan}
     info = {
         "version": CORPUS_VERSION,
+        "grammar_version": GRAMMAR_VERSION,
         "fingerprint": fp,
         "settings": settings,
         "splits": {s: {k: idx[k] for k in ("utterances", "hours", "languages")} for s, idx in indexes.items()},
