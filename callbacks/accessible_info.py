@@ -219,7 +219,7 @@ class AccessibleInformationProbe(MeasuredCallback):
                 csai = semantic_accessible_information(torch.cat(tr["x"]).to(device), tr["units"], tr["prons"],
                                                        torch.cat(te["x"]).to(device), te["units"], te["prons"],
                                                        max_classes=self.max_classes, **self.probe_kw)
-                out.update(csai_bits=csai["csai_bits"], h_unit_bits=csai["h_bits"],
+                out.update(csai_bits=csai["csai_bits"], csai_se_bits=csai["csai_se_bits"], h_unit_bits=csai["h_bits"],
                            unit_given_phones_bits=csai["phone_ce_bits"], csai_train_units=float(len(tr["units"])))
             if skipped:
                 out["csai_skipped_utterances"] = float(skipped)
@@ -251,7 +251,9 @@ class AccessibleInformationProbe(MeasuredCallback):
     def _append(self, trainer, entry: dict) -> None:
         path = append_jsonl(Path(trainer.default_root_dir) / "accessible_information.jsonl", entry)
         plot_series(read_jsonl(path), ["pai_bits", "csai_bits", "h0_bits_per_char", "h1_bits_per_char",
-                                       "share_resolved"], path.with_suffix(".png"), "accessible information")
+                                       "share_resolved"], path.with_suffix(".png"), "accessible information",
+                    errors={"csai_bits": "csai_se_bits"},
+                    below_zero={"csai_bits": "< 0: the probe with frames overfit its few training units; read as 0"})
 
     # ---- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict:

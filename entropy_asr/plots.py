@@ -68,8 +68,13 @@ def plot_drift(drift: list[dict], out: str | Path, swapped_steps: list[int] | No
     return _save(fig, out)
 
 
-def plot_series(rows: list[dict], keys: list[str], out: str | Path, title: str = "") -> Path:
-    """One panel per key present in `rows` (dicts with "step"; nested dicts flattened as a/b)."""
+def plot_series(rows: list[dict], keys: list[str], out: str | Path, title: str = "",
+                errors: dict[str, str] | None = None, below_zero: dict[str, str] | None = None) -> Path:
+    """One panel per key present in `rows` (dicts with "step"; nested dicts flattened as a/b).
+
+    errors: {key: standard-error key}: +-2 SE bars on that key's points. below_zero: {key: note}:
+    when a value of key is negative, a zero line and the note (what a negative value means).
+    """
     flat = [_flatten(r) for r in rows]
     keys = [k for k in keys if any(k in r for r in flat)]
     if not keys:
@@ -78,6 +83,14 @@ def plot_series(rows: list[dict], keys: list[str], out: str | Path, title: str =
     for ax, key in zip(axes[:, 0], keys, strict=True):
         pts = [(r["step"], r[key]) for r in flat if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-")
+        se_key = (errors or {}).get(key)
+        if se_key:
+            bars = [(r["step"], r[key], 2 * r[se_key]) for r in flat if key in r and se_key in r]
+            ax.errorbar([b[0] for b in bars], [b[1] for b in bars], [b[2] for b in bars], fmt="none", capsize=3,
+                        color="tab:blue", alpha=0.6)
+        if key in (below_zero or {}) and any(p[1] < 0 for p in pts):
+            ax.axhline(0.0, color="gray", lw=1, ls="--")
+            ax.text(0.01, 0.05, below_zero[key], transform=ax.transAxes, fontsize=7, color="dimgray")
         ax.set_ylabel(key, fontsize=8)
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel("step")

@@ -12,15 +12,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Literal
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from callbacks.common import MeasuredCallback
+from callbacks.progress import LineProgress
 from callbacks.thread_share import ThreadShare
 from entropy_asr.data.shards import atomic_write_json
 
@@ -47,11 +51,16 @@ class EntropyCLI(LightningCLI):
         parser.link_arguments("run_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints"))
 
     def instantiate_trainer(self, **kwargs):
-        logger = self._get(self.config_init, "trainer", default={}).get("logger")
-        if logger is None or logger is True:  # default: metrics.csv straight in the run dir, and W&B
+        trainer = self._get(self.config_init, "trainer", default={})
+        if trainer.get("logger") in (None, True):  # default: metrics.csv straight in the run dir, and W&B
             kwargs["logger"] = default_loggers(self._get(self.config, "run_dir"), self._get(self.config, "wandb"),
                                                self._get(self.config, "wandb_project"))
-        return super().instantiate_trainer(**kwargs)
+        callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        given = trainer.get("callbacks") or []
+        if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            # a bar on a terminal; in a log file (or a pipeline's background stage) a line every 30 s
+            callbacks.append(TQDMProgressBar() if sys.stdout.isatty() else LineProgress())
+        return self._instantiate_trainer({**trainer, **kwargs}, callbacks)
 
 
 def default_loggers(run_dir: str, wandb_mode: str | None, project: str) -> list:
@@ -64,16 +73,59 @@ def default_loggers(run_dir: str, wandb_mode: str | None, project: str) -> list:
     mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
     if mode not in ("offline", "online", "disabled", "dryrun", "run"):
         raise ValueError(f"W&B mode {mode!r} (from --wandb or $WANDB_MODE): use offline, online or disabled")
+    if not (Path(run_dir) / "metrics.csv").exists():  # the run dir holds config.yaml, not old logs: nothing to lose
+        here = re.escape(str(run_dir).rstrip("/"))
+        warnings.filterwarnings("ignore", message=rf"Experiment logs directory {here}/? exists")
     loggers = [CSVLogger(run_dir, name="", version="")]
     if mode != "disabled":
         name = Path(run_dir).name
+        import wandb
+
+        # quiet: no run summary wall at the end of every stage (the numbers are in results.json and metrics.csv)
         loggers.append(WandbLogger(save_dir=run_dir, project=project, name=name, offline=mode in ("offline", "dryrun"),
-                                   group=os.environ.get("WANDB_RUN_GROUP")))
+                                   group=os.environ.get("WANDB_RUN_GROUP"), settings=wandb.Settings(quiet=True)))
     return loggers
+
+
+# Lightning's start-up chatter that says nothing about this run (the hardware is in results.json's run)
+_QUIET_PREFIXES = ("GPU available", "TPU available", "HPU available", "💡 Tip", "You are using a CUDA device")
+_QUIET_WARNINGS = (r".*isinstance\(treespec, LeafSpec\)", r"The '\w+_dataloader' does not have many workers",
+                   r".*`srun` command is available", r"LightningCLI's args parameter is intended",
+                   r"Found \d+ module\(s\) in eval mode at the start of training")  # frozen ones are, on purpose
+
+
+class _QuietFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).lstrip().startswith(_QUIET_PREFIXES)
+
+
+def quiet_logs() -> None:
+    """Keep the log to what matters: drop Lightning's banners and known third-party warnings (idempotent)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _QuietFilter) for f in logger.filters):
+            logger.addFilter(_QuietFilter())
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" / "Writing model shards" bars, per stage
+
+
+def register_resolvers() -> None:
+    """OmegaConf interpolations the configs may use: ${asset:NAME} = the dir of a shipped asset
+    (entropy_asr.assets), e.g. ${asset:tiny_llm}/llm, the same path however the package was installed."""
+    from omegaconf import OmegaConf
+
+    from entropy_asr.assets import asset_path
+
+    register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # 2.4 renamed it
+    register("asset", lambda name: str(asset_path(name)), replace=True)  # checked when a stage loads from it
 
 
 def build_cli(args: list[str] | None = None) -> EntropyCLI:
     """Parse a config and the overrides, and instantiate model, datamodule and trainer (nothing runs)."""
+    register_resolvers()
     return EntropyCLI(
         args=args,
         run=False,
@@ -81,7 +133,8 @@ def build_cli(args: list[str] | None = None) -> EntropyCLI:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
-        trainer_defaults={"use_distributed_sampler": False},  # the WebDataset pipeline splits shards itself
+        # the WebDataset pipeline splits shards itself; each stage prints its own parameter report
+        trainer_defaults={"use_distributed_sampler": False, "enable_model_summary": False},
         seed_everything_default=0,
         auto_configure_optimizers=False,
     )
@@ -89,6 +142,7 @@ def build_cli(args: list[str] | None = None) -> EntropyCLI:
 
 def run(args: list[str] | None = None) -> dict:
     """Fit, export, test; returns (and writes to run_dir/results.json) what it measured."""
+    quiet_logs()
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if os.environ.get(THREADS_FILE):  # a pipeline stage sharing the cores: follow the thread budget it grants

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from entropy_asr.metrics import (
     semantic_accessible_information,
     unit_rows,
 )
-from entropy_asr.metrics.probe import constant_cross_entropy
+from entropy_asr.metrics.probe import constant_cross_entropy, linear_probe_cross_entropy
 
 
 def data(n=200, d=12, seed=0):
@@ -231,12 +232,20 @@ def test_csai_is_what_features_tell_beyond_the_pronunciation():
     assert knows_unit["h_bits"] == pytest.approx(3.0, abs=0.03)  # 8 equally likely units
     assert knows_unit["phone_ce_bits"] == pytest.approx(1.0, abs=0.05)  # the homophone pair is left open
     assert knows_unit["csai_bits"] == pytest.approx(1.0, abs=0.1)
+    assert knows_unit["csai_bits"] == pytest.approx(knows_unit["phone_ce_bits"] - knows_unit["phone_feat_ce_bits"])
+    # The standard error of the paired per-unit differences: the 1 bit is hundreds of SE above 0.
+    assert 0 < knows_unit["csai_se_bits"] < 0.01 and knows_unit["csai_bits"] > 50 * knows_unit["csai_se_bits"]
     pron_code = code[torch.arange(8) // 2 * 2]  # features that only repeat the pronunciation
     knows_pron = semantic_accessible_information(feats(ktr, pron_code), utr, ptr, feats(kte, pron_code), ute, pte)
-    assert abs(knows_pron["csai_bits"]) < 0.05
+    # ~0, but a few SE above it: the SE covers the held-out sampling only, not the probes' fit (measured
+    # +0.006..0.010 bits, 3-18 SE, over 4 seeds: the redundant copy of the pronunciation lets the
+    # regularized probe commit to the homophone pair a little more)
+    assert abs(knows_pron["csai_bits"]) < 0.05 and knows_pron["csai_se_bits"] < 0.01
     noise = semantic_accessible_information(torch.randn(3000, 6, generator=g), utr, ptr,
                                             torch.randn(1500, 6, generator=g), ute, pte)
     assert abs(noise["csai_bits"]) < 0.05
+    # Features independent of everything: csai within 3 SE of 0 (measured |csai| / SE <= 1.3 over 4 seeds).
+    assert 0 < noise["csai_se_bits"] and abs(noise["csai_bits"]) < 3 * noise["csai_se_bits"]
 
 
 def test_csai_rare_units_share_the_other_class_and_bad_input_is_refused():
@@ -244,10 +253,23 @@ def test_csai_rare_units_share_the_other_class_and_bad_input_is_refused():
     x = torch.randn(400, 4, dtype=torch.float64)
     out = semantic_accessible_information(x, utr, ptr, x[:100], utr[:100], ptr[:100], max_classes=3)
     assert out["classes"] == 4
+    assert math.isfinite(out["csai_se_bits"]) and out["csai_se_bits"] >= 0
+    one = semantic_accessible_information(x, utr, ptr, x[:1], utr[:1], ptr[:1])
+    assert math.isnan(one["csai_se_bits"]) and math.isfinite(one["csai_bits"])  # no spread from one unit
     with pytest.raises(ValueError, match="differ in length"):
         semantic_accessible_information(x, utr[:-1], ptr, x, utr, ptr)
     with pytest.raises(ValueError, match="no aligned units"):
         semantic_accessible_information(x[:0], [], [], x, utr, ptr)
+
+
+def test_probe_per_sample_cross_entropy_averages_to_the_mean():
+    g = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 3, (300,), generator=g)
+    x = torch.randn(300, 5, generator=g, dtype=torch.float64) + y[:, None].double()
+    mean = linear_probe_cross_entropy(x[:200], y[:200], x[200:], y[200:], 3)
+    each = linear_probe_cross_entropy(x[:200], y[:200], x[200:], y[200:], 3, per_sample=True)
+    assert each.shape == (100,) and each.dtype == torch.float64 and bool((each >= 0).all())
+    assert float(each.mean()) == pytest.approx(mean, rel=1e-9)
 
 
 def test_unit_rows_average_each_units_aligned_frames():
@@ -258,3 +280,32 @@ def test_unit_rows_average_each_units_aligned_frames():
     x, labels, prons = unit_rows(frames, positions, units)
     assert labels == ["ab", "c", "d"] and prons == [("a", "b"), ("c",), ("d1", "d2")]
     assert torch.equal(x, torch.tensor([[4.0, 5.0], [8.0, 9.0], [13.0, 14.0]], dtype=torch.float64))
+
+
+def test_plot_series_draws_error_bars_and_the_below_zero_note(tmp_path, monkeypatch):
+    from entropy_asr import plots
+
+    drawn = {}
+    save = plots._save
+
+    def spy(fig, out):
+        ax = fig.axes[0]
+        drawn[Path(out).name] = {"texts": [t.get_text() for a in fig.axes for t in a.texts],
+                                 "zero_line": any(list(line.get_ydata()) == [0.0, 0.0] for line in ax.get_lines()),
+                                 "bars": len(ax.containers)}
+        return save(fig, out)
+
+    monkeypatch.setattr(plots, "_save", spy)
+    rows = [{"step": 10, "csai_bits": 0.2, "csai_se_bits": 0.05, "pai_bits": 1.0},
+            {"step": 20, "csai_bits": -0.1, "csai_se_bits": 0.04, "pai_bits": 1.1},
+            {"step": 30, "csai_bits": 0.05, "csai_se_bits": float("nan")},  # one held-out unit: no SE
+            {"step": 40, "pai_bits": 1.2}]
+    note = "< 0: the probe overfit; read as 0"
+    out = plots.plot_series(rows, ["csai_bits", "pai_bits", "absent"], tmp_path / "ai.png", "t",
+                            errors={"csai_bits": "csai_se_bits"}, below_zero={"csai_bits": note})
+    assert out == tmp_path / "ai.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert drawn["ai.png"] == {"texts": [note], "zero_line": True, "bars": 1}
+    positive = [dict(r, csai_bits=abs(r["csai_bits"])) for r in rows if "csai_bits" in r]
+    plots.plot_series(positive, ["csai_bits"], tmp_path / "pos.png", below_zero={"csai_bits": note})
+    assert drawn["pos.png"] == {"texts": [], "zero_line": False, "bars": 0}  # nothing negative: no note
+    assert not list(tmp_path.glob(".*.png"))  # atomic: no temp files left

@@ -66,10 +66,11 @@ class ErrorRates(Metric):
 
 
 class PhoneErrorRate(Metric):
-    """PER: summed phone edit distance over summed reference phones (ids, blank-free).
+    """PER: summed phone edit distance over summed reference phones (ids, blank-free), over clips
+    with phones; clips with none (non-speech) are counted apart.
 
-    compute() -> {"per": ...}; on input with no reference phones at all (non-speech clips)
-    -> {"phones_per_clip": ...}, the phones emitted where there is nothing to say.
+    compute() -> {"per": ...} when any clip had reference phones, and {"phones_per_clip": ...},
+    the phones emitted per clip where there is nothing to say, when any clip had none.
     """
 
     full_state_update = False
@@ -79,18 +80,25 @@ class PhoneErrorRate(Metric):
         super().__init__(**kw)
         self.add_state("errors", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("units", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("utts", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("empty_errors", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("empty_utts", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, hyps: list[list[int]], refs: list[list[int]]) -> None:
         for h, r in zip(hyps, refs, strict=True):
-            self.errors += edit_distance(r, h)
-            self.units += len(r)
-            self.utts += 1
+            if r:
+                self.errors += edit_distance(r, h)
+                self.units += len(r)
+            else:
+                self.empty_errors += len(h)
+                self.empty_utts += 1
 
     def compute(self) -> dict[str, torch.Tensor]:
+        out = {}
         if self.units > 0:
-            return {self.key: (self.errors / self.units).float()}
-        return {self.empty_key: (self.errors / self.utts.clamp(min=1)).float()}
+            out[self.key] = (self.errors / self.units).float()
+        if self.empty_utts > 0:
+            out[self.empty_key] = (self.empty_errors / self.empty_utts).float()
+        return out
 
 
 class CharCTCErrorRate(PhoneErrorRate):

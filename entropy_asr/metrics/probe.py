@@ -94,7 +94,8 @@ def _vocabulary(items: list, size: int) -> dict:
 def semantic_accessible_information(train_x: Tensor, train_units: list[str], train_prons: list,
                                     test_x: Tensor, test_units: list[str], test_prons: list,
                                     max_classes: int = 128, max_prons: int = 256, **probe) -> dict[str, float]:
-    """CSAI (see the module docstring): {"h_bits", "phone_ce_bits", "phone_feat_ce_bits", "csai_bits", "classes"}."""
+    """CSAI (see the module docstring): {"h_bits", "phone_ce_bits", "phone_feat_ce_bits", "csai_bits", "csai_se_bits",
+    "classes"}; csai_se_bits is the standard error of csai_bits over the held-out units (paired differences)."""
     if not (len(train_x) == len(train_units) == len(train_prons) and len(test_x) == len(test_units) == len(test_prons)):
         raise ValueError("semantic_accessible_information: features, units and pronunciations differ in length")
     if len(train_units) == 0 or len(test_units) == 0:
@@ -115,11 +116,13 @@ def semantic_accessible_information(train_x: Tensor, train_units: list[str], tra
     scale = ptr.std(0).clamp_min(1e-8)  # one-hot scaled like the features but not centered: all-zero = unknown
     ptr, pte = ptr / scale, pte / scale
     h = constant_cross_entropy(ytr, yte, classes)
-    ce_p = linear_probe_cross_entropy(ptr, ytr, pte, yte, classes, standardize=False, **probe)
+    ce_p = linear_probe_cross_entropy(ptr, ytr, pte, yte, classes, standardize=False, per_sample=True, **probe)
     ce_pf = linear_probe_cross_entropy(torch.cat([ptr, xtr], 1), ytr, torch.cat([pte, xte], 1), yte, classes,
-                                       standardize=False, **probe)
-    return {"h_bits": h, "phone_ce_bits": ce_p, "phone_feat_ce_bits": ce_pf, "csai_bits": ce_p - ce_pf,
-            "classes": classes}
+                                       standardize=False, per_sample=True, **probe)
+    gain = ce_p - ce_pf  # (n,) per held-out unit: the paired difference, so its spread gives the standard error
+    se = float(gain.std() / math.sqrt(len(gain))) if len(gain) > 1 else float("nan")
+    return {"h_bits": h, "phone_ce_bits": float(ce_p.mean()), "phone_feat_ce_bits": float(ce_pf.mean()),
+            "csai_bits": float(gain.mean()), "csai_se_bits": se, "classes": classes}
 
 
 def _cross_entropy_bits(logp: Tensor, y: Tensor) -> float:
@@ -134,7 +137,7 @@ def _standardized(x: Tensor, xt: Tensor) -> tuple[Tensor, Tensor]:
 
 def linear_probe_cross_entropy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, num_classes: int,
                                l2: float = 1e-3, max_iter: int = 200, standardize: bool = True,
-                               fit_dtype: torch.dtype = torch.float32) -> float:
+                               fit_dtype: torch.dtype = torch.float32, per_sample: bool = False) -> float | Tensor:
     """Held-out cross-entropy (bits) of a softmax regression fit on (train_x (n, d), train_y (n,)).
 
     Runs on the inputs' device (a GPU makes paper-size probes quick). Inputs are standardized in
@@ -142,6 +145,7 @@ def linear_probe_cross_entropy(train_x: Tensor, train_y: Tensor, test_x: Tensor,
     cross-entropy to 1e-4 bits, measured); the held-out cross-entropy is computed in float64.
 
     standardize: scale each column by the training mean/std first (off for inputs already scaled).
+    per_sample: return each held-out sample's cross-entropy (bits, float64 tensor) instead of the mean.
     """
     x, xt = train_x.detach().double(), test_x.detach().double()
     if standardize:
@@ -161,7 +165,10 @@ def linear_probe_cross_entropy(train_x: Tensor, train_y: Tensor, test_x: Tensor,
     with torch.enable_grad():
         opt.step(closure)
     with torch.no_grad():
-        return _cross_entropy_bits(torch.log_softmax(xt @ w.double() + b.double(), dim=1), test_y)
+        logp = torch.log_softmax(xt @ w.double() + b.double(), dim=1)
+        if per_sample:
+            return -logp.gather(1, test_y[:, None])[:, 0] / math.log(2)
+        return _cross_entropy_bits(logp, test_y)
 
 
 def constant_cross_entropy(train_y: Tensor, test_y: Tensor, num_classes: int) -> float:
