@@ -17,6 +17,7 @@ plotted to `<run dir>/drift.png` (CKA with the snapshots marked, and NSE, over s
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -29,11 +30,10 @@ from callbacks.common import (
     evenly_spaced,
     first_validation_batches,
     measured,
-    sha256_file,
 )
 from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
-from entropy_asr.model.export import save_component
+from entropy_asr.model.export import save_component, sha256_file
 from entropy_asr.plots import plot_drift
 from lightning_modules.strategies import full_weights
 
@@ -69,6 +69,7 @@ class CKADriftMonitor(MeasuredCallback):
         self.reference: torch.Tensor | None = None  # (n, d) reference frames on the probe set
         self.history: list[dict] = []
         self.last_check = -1
+        self._exported_step = -1  # the step of this run's last snapshot export
         self._probe: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     @property
@@ -142,16 +143,25 @@ class CKADriftMonitor(MeasuredCallback):
     def export(self, pl_module, step: int, cka: float, nse: float, final: bool) -> str:
         """Write the snapshot's weights, then its JSON (the completeness marker); returns the JSON path."""
         out = self.snapshot_dir(pl_module)
+        marker = out / f"snapshot-step{step:08d}.json"
         files, sums = {}, {}
-        for c in ("encoder", "ctc_head"):
-            module = getattr(pl_module.net, c, None)
-            if module is None:
-                continue
-            path = save_component(module, out / f"{c}-step{step:08d}.safetensors", c, pl_module.export_meta(c))
-            files[c], sums[c] = path.name, sha256_file(path)
+        if final and self._exported_step == step and marker.exists():
+            # the last check already exported these very weights at this step: only the marker changes (to
+            # final). Rewriting the files would change their checksums (safetensors orders its metadata keys
+            # anew at each save), and a hot-swap that took the snapshot at this step would no longer see it
+            # as the same one, marked final.
+            previous = json.loads(marker.read_text())
+            files, sums = previous["files"], previous["sha256"]
+        else:
+            for c in ("encoder", "ctc_head"):
+                module = getattr(pl_module.net, c, None)
+                if module is None:
+                    continue
+                path = save_component(module, out / f"{c}-step{step:08d}.safetensors", c, pl_module.export_meta(c))
+                files[c], sums[c] = path.name, sha256_file(path)
+        self._exported_step = step
         meta = {"step": step, "cka": cka, "nse": nse, "final": final, "threshold": self.threshold, "files": files,
                 "sha256": sums}
-        marker = out / f"snapshot-step{step:08d}.json"
         atomic_write_json(marker, meta)
         log.info("CKA drift: step %d, CKA %.4f -> snapshot %s%s", step, cka, marker, " (final)" if final else "")
         pl_module.print(f"[drift] step {step}: CKA {cka:.4f}, NSE {nse:.4f} -> snapshot {marker.name}"

@@ -4,21 +4,12 @@ from any hook, and the bookkeeping of their own cost (seconds spent, reported in
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:

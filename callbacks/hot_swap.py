@@ -30,7 +30,8 @@ from pathlib import Path
 
 import lightning as L
 
-from callbacks.common import append_jsonl, log_to_loggers, sha256_file
+from callbacks.common import append_jsonl, log_to_loggers
+from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)
 # Set while a hot-swap callback in this process blocks waiting for a snapshot: a pipeline running

@@ -13,8 +13,13 @@ step boundaries).
 
 A stage whose results.json exists is finished and skipped; an interrupted one resumes from its
 last.ckpt. At the end it waits for the background stages, plots the drift curves (`drift_plot`),
-prints the test table (CER on Mandarin, WER on English, MER on code-switched) and writes
-run_dir/results.json.
+prints the test table (CER on Mandarin, WER on English, MER on code-switched, and the share of
+non-speech clips that got any text) and writes run_dir/results.json.
+
+Where the LLM comes from (`llm`): the stages write `{llm}` for it. By default that is the shipped,
+pretrained asset `llm.asset` (checked against this code's corpus first); with --retrain-llm the
+stage named `llm.stage` (marked `when: retrain_llm`) trains it from scratch first and `{llm}` is
+that stage's export dir.
 """
 
 from __future__ import annotations
@@ -35,34 +40,51 @@ import torch
 import yaml
 
 from callbacks import hot_swap
+from entropy_asr.assets import AssetError
 from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.plots import plot_drift, read_jsonl
 from experiments.run import THREADS_FILE, run
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
-ECHO = ("[drift]", "Traceback", "Error")  # background lines worth showing in the pipeline's own output
+# background lines worth showing in the pipeline's own output: drift checks, progress lines, failures
+ECHO = ("[drift]", "Traceback", "Error")
 
-COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix")]
+COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix"), ("nonempty_none", "non-speech emission")]
 
 
-def _fill(value, run_dir: str):
+def _fill(value, run_dir: str, llm: str = "{llm}"):
     if isinstance(value, str):
-        return value.replace("{run_dir}", run_dir)
+        return value.replace("{run_dir}", run_dir).replace("{llm}", llm)
     if isinstance(value, list):
-        return [_fill(v, run_dir) for v in value]
+        return [_fill(v, run_dir, llm) for v in value]
     if isinstance(value, dict):
-        return {k: _fill(v, run_dir) for k, v in value.items()}
+        return {k: _fill(v, run_dir, llm) for k, v in value.items()}
     return value
 
 
-def stage_args(stage: dict, run_dir: str, extra: list[str]) -> list[str]:
+def llm_source(config: dict, run_dir: str, retrain: bool) -> str:
+    """What `{llm}` stands for: the asset's dir (checked now, so a mismatch fails before anything runs), or the
+    retraining stage's export dir."""
+    spec = config.get("llm") or {}
+    if retrain:
+        if not spec.get("stage"):
+            raise ValueError("--retrain-llm: the pipeline config has no `llm.stage` (the stage that trains the LLM)")
+        return f"{run_dir}/{spec['stage']}/export"
+    if not spec.get("asset"):
+        return "{llm}"
+    from entropy_asr.assets import asset_dir
+
+    return str(asset_dir(spec["asset"]))  # raises AssetError naming what differs and how to retrain
+
+
+def stage_args(stage: dict, run_dir: str, extra: list[str], llm: str = "{llm}") -> list[str]:
     """run.py arguments of one stage: its config, its run dir, the pipeline's overrides, then `extra`."""
     for key in ("name", "config"):
         if key not in stage:
             raise ValueError(f"pipeline stage {stage} has no `{key}`")
     args = ["--config", stage["config"], "--run_dir", f"{run_dir}/{stage['name']}"]
     for key, value in (stage.get("overrides") or {}).items():
-        value = _fill(value, run_dir)
+        value = _fill(value, run_dir, llm)
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return args + extra
 
@@ -86,6 +108,7 @@ class Background:
 
     def __init__(self, name: str, args: list[str], stage_dir: Path, threads: int):
         self.name, self.log_path, self.threads_file = name, stage_dir / "stdout.log", stage_dir / "threads"
+        self.started = time.perf_counter()
         stage_dir.mkdir(parents=True, exist_ok=True)
         self.grant(threads)
         env = {**os.environ, THREADS_FILE: str(self.threads_file), "PYTHONUNBUFFERED": "1"}  # echo lines as they come
@@ -99,12 +122,18 @@ class Background:
         atomic_write_json(self.threads_file, threads)
 
     def _copy(self) -> None:
+        progress = f"[{self.name}] step "
         with open(self.log_path, "a") as log:
             for line in self.proc.stdout:
                 log.write(line)
                 log.flush()
-                if line.lstrip().startswith(ECHO):
+                if line.startswith(progress):  # its progress lines already name it
+                    print(line.rstrip(), flush=True)
+                elif line.lstrip().startswith(ECHO):
                     print(f"[{self.name}] {line.rstrip()}", flush=True)
+        rc = self.proc.wait()
+        print(f"== {self.name} (background): {time.perf_counter() - self.started:.0f} s"
+              + ("" if rc == 0 else f", exit code {rc}; its log is {self.log_path}"), flush=True)
 
     def failed(self) -> str | None:
         """A message if the process ended with an error, else None (still running or succeeded)."""
@@ -225,12 +254,13 @@ def write_drift_plot(spec: dict, run_dir: str) -> Path | None:
     return plot_drift(drift, Path(_fill(spec.get("out", "{run_dir}/drift.png"), run_dir)), swapped, threshold)
 
 
-def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False) -> dict:
+def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False, retrain_llm: bool = False) -> dict:
     """Run every stage (skipping finished ones), then the test table of `table.stage`."""
     run_dir = str(config.get("run_dir") or "runs/pipeline")
-    stages = config.get("stages") or []
+    stages = [s for s in config.get("stages") or [] if s.get("when") != "retrain_llm" or retrain_llm]
     if not stages:
         raise ValueError("pipeline config has no `stages` list")
+    llm = llm_source(config, run_dir, retrain_llm)
     summary: dict = {"stages": {}}
     background: dict[str, Background] = {}
     os.environ.setdefault("WANDB_RUN_GROUP", Path(run_dir).name)  # the stages' W&B runs, grouped
@@ -244,7 +274,7 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
                 print(f"== {name}: finished before ({done}); skipped")
                 summary["stages"][name] = json.loads(done.read_text())
                 continue
-            args = stage_args(stage, run_dir, list(extra or []))
+            args = stage_args(stage, run_dir, list(extra or []), llm)
             if (stage_dir / "checkpoints" / "last.ckpt").exists() and not force:
                 args += ["--ckpt_path", "last"]
             if stage.get("wait_for"):
@@ -288,6 +318,9 @@ def main() -> None:
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="rerun finished stages from scratch")
     p.add_argument("--run_dir", help="override the config's run_dir")
+    p.add_argument("--retrain-llm", action="store_true",
+                   help="train the tiny LLM from scratch (the config's llm.stage) instead of starting from the shipped "
+                        "asset (docs/tiny_llm.md)")
     a, extra = p.parse_known_args()
     # run.py's LightningCLI gets each stage's arguments explicitly, not this command line
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -295,7 +328,11 @@ def main() -> None:
     config = yaml.safe_load(a.config.read_text())
     if a.run_dir:
         config["run_dir"] = a.run_dir
-    run_pipeline(config, extra, a.force)
+    try:
+        run_pipeline(config, extra, a.force, a.retrain_llm)
+    except AssetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

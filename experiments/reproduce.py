@@ -8,9 +8,10 @@ several seeds:
   c  the method: phone-CTC pretraining, alignment on its first snapshot, IA-SFT hot-swapping the
      later snapshots (a deterministic replay of pretraining running beside it), joint SFT;
   d  as c, with character-CTC pretraining (entropy_asr.text.chars) instead of phones.
-Each stage is experiments/run.py on the tiny configs plus the overrides built here. The text step
-(the LLM learning to read) is shared by every recipe and seed; a seed sets the speech stages'
-initialization and data order (seed_everything, data.seed). Pretraining runs once per seed and
+Each stage is experiments/run.py on the tiny configs plus the overrides built here. The LLM and its
+pseudo-speech reader are the shipped pretrained asset (docs/tiny_llm.md), the same for every
+recipe and seed; a seed sets the speech stages' initialization and data order (seed_everything,
+data.seed). Pretraining runs once per seed and
 unit (b and c share the phone run), and IA-SFT replays its snapshots (callbacks.EncoderHotSwap
 replay_*) as if pretraining ran beside it at the pace measured in the tiny pipeline, so each
 run is reproducible and the recipes differ only in what they train.
@@ -40,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from entropy_asr.assets import asset_dir
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.data.synthetic import corpus_dir, ensure_corpus
 from entropy_asr.metrics.cka import linear_cka
@@ -116,7 +118,7 @@ class Study:
     def __init__(self, out: Path, size: Size, seed: int):
         self.out, self.size, self.seed = out, size, seed
         self.dir = out / f"seed{seed}"
-        self.lm = out / "text" / "pretrain_lm" / "export"
+        self.lm = asset_dir("tiny_llm")  # the pretrained LLM and its reader, checked against this code's corpus
         self.chars = out / "chars.json"
         self.synthetic = {"utterances": size.utterances, "seed": 0}
 
@@ -340,12 +342,6 @@ def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra
     if "d" in recipes and not (out / "chars.json").exists():
         inv = build_char_inventory(root / "train", out / "chars.json")
         print(f"== character inventory: {len(inv)} symbols -> {out / 'chars.json'}", flush=True)
-    text_args = ["--data.init_args.synthetic", json.dumps({"utterances": size.utterances, "seed": 0}),
-                 "--test", "false", "--trainer.enable_progress_bar", "false", *size.trainer, *extra]
-    if size is SIZES["smoke"]:
-        text_args += ["--trainer.max_steps", "10", "--trainer.limit_val_batches", "0"]
-    run_pipeline({"run_dir": str(out / "text"), "stages": [
-        {"name": "pretrain_lm", "config": str(CONFIGS / "pretrain_lm.yaml")}]}, text_args)
     summaries: dict[str, list[dict]] = {r: [] for r in recipes}
     for seed in seeds:
         study = Study(out, size, seed)

@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from entropy_asr.assets import check_if_asset
 from entropy_asr.metrics.error_rate import ErrorRates
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
@@ -145,6 +146,8 @@ class SpeechLLMModule(L.LightningModule):
         if self.net is not None:
             return
         c = self.configs
+        for path in [c["llm"].name_or_path if c["llm"] else None, *self.init_from.values()]:
+            check_if_asset(path)  # a shipped asset must match this code's data (AssetError says how to remake it)
         self.net = SpeechLLM(c["encoder"], c["ctc_head"], c["adapter"], c["llm"], c["prompt"], c["phone_frames"])
         for component, path in self.init_from.items():
             load_component(getattr(self.net, component), path, component)

@@ -21,11 +21,18 @@ from lightning_modules.base import SpeechLLMModule
 SECONDS_PER_FRAME = 0.04  # pseudo frames are 25 Hz encoder frames
 
 
+def _reading(phones: list[int], language: str) -> list[int] | None:
+    """What the reader sees of one item: its phones, or a silence-only layout (None) for a non-speech clip."""
+    return None if language == "none" else phones
+
+
 class PretrainLM(SpeechLLMModule):
     """LLM (+ phone_frames + adapter) on text batches {"text", "language", "phones"}.
 
-    Validation reports val/loss (nats per token, text only) and, when reading, val/read_loss and
-    the error rates of transcripts decoded from clean pseudo speech.
+    Validation reports val/loss (nats per token, text only) or, when reading, val/read_loss (nats
+    per transcript token given the pseudo speech: the number to watch), the error rates of
+    transcripts decoded from clean pseudo speech, and val/text_loss (without the speech, which
+    rises as the LLM learns to rely on it).
 
     Args:
         tokenizer_vocab_size: with the tiny from-config LLM (llm.name_or_path null and
@@ -90,20 +97,26 @@ class PretrainLM(SpeechLLMModule):
         if not self.reading:
             return self.net.lm_loss(None, None, batch["text"])
         rng = random.Random(f"pretrain_lm/{self.seed}/{self.global_step}/{self.global_rank}")
-        phones = [p if rng.random() < self.read_share else [] for p in batch["phones"]]
+        phones = [_reading(p, lang) if rng.random() < self.read_share else []
+                  for p, lang in zip(batch["phones"], batch["language"])]
         speech, speech_lens, _ = self.pseudo_speech(phones, rng, train=True)
         return self.net.lm_loss(speech, speech_lens, batch["text"])
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         bs = len(batch["text"])
-        self.log("val/loss", self.net.lm_loss(None, None, batch["text"]), prog_bar=True, batch_size=bs,
-                 sync_dist=True)
+        # Without reading, the text-only loss is the LM's number. With it, watch val/read_loss and
+        # the reading error rates instead: val/text_loss (the transcript with the speech slot left
+        # out) rises while the LLM learns to take the transcript from the speech rather than guess it.
+        text_loss = self.net.lm_loss(None, None, batch["text"])
+        self.log("val/text_loss" if self.reading else "val/loss", text_loss, prog_bar=not self.reading,
+                 batch_size=bs, sync_dist=True)
         if not self.reading:
             return
         rng = random.Random(f"pretrain_lm-val/{self.seed}/{batch_idx}")  # the same layouts at every validation
-        speech, speech_lens, frames = self.pseudo_speech(batch["phones"], rng, train=False)
-        self.log("val/read_loss", self.net.lm_loss(speech, speech_lens, batch["text"]), batch_size=bs,
-                 sync_dist=True)
+        phones = [_reading(p, lang) for p, lang in zip(batch["phones"], batch["language"])]
+        speech, speech_lens, frames = self.pseudo_speech(phones, rng, train=False)
+        self.log("val/read_loss", self.net.lm_loss(speech, speech_lens, batch["text"]), prog_bar=True,
+                 batch_size=bs, sync_dist=True)
         durations = (frames * SECONDS_PER_FRAME).tolist()
         hyps = self.net.decode_speech(speech, speech_lens, durations, self.decode)
         self.val_rates.update(hyps, batch["text"], batch["language"])

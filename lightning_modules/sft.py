@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from entropy_asr.assets import check_if_asset
 from entropy_asr.model.export import load_component
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.pseudo_speech import (
@@ -85,6 +86,7 @@ class SpeechSFT(SpeechLLMModule):
             "adapter": Adapter(width, self.net.adapter.net[-1].out_features, a.k, a.hidden_dim, a.dropout),
         })
         for name in ("phone_frames", "adapter"):
+            check_if_asset(getattr(self.distill, name))
             load_component(self.teacher[name], getattr(self.distill, name), name)
         if self.distill.aligner is not None:  # a fixed phone aligner of its own
             self.teacher["encoder"] = copy.deepcopy(self.net.encoder)

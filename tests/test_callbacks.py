@@ -11,11 +11,11 @@ import torch
 
 from callbacks import hot_swap
 from callbacks.cka_drift import CKADriftMonitor
-from callbacks.common import evenly_spaced, sha256_file
+from callbacks.common import evenly_spaced
 from callbacks.hot_swap import EncoderHotSwap, complete_snapshots
 from entropy_asr.data.shards import atomic_write_json
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
-from entropy_asr.model.export import load_component, save_component
+from entropy_asr.model.export import load_component, save_component, sha256_file
 from experiments.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,12 @@ def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4,
     return run_dir / "export" / "snapshots"
 
 
-def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, tmp_path):
+def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, tmp_path, monkeypatch):
+    from callbacks import cka_drift
+
+    saved = []
+    real_save = cka_drift.save_component
+    monkeypatch.setattr(cka_drift, "save_component", lambda m, path, *a: saved.append(path.name) or real_save(m, path, *a))
     snaps = pretrain(tiny_corpus, tmp_path / "drift", threshold=1.0)  # any change counts as drift
     checks = [json.loads(line) for line in (snaps / "drift.jsonl").read_text().splitlines()]
     assert [c["step"] for c in checks] == [1, 2, 3, 4, 4]  # every step, then the final check
@@ -47,6 +52,9 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
     assert (tmp_path / "drift" / "drift.png").stat().st_size > 1000  # the curve, as a picture
     last = json.loads(markers[-1].read_text())
     assert last["final"] is True and set(last["files"]) == {"encoder", "ctc_head"}
+    # the final check at step 4 re-marks the check's snapshot of the same weights: the files are written once
+    # (a rewrite would change their checksums, and a hot-swap that took them would not know them as final)
+    assert saved.count("encoder-step00000004.safetensors") == 1
     for component, name in last["files"].items():
         assert sha256_file(snaps / name) == last["sha256"][component]
     encoder = ConformerEncoder(EncoderConfig(**ENC))
@@ -56,7 +64,7 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
 def test_no_drift_exports_only_the_final_snapshot(tiny_corpus, tmp_path):
     logger = {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {"every_n_steps": 2, "probe_batches": 1}}
     probe = {"class_path": "callbacks.AccessibleInformationProbe",
-             "init_args": {"every_n_steps": 2, "probe_batches": 1, "test_every": 2, "at_start": False}}
+             "init_args": {"every_n_steps": 2, "probe_batches": 2, "test_every": 2, "at_start": False}}  # all of dev
     snaps = pretrain(tiny_corpus, tmp_path / "stable", threshold=1e-9, steps=3, extra=[logger, probe],
                      monitor_args={"export_reference": False})
     markers = sorted(snaps.glob("snapshot-step*.json"))

@@ -40,7 +40,9 @@ def test_two_ddp_ranks_train_on_different_shards_and_validate_every_utterance_on
     ranks = [json.loads((tmp_path / "keys" / f"keys-rank{r}.json").read_text()) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
     shard_of = keys_in(tiny_corpus / "train")
-    shards = [{shard_of[k] for k in r["train"]} for r in ranks]
+    nonspeech = set(keys_in(tiny_corpus / "train_nonspeech"))  # mixed in (nonspeech_share); every rank reads them
+    assert all(k in shard_of or k in nonspeech for r in ranks for k in r["train"])
+    shards = [{shard_of[k] for k in r["train"] if k in shard_of} for r in ranks]
     assert shards[0] and shards[1] and not shards[0] & shards[1]  # each rank reads its own training shards
     dev = set(keys_in(tiny_corpus / "train"))
     epochs = 2  # 4 steps at 2 batches an epoch: validation ran after each epoch

@@ -14,7 +14,8 @@ import yaml
 from entropy_asr.data import benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
-ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
+# the shipped tiny LLM's adapter reads 144-wide frames: the shrunk encoder keeps the width, not the depth
+ENC = {"d_model": 144, "num_layers": 1, "num_heads": 4, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 SMALL_LLM = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
              "head_dim": 16, "intermediate_size": 64}
 
@@ -53,26 +54,39 @@ def shrunk_pipeline(corpus: Path, run_dir: Path) -> dict:
         for cb in o.get("trainer.callbacks", []):
             if cb["class_path"].endswith("AccessibleInformationProbe"):
                 cb["init_args"]["test_every"] = 2  # the 60-utterance corpus' dev split is a handful
-        stage.update(_renamed({k: v for k, v in stage.items() if k != "name"}, "-step00000400", "-step00000001"))
+        stage.update(_renamed({k: v for k, v in stage.items() if k != "name"}, "-step00001200", "-step00000001"))
     return cfg
 
 
+def pipeline_command(tiny_corpus, tmp_path: Path, *extra: str) -> list[str]:
+    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    return [sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--config", str(tmp_path / "p.yaml"),
+            "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--data.init_args.synthetic", syn,
+            "--data.init_args.num_workers", "0", *extra]
+
+
 def test_pipeline_runs_every_stage_and_writes_the_table(tiny_corpus, tmp_path):
+    """From the shipped LLM asset (no text step): pretraining beside align and IA-SFT, then joint SFT."""
     cfg = shrunk_pipeline(tiny_corpus, tmp_path / "runs")
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
-    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
-    cmd = [sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--config", str(tmp_path / "p.yaml"),
-           "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1", "--data.init_args.synthetic", syn,
-           "--data.init_args.num_workers", "0", "--trainer.enable_progress_bar", "false"]
+    cmd = pipeline_command(tiny_corpus, tmp_path)  # the progress bar on: in a log, LineProgress's plain lines
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| test set | CER zh | WER en | MER mix |" in out.stdout
+    assert "| test set | CER zh | WER en | MER mix | non-speech emission |" in out.stdout
     summary = json.loads((tmp_path / "runs" / "results.json").read_text())
-    assert set(summary["stages"]) == {"pretrain_lm", "pretrain_ctc", "align", "ia_sft", "joint_sft"}
-    assert set(summary["table"]) == {"test", "test_unseen_voice"}
+    assert set(summary["stages"]) == {"pretrain_ctc", "align", "ia_sft", "joint_sft"}
+    assert set(summary["table"]) == {"test", "test_unseen_voice", "nonspeech"}
     scored = summary["table"]["test"]  # the 60-utterance corpus' test split holds a few utterances
     assert scored and set(scored) <= {"cer_zh", "wer_en", "mer_mix"} and all(v >= 0 for v in scored.values())
+    assert set(summary["table"]["nonspeech"]) == {"nonempty_none"}
+    from entropy_asr.assets import ROOT as ASSETS
+
+    align_cfg = yaml.safe_load((tmp_path / "runs" / "align" / "config.yaml").read_text())
+    assert align_cfg["model"]["init_args"]["llm"]["name_or_path"] == str(ASSETS / "tiny_llm" / "llm")
+    # the log says what matters: a line per stage and the background stage's end, no banners
+    assert "== pretrain_ctc (background):" in out.stdout and "GPU available" not in out.stdout + out.stderr
+    assert "Loading weights" not in out.stderr and "Epoch" not in out.stdout
     # pretraining ran beside align and IA-SFT: IA-SFT ended on its final snapshot (step 2), waited for at step 1
     swaps = summary["stages"]["ia_sft"]["encoder_swaps"]
     assert swaps and swaps[-1]["path"].endswith("encoder-step00000002.safetensors") and swaps[-1]["step"] <= 1
@@ -84,7 +98,7 @@ def test_pipeline_runs_every_stage_and_writes_the_table(tiny_corpus, tmp_path):
     assert (tmp_path / "runs" / "pretrain_ctc" / "stdout.log").exists()
     # a second run finds every stage finished and skips it
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
-    assert again.returncode == 0 and again.stdout.count("finished before") == 5, again.stderr[-3000:]
+    assert again.returncode == 0 and again.stdout.count("finished before") == 4, again.stderr[-3000:]
     # a stage without results.json (interrupted) resumes from its last.ckpt instead of starting over
     (tmp_path / "runs" / "joint_sft" / "results.json").unlink()
     resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
@@ -93,9 +107,25 @@ def test_pipeline_runs_every_stage_and_writes_the_table(tiny_corpus, tmp_path):
     assert json.loads((tmp_path / "runs" / "joint_sft" / "results.json").read_text())["global_step"] == 2
 
 
+def test_pipeline_retrains_the_llm_when_asked(tiny_corpus, tmp_path):
+    """--retrain-llm runs the text step first, and the stages read its export instead of the asset."""
+    cfg = shrunk_pipeline(tiny_corpus, tmp_path / "runs")
+    cfg["stages"] = [s for s in cfg["stages"] if s["name"] in ("pretrain_lm", "pretrain_ctc", "align")]
+    cfg.pop("drift_plot")
+    cfg["table"] = {"stage": "align", "sets": ["test"]}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    out = subprocess.run(pipeline_command(tiny_corpus, tmp_path, "--retrain-llm", "--trainer.enable_progress_bar",
+                                          "false"), capture_output=True, text=True, cwd=ROOT, check=False,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.index("== pretrain_lm:") < out.stdout.index("== align:")
+    align_cfg = yaml.safe_load((tmp_path / "runs" / "align" / "config.yaml").read_text())
+    assert align_cfg["model"]["init_args"]["llm"]["name_or_path"] == f"{tmp_path}/runs/pretrain_lm/export/llm"
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> dict:
-    """The README's main command as is (about 14 minutes on 2 cores); its results.json."""
+    """The README's main command as is (about 20 minutes on 2 cores, the corpus build included); its results.json."""
     runs = tmp_path_factory.mktemp("tiny") / "runs"
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--config",
                           str(ROOT / "experiments" / "tiny" / "pipeline.yaml"), "--run_dir", str(runs),
@@ -107,43 +137,49 @@ def tiny_pipeline(tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_tiny_pipeline_runs_pretraining_and_ia_sft_side_by_side(tiny_pipeline):
-    """Issue 4: IA-SFT swaps in snapshots while pretraining runs (at least 2), then the final one, then joint SFT."""
+    """IA-SFT swaps in snapshots while pretraining runs (at least 2), then the final one, then joint SFT."""
     runs, log = tiny_pipeline["_runs"], tiny_pipeline["_stdout"]
     swaps = [json.loads(line) for line in (runs / "ia_sft" / "swaps.jsonl").read_text().splitlines()]
     assert len([s for s in swaps if not s["final"]]) >= 2 and swaps[-1]["final"], swaps
     assert [s["snapshot_step"] for s in swaps] == sorted({s["snapshot_step"] for s in swaps})  # newer each time
     final = json.loads((runs / "pretrain_ctc" / "export" / "snapshots" / f"snapshot-step{swaps[-1]['snapshot_step']:08d}"
                                                                          f".json").read_text())
-    assert final["final"] and swaps[-1]["step"] <= 300  # in by final_by_step: the last 100 steps train on it
+    ia_cfg = yaml.safe_load((runs / "ia_sft" / "config.yaml").read_text())
+    hot_swap = next(c for c in ia_cfg["trainer"]["callbacks"] if c["class_path"].endswith("EncoderHotSwap"))
+    assert final["final"] and swaps[-1]["step"] <= hot_swap["init_args"]["final_by_step"]  # the last steps train on it
     first_swap = log.index(f"[hot-swap] step {swaps[0]['step']}: encoder <- {swaps[0]['marker']}")
     assert log.index("[pretrain_ctc] [drift]") < first_swap < log.index("== joint_sft:")  # concurrent, in order
-    for png in ("drift.png", "ia_sft/entropy.png", "ia_sft/accessible_information.png"):
+    for png in ("drift.png", "ia_sft/entropy.png", "ia_sft/accessible_information.png", "joint_sft/entropy.png",
+                "joint_sft/accessible_information.png"):
         assert (runs / png).stat().st_size > 1000, png
+    for stage in ("ia_sft", "joint_sft"):  # every stage's probes make a curve; joint SFT's starts with "before"
+        probes = [json.loads(line) for line in (runs / stage / "accessible_information.jsonl").read_text().splitlines()]
+        assert len(probes) >= 2 and probes[0]["step"] == 0, stage
+        assert len((runs / stage / "entropy.jsonl").read_text().splitlines()) >= 3, stage
     # (what the metric callbacks cost is reported, not asserted: results.json's callback_share_of_fit)
     assert {"CKADriftMonitor", "AccessibleInformationProbe"} <= set(tiny_pipeline["stages"]["pretrain_ctc"][
         "callback_seconds"])
 
 
-@pytest.mark.slow
-def test_tiny_pipeline_learns(tiny_pipeline):
-    """Every stage learns: the encoder's phones, the text step's reading, and speech-to-text on `test`.
-
-    Measured on 2 cores (issue 3's note): PER 0.16, reading CER/WER 0.48/0.43, test CER/WER
-    0.67/0.68; an LLM that ignores the audio scores ~1.0 or more. The bounds leave room for noise.
-    """
-    stages = tiny_pipeline["stages"]
-    assert stages["pretrain_ctc"]["test"]["test"]["per"] <= 0.25
-    assert stages["pretrain_lm"]["val"]["val/cer_zh"] <= 0.7 and stages["pretrain_lm"]["val"]["val/wer_en"] <= 0.6
-    table = tiny_pipeline["table"]["test"]
-    assert table["cer_zh"] <= 0.85 and table["wer_en"] <= 0.8, table
+def _dev_rates(stage: dict) -> dict[str, float]:
+    return {k: v for k, v in stage["val"].items() if k in ("val/cer_zh", "val/wer_en", "val/mer_mix")}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 3's targets are not reached on 2 cores in 20 minutes yet (see the "
-                                       "issue's note: the tiny LLM's reading and the CTC encoder are the limits)")
 def test_tiny_pipeline_reaches_issue_targets(tiny_pipeline):
-    table = tiny_pipeline["table"]["test"]
-    assert table["cer_zh"] <= 0.25 and table["wer_en"] <= 0.30, table
+    """Issue 13's targets: a recognizer that works, says nothing on non-speech, holds on unseen voices, and
+    gets better at every stage on dev (joint SFT included). The wall time (<= 20 minutes) is reported in
+    results.json's wall_seconds, not asserted."""
+    table = tiny_pipeline["table"]
+    test, unseen = table["test"], table["test_unseen_voice"]
+    assert test["cer_zh"] <= 0.20 and test["wer_en"] <= 0.20 and test["mer_mix"] <= 0.25, test
+    for key in ("cer_zh", "wer_en", "mer_mix"):
+        assert unseen[key] <= 1.5 * test[key], (key, unseen, test)
+    assert table["nonspeech"]["nonempty_none"] <= 0.05, table["nonspeech"]
+    stages = tiny_pipeline["stages"]
+    for before, after in (("align", "ia_sft"), ("ia_sft", "joint_sft")):
+        a, b = _dev_rates(stages[before]), _dev_rates(stages[after])
+        assert a and set(a) == set(b) and all(b[k] < a[k] for k in a), (before, a, after, b)
 
 
 def test_benchmark_prints_json_last(tiny_corpus):

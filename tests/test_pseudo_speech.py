@@ -19,7 +19,7 @@ from entropy_asr.text import PHONES
 def fixed(**kw) -> PhoneFrames:
     """Deterministic layout: fixed durations and edges, no pauses unless asked."""
     cfg = {"dim": 8, "frames_per_phone": (2, 2), "edge_silence": (1, 1), "pause_prob": 0.0, "substitution": 0.0,
-           **kw}
+           "deletion": 0.0, **kw}
     return PhoneFrames(PhoneFramesConfig(**cfg))
 
 
@@ -55,6 +55,25 @@ def test_substitution_only_in_training_and_never_blank_or_unk():
     noisy, _ = pf.layout(phones, random.Random(0), train=True)
     subs = noisy[0, 1:-1:2]
     assert subs.tolist() != phones[0] and bool((subs >= 2).all()) and bool((subs < len(PHONES)).all())
+
+
+def test_deletion_only_in_training():
+    pf = fixed(deletion=0.5)
+    phones = [list(range(2, 42))]
+    clean, lens = pf.layout(phones, random.Random(0), train=False)
+    assert int(lens[0]) == 2 + 2 * 40  # every phone held 2 frames, 1 frame of silence at each end
+    dropped, lens = pf.layout(phones, random.Random(0), train=True)
+    kept = [t for t in dropped[0, 1:int(lens[0]) - 1:2].tolist()]
+    assert 5 < len(kept) < 35 and kept == [p for p in phones[0] if p in kept]  # a subsequence, in order
+
+
+def test_a_silence_layout_for_non_speech():
+    pf = fixed(silence_frames=(10, 20))
+    rng = random.Random(0)
+    for _ in range(20):
+        ids, lens = pf.layout([None, [5]], rng, train=True)
+        assert 10 <= int(lens[0]) <= 20 and bool((ids[0] == SILENCE_ID).all())  # all silence: reads as nothing
+        assert int(lens[1]) == 4
 
 
 def test_frames_are_zero_past_each_length_and_noise_only_when_asked():

@@ -89,7 +89,7 @@ def test_first_stages_export_components(exports):
     assert (exports["root"] / "pretrain_ctc" / "export" / "ctc_head.safetensors").exists()
     lm = exports["outs"]["pretrain_lm"]["val"]
     # the text step validates reading: dev sentences decoded from clean pseudo speech, scored
-    assert {"val/loss", "val/read_loss", "val/cer_zh", "val/wer_en"} <= set(lm)
+    assert {"val/text_loss", "val/read_loss"} <= set(lm) and {"val/cer_zh", "val/wer_en", "val/mer_mix"} & set(lm)
 
 
 def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
@@ -113,7 +113,7 @@ def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
                *common(tiny_corpus), *small_models(stage)])
     assert out["global_step"] == 1 and out["skipped_batches"] == 0
     assert math.isfinite(out["val"]["val/loss"])
-    assert {"val/cer_zh", "val/wer_en"} <= set(out["val"])  # validation decoded text and scored it
+    assert {"val/cer_zh", "val/wer_en", "val/mer_mix"} & set(out["val"])  # validation decoded text and scored it
     written = sorted(p.name for p in (tmp_path / stage / "export").iterdir())
     expected = {"align": ["adapter.safetensors"], "ia_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
                 "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"]}[stage]
@@ -346,9 +346,14 @@ def test_error_rates_known_answers():
     per = PhoneErrorRate()
     per.update([[1, 2, 3]], [[1, 2, 4, 5]])
     assert float(per.compute()["per"]) == pytest.approx(2 / 4)
+    assert set(per.compute()) == {"per"}  # no clip without phones: no phones_per_clip
     silent = PhoneErrorRate()
     silent.update([[7, 8], []], [[], []])
-    assert float(silent.compute()["phones_per_clip"]) == pytest.approx(1.0)
+    assert {k: float(v) for k, v in silent.compute().items()} == {"phones_per_clip": pytest.approx(1.0)}
+    mixed = PhoneErrorRate()  # non-speech clips in the batch are counted apart: the PER does not move
+    mixed.update([[1, 2, 3], [7, 8, 9], [], [4]], [[1, 2, 4, 5], [], [], []])
+    out = {k: float(v) for k, v in mixed.compute().items()}
+    assert out == {"per": pytest.approx(2 / 4), "phones_per_clip": pytest.approx(4 / 3)}
     lp = torch.full((1, 6, 4), -10.0)
     for t, k in enumerate([0, 2, 2, 0, 2, 3]):
         lp[0, t, k] = 0.0

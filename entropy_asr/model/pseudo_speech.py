@@ -31,21 +31,23 @@ class PhoneFramesConfig:
     """How phone sequences are laid out as pseudo encoder frames (all lengths in 25 Hz frames)."""
 
     dim: int = 144  # the speech encoder's width, so the adapter trained here has the speech stages' shape
-    frames_per_phone: tuple[int, int] = (2, 5)  # uniform, inclusive: 80-200 ms per phone
+    frames_per_phone: tuple[int, int] = (1, 5)  # uniform, inclusive: 40-200 ms per phone (fast to slow speakers)
     edge_silence: tuple[int, int] = (1, 6)  # leading and trailing silence
     pause_prob: float = 0.05  # chance of a pause after each phone
     pause_frames: tuple[int, int] = (1, 3)
     substitution: float = 0.1  # share of phones replaced by a random one in training (encoder errors)
+    deletion: float = 0.03  # share of phones dropped in training (a CTC encoder's commonest error)
     noise: float = 0.3  # Gaussian noise on training frames, relative to the table's spread
+    silence_frames: tuple[int, int] = (10, 150)  # length of a silence-only layout (a non-speech clip)
 
     def __post_init__(self):
-        for name in ("frames_per_phone", "edge_silence", "pause_frames"):
+        for name in ("frames_per_phone", "edge_silence", "pause_frames", "silence_frames"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi or (name == "frames_per_phone" and lo < 1):
                 raise ValueError(f"phone_frames.{name} must be [low, high] frames with 0 <= low <= high "
                                  f"(low >= 1 for frames_per_phone), got {[lo, hi]}")
             setattr(self, name, (int(lo), int(hi)))
-        for name in ("pause_prob", "substitution"):
+        for name in ("pause_prob", "substitution", "deletion"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise < 0 or self.dim < 1:
@@ -60,19 +62,26 @@ class PhoneFrames(nn.Module):
         self.cfg = cfg
         self.table = nn.Embedding(len(PHONES), cfg.dim)  # row SILENCE_ID: silence
 
-    def layout(self, phones: list[list[int]], rng: random.Random, train: bool) -> tuple[Tensor, Tensor]:
-        """Frame-level phone ids (B, T) and lengths (B,); an empty phone list gives zero frames.
+    def layout(self, phones: list[list[int] | None], rng: random.Random, train: bool) -> tuple[Tensor, Tensor]:
+        """Frame-level phone ids (B, T) and lengths (B,); an empty phone list gives zero frames (no speech
+        slot: text only), None a silence-only layout (a non-speech clip, which reads as nothing).
 
-        Durations, pauses and edges are always random (from `rng`); substitutions only in training.
+        Durations, pauses and edges are always random (from `rng`); substitutions and deletions only
+        in training.
         """
         c = self.cfg
         rows = []
         for ids in phones:
+            if ids is None:
+                rows.append([SILENCE_ID] * rng.randint(*c.silence_frames))
+                continue
             if not ids:
                 rows.append([])
                 continue
             row = [SILENCE_ID] * rng.randint(*c.edge_silence)
             for p in ids:
+                if train and c.deletion and rng.random() < c.deletion:
+                    continue
                 if train and rng.random() < c.substitution:
                     p = rng.randrange(_FIRST_REAL_PHONE, len(PHONES))
                 row += [p] * rng.randint(*c.frames_per_phone)

@@ -7,7 +7,6 @@ know which kind it got.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -15,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from entropy_asr.model.export import replace_dir
 
 SPEECH_TOKEN = "<speech>"  # replaced by the adapter's speech embeddings (METHOD.md: the prompt)
 PAD_TOKEN = "<|endoftext|>"  # Qwen's document separator doubles as padding
@@ -68,13 +69,7 @@ def _save_atomically(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
     try:
         tokenizer.save_pretrained(tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private; the tokenizer is a shared artefact
-        if out_dir.exists():  # rename() cannot replace a non-empty directory: move the old one aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "tok")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
