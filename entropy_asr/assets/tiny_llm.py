@@ -87,13 +87,14 @@ def _git_commit() -> str:
                              cwd=Path(__file__).resolve().parent)
         status = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parent).stdout.splitlines()
-        dirty = [line for line in status if not line[3:].startswith(f"entropy_asr/assets/{NAME}")]  # but the asset
+        dirty = [line for line in status  # code or configs changed since (the asset itself and docs do not count)
+                 if not (line[3:].startswith(f"entropy_asr/assets/{NAME}") or line.endswith(".md"))]
         return out.stdout.strip() + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
-def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "float16") -> dict:
+def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "float16", note: str = "") -> dict:
     """Copy a pretrain_lm run's export into an asset dir (weights in `dtype`), measure it, write its card."""
     from safetensors.torch import load_file, save_file
 
@@ -130,7 +131,7 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
                                     f"--run_dir {run_dir}", "steps": results.get("global_step"),
                          "fit_seconds": results.get("fit_seconds"), "val": results.get("val", {}),
                          "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-                         "commit": _git_commit()},
+                         "commit": _git_commit(), **({"note": note} if note else {})},
             "reading_dev": reading,
             "reading_seconds": round(time.perf_counter() - t0, 1),
             "files": files,
@@ -152,12 +153,13 @@ def main(argv: list[str] | None = None) -> None:
     k = sub.add_parser("package", help="a pretrain_lm run dir -> the asset (weights, card)")
     k.add_argument("run_dir")
     k.add_argument("--out", default=str(ROOT / NAME))
+    k.add_argument("--note", default="", help="how the run went, for the card (e.g. resumed at step N)")
     a = p.parse_args(argv)
     if a.cmd == "measure":
         print(json.dumps({"dir": a.dir, "card": card(a.dir).get("reading_dev") if (Path(a.dir) / CARD).exists()
                           else None, "measured": measure_reading(a.dir)}))
     else:
-        info = package(a.run_dir, a.out)
+        info = package(a.run_dir, a.out, note=a.note)
         print(json.dumps({k: info[k] for k in ("data", "reading_dev", "training")}, ensure_ascii=False))
 
 
