@@ -103,7 +103,7 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
     run_dir, out = Path(run_dir), Path(out)
     export = run_dir / "export"
     results = json.loads((run_dir / "results.json").read_text())
-    cast = getattr(torch, dtype)
+    cast, commit = getattr(torch, dtype), _git_commit()  # before the temp dir exists
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         shutil.copytree(export / "llm", tmp / "llm")
@@ -131,7 +131,7 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
                                     f"--run_dir {run_dir}", "steps": results.get("global_step"),
                          "fit_seconds": results.get("fit_seconds"), "val": results.get("val", {}),
                          "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
-                         "commit": _git_commit(), **({"note": note} if note else {})},
+                         "commit": commit, **({"note": note} if note else {})},
             "reading_dev": reading,
             "reading_seconds": round(time.perf_counter() - t0, 1),
             "files": files,
