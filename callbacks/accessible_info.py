@@ -192,7 +192,7 @@ class AccessibleInformationProbe(MeasuredCallback):
                 texts_ok = [i for i, t in enumerate(texts) if t.strip()]  # non-speech has nothing to score
                 if texts_ok:
                     keep = torch.tensor(texts_ok, device=device)
-                    speech, speech_lens = net.adapter(frames[keep], frame_lens[keep])  # (b, N, H)
+                    speech, speech_lens = net.adapt(frames[keep], frame_lens[keep])  # (b, N, H)
                     chosen = [texts[i] for i in texts_ok]
                     embed = net.llm.get_input_embeddings()
                     without = transcript_scores(net.llm, net.prompt, embed, None, None, chosen)

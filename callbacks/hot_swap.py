@@ -69,8 +69,9 @@ def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | 
         try:
             meta = json.loads(marker.read_text())
             encoder = marker.parent / meta["files"]["encoder"]
-            if sha256_file(encoder) != meta["sha256"]["encoder"]:
-                raise ValueError(f"checksum mismatch for {encoder.name}")
+            for component, name in meta["files"].items():  # the encoder and what goes with it (its CTC head)
+                if sha256_file(marker.parent / name) != meta["sha256"][component]:
+                    raise ValueError(f"checksum mismatch for {name}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("hot-swap: skipping snapshot %s (%s)", marker.name, e)
             if skip is not None:

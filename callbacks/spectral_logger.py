@@ -46,7 +46,7 @@ def representation_spectra(net, probe: list[tuple[torch.Tensor, torch.Tensor]], 
         rows["encoder"].append(frames[valid].float().cpu())
         if net.adapter is None:
             continue
-        speech, speech_lens = net.adapter(frames, frame_lens)  # (B, N, H)
+        speech, speech_lens = net.adapt(frames, frame_lens)  # (B, N, H)
         valid = torch.arange(speech.shape[1], device=device)[None, :] < speech_lens[:, None]
         rows["adapter"].append(speech[valid].float().cpu())
         if net.llm is None:

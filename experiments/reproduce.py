@@ -147,12 +147,16 @@ class Study:
         s, lm, run = self.size, self.lm, self.dir / name
         phone = self.pretrain_dir("phones")
         probe = _probe(phone / "export", s.total)
+        # the recipes compare the paper's stages: the adapter reads encoder frames (the tiny pipeline's configs
+        # read the CTC head's phone posteriors instead; a character head could not)
+        frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"}, "model.init_args.phone_frames": None}
+        no_head = {**frames, "model.init_args.ctc_head": None}
         lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
         distill = {"phone_frames": str(lm / "phone_frames.safetensors"), "adapter": str(lm / "adapter.safetensors"),
                    "weight": 1.0}
         if name == "a":
             return [{"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                **lm_init, "trainer.max_steps": s.total,
+                **lm_init, **no_head, "trainer.max_steps": s.total,
                 "model.init_args.init": {"adapter": str(lm / "adapter.safetensors")},
                 "model.init_args.optim": {"lr": s.single_stage_lr, "warmup_steps": 100, "weight_decay": 0.01},
                 "trainer.callbacks": [probe]}}]
@@ -160,13 +164,13 @@ class Study:
             pre = phone / "export"
             return [
                 {"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
-                    **lm_init, "trainer.max_steps": s.align,
+                    **lm_init, **frames, "trainer.max_steps": s.align,
                     "model.init_args.init": {"encoder": str(pre / "encoder.safetensors"),
                                              "ctc_head": str(pre / "ctc_head.safetensors"),
                                              "adapter": str(lm / "adapter.safetensors")},
                     "model.init_args.distill": distill}},
                 {"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                    **lm_init, "trainer.max_steps": s.ia_sft + s.joint,
+                    **lm_init, **no_head, "trainer.max_steps": s.ia_sft + s.joint,
                     "model.init_args.init": {"encoder": str(pre / "encoder.safetensors"),
                                              "adapter": str(run / "align" / "export" / "adapter.safetensors")},
                     # the LLM gets IA-SFT's learning rate, as in c, over the steps IA-SFT and joint SFT share there
@@ -187,10 +191,10 @@ class Study:
         ia = run / "ia_sft" / "export"
         return [
             {"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
-                **lm_init, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
+                **lm_init, **frames, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
                 "model.init_args.distill": distill}},
             {"name": "ia_sft", "config": str(CONFIGS / "ia_sft.yaml"), "overrides": {
-                **lm_init, "trainer.max_steps": s.ia_sft,
+                **lm_init, **no_head, "trainer.max_steps": s.ia_sft,
                 "model.init_args.init": {"encoder": _snapshot(pre, "encoder", ref),
                                          "adapter": str(run / "align" / "export" / "adapter.safetensors")},
                 "trainer.callbacks": [{"class_path": "callbacks.EncoderHotSwap", "init_args": {
@@ -198,7 +202,7 @@ class Study:
                     "final_by_step": s.final_by_step, "replay_start": s.replay_start,
                     "replay_pace": round(s.replay_pace(), 3)}}]}},
             {"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                "model.init_args.llm.name_or_path": str(ia / "llm"), "trainer.max_steps": s.joint,
+                "model.init_args.llm.name_or_path": str(ia / "llm"), **no_head, "trainer.max_steps": s.joint,
                 "model.init_args.init": {"encoder": str(ia / "encoder.safetensors"),
                                          "adapter": str(ia / "adapter.safetensors")},
                 "trainer.callbacks": [probe]}}]

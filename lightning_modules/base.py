@@ -273,8 +273,11 @@ class SpeechLLMModule(L.LightningModule):
         return Path(self.trainer.default_root_dir) / "export"
 
     def exported_components(self) -> list[str]:
-        """Components this stage writes: the ones that trained."""
-        return [c for c in COMPONENTS if getattr(self.net, c) is not None and not fully_frozen(getattr(self.net, c))]
+        """Components this stage writes: the ones that trained, and the frozen ones the adapter reads through
+        (adapter.input phone_posteriors: the CTC head and phone table), so the export is a whole model."""
+        through = ("ctc_head", "phone_frames") if getattr(self.net, "reads_posteriors", False) else ()
+        return [c for c in COMPONENTS if getattr(self.net, c) is not None
+                and (c in through or not fully_frozen(getattr(self.net, c)))]
 
     def export_meta(self, component: str) -> dict:
         """What an export records besides its weights: the stage, the step and the component's config."""

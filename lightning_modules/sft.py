@@ -60,8 +60,8 @@ class SpeechSFT(SpeechLLMModule):
         distill: optional DistillConfig (needs model.ctc_head and init.ctc_head).
     """
 
-    components = ("encoder", "adapter", "llm", "ctc_head")
-    optional_components = ("ctc_head",)
+    components = ("encoder", "adapter", "llm", "ctc_head", "phone_frames")
+    optional_components = ("ctc_head", "phone_frames")  # phone_frames: with adapter.input phone_posteriors
 
     def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -73,6 +73,13 @@ class SpeechSFT(SpeechLLMModule):
         if distill is not None and distill.aligner is None and self.configs["ctc_head"].units != "phones":
             raise ValueError(f"{self.stage}: model.distill lays out phones, and model.ctc_head has units "
                              f"{self.configs['ctc_head'].units!r}; set model.distill.aligner to phone CTC exports")
+        a = self.configs["adapter"]
+        missing = [c for c in ("ctc_head", "phone_frames") if c not in self.init_from]
+        if a is not None and a.input == "phone_posteriors" and missing:
+            raise ValueError(f"{self.stage}: model.adapter.input 'phone_posteriors' reads through a trained CTC head "
+                             f"and phone table; set model.init.{missing[0]} (ctc_head: the pretraining export or "
+                             f"snapshot of this encoder; phone_frames: the tiny LLM's, "
+                             f"${{asset:tiny_llm}}/phone_frames.safetensors)")
         self.distill = distill
         self.teacher: nn.ModuleDict | None = None
 
@@ -80,7 +87,10 @@ class SpeechSFT(SpeechLLMModule):
         super().configure_model()
         if self.distill is None or self.teacher is not None:
             return
-        a, width = self.configs["adapter"], self.net.encoder.output_dim
+        a = self.configs["adapter"]
+        width = self.net.encoder.output_dim  # the reader's frames are as wide as what the adapter reads
+        if self.net.reads_posteriors:
+            width = self.net.phone_frames.cfg.dim
         self.teacher = nn.ModuleDict({
             "phone_frames": PhoneFrames(PhoneFramesConfig(dim=width)),
             "adapter": Adapter(width, self.net.adapter.net[-1].out_features, a.k, a.hidden_dim, a.dropout),
@@ -90,7 +100,7 @@ class SpeechSFT(SpeechLLMModule):
             load_component(self.teacher[name], getattr(self.distill, name), name)
         if self.distill.aligner is not None:  # a fixed phone aligner of its own
             self.teacher["encoder"] = copy.deepcopy(self.net.encoder)
-            self.teacher["ctc_head"] = CTCHead(width, len(PHONES))
+            self.teacher["ctc_head"] = CTCHead(self.net.encoder.output_dim, len(PHONES))
             for name in ("encoder", "ctc_head"):
                 load_component(self.teacher[name], self.distill.aligner[name], name)
         self.teacher.requires_grad_(False).eval()
@@ -103,7 +113,7 @@ class SpeechSFT(SpeechLLMModule):
 
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
-        speech, speech_lens = self.net.adapter(frames, lens)  # (B, N, H)
+        speech, speech_lens = self.net.adapt(frames, lens)  # (B, N, H)
         loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"])
         if self.distill is not None and self.training:
             mse = self.distill_loss(frames, lens, speech, speech_lens, batch)
@@ -186,6 +196,14 @@ class IASFT(SpeechSFT):
         else:
             load_component(enc, source, "encoder")
             label = str(source)
+        if self.net.reads_posteriors:  # the adapter reads this encoder's CTC head: swap the head with it
+            if isinstance(source, dict):
+                raise ValueError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
+                                 "ctc_head-*.safetensors sibling is swapped in with it")
+            head = Path(source).with_name(Path(source).name.replace("encoder", "ctc_head", 1))
+            load_component(self.net.ctc_head, head, "ctc_head")
+            self.net.ctc_head.requires_grad_(False)
+            self.net.ctc_head.eval()
         enc.requires_grad_(False)
         enc.eval()
         self.swaps.append({"step": int(self.global_step), "path": label})
@@ -199,8 +217,9 @@ class IASFT(SpeechSFT):
                 done.add(snap.path)
 
     def exported_components(self) -> list[str]:
-        """The adapter and LLM that trained, plus the encoder they were trained on last."""
-        return ["encoder", *super().exported_components()]
+        """The adapter and LLM that trained, plus the encoder (and what the adapter reads through) they were
+        trained on last."""
+        return list(dict.fromkeys(["encoder", *super().exported_components()]))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)

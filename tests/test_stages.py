@@ -58,6 +58,8 @@ def small_models(stage: str) -> list[str]:
         probe = {"class_path": "callbacks.AccessibleInformationProbe",
                  "init_args": {"every_n_steps": 400, "probe_batches": 8, "at_start": False, "test_every": 2}}
         args += ["--trainer.callbacks", json.dumps([probe])]
+    if stage in ("align", "ia_sft", "joint_sft"):  # the adapter reads phone posteriors through the reader's table
+        args += ["--model.init_args.phone_frames", json.dumps({"dim": ENC["d_model"]})]
     if stage == "pretrain_lm":
         args += ["--model.init_args.llm.tiny", json.dumps(SMALL_LLM), "--model.init_args.tokenizer_vocab_size", "400",
                  "--data.init_args.extra_sentences", "100", "--model.init_args.phone_frames",
@@ -93,11 +95,12 @@ def test_first_stages_export_components(exports):
 
 
 def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
-    init = {"encoder": str(exports["snapshot"])}  # a fresh adapter
+    init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"]),  # a fresh adapter
+            "phone_frames": exports["reader"]["phone_frames"]}
     args = ["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(run_dir),
             "--model.init_args.llm.name_or_path", str(exports["llm"])]
     if stage == "align":  # the text step's adapter, distilled toward its reader with the snapshot's CTC head
-        init.update(ctc_head=str(exports["ctc_snapshot"]), adapter=exports["reader"]["adapter"])
+        init.update(adapter=exports["reader"]["adapter"])
         args += ["--model.init_args.distill", json.dumps(exports["reader"])]
     args += ["--model.init_args.init", json.dumps(init)]
     if stage == "ia_sft":
@@ -115,9 +118,11 @@ def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
     assert math.isfinite(out["val"]["val/loss"])
     assert {"val/cer_zh", "val/wer_en", "val/mer_mix"} & set(out["val"])  # validation decoded text and scored it
     written = sorted(p.name for p in (tmp_path / stage / "export").iterdir())
+    # what trained, plus what the adapter reads through (the CTC head and phone table): a whole model
+    through = ["ctc_head.safetensors", "phone_frames.safetensors"]
     expected = {"align": ["adapter.safetensors"], "ia_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
                 "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"]}[stage]
-    assert written == expected
+    assert written == sorted(expected + through)
 
 
 def test_resume_from_last_ckpt_continues_step_and_optimizer(tiny_corpus, tmp_path):
@@ -163,7 +168,8 @@ def build(cls, exports, **kw):
     enc = EncoderConfig(**ENC)
     args = {"encoder": enc, **kw}
     if cls is not PretrainCTC:
-        args.update(adapter=AdapterConfig(), llm=LLMConfig(name_or_path=str(exports["llm"])))
+        args.setdefault("adapter", AdapterConfig())
+        args.update(llm=LLMConfig(name_or_path=str(exports["llm"])))
     else:
         args.setdefault("ctc_head", CTCHeadConfig())
     m = cls(**args)
@@ -489,3 +495,47 @@ def test_pretrain_ctc_on_characters(exports, tiny_corpus, tmp_path):
     assert lens.tolist() == [4, 0] and targets[0].tolist() == inv.ids("ab 好")
     phones = build(PretrainCTC, exports)  # phones: the batch's own phone ids
     assert phones.ctc_targets({"phones": torch.ones(1, 3), "phone_lens": torch.tensor([3])})[1].tolist() == [3]
+
+
+def test_adapter_reading_phone_posteriors_sees_pseudo_speech(exports):
+    """adapter.input phone_posteriors: a CTC head certain of phone p on a frame hands the adapter exactly
+    the phone table's row p, so the adapter reads what the text step taught it to read."""
+    from entropy_asr.model.pseudo_speech import SILENCE_ID
+
+    reader = exports["reader"]
+    m = build(Align, exports, ctc_head=CTCHeadConfig(dropout=0.0), adapter=AdapterConfig(input="phone_posteriors"),
+              phone_frames=PhoneFramesConfig(dim=ENC["d_model"]),
+              init={"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"]),
+                    "phone_frames": reader["phone_frames"], "adapter": reader["adapter"]})
+    net = m.net.eval()
+    ids = torch.tensor([[5, 5, SILENCE_ID, 9, 12, 12, 12, 3], [7, 7, 8, 8, SILENCE_ID, 0, 0, 0]])
+    lens = torch.tensor([8, 5])
+    phones = net.phone_frames.table.num_embeddings
+    net.ctc_head.forward = lambda frames: 1e4 * torch.nn.functional.one_hot(ids, phones).float()  # certain posteriors
+    speech, speech_lens = net.adapt(torch.zeros(2, 8, ENC["d_model"]), lens)
+    want, want_lens = net.adapter(net.phone_frames(ids, lens), lens)
+    assert torch.equal(speech_lens, want_lens)
+    assert net.reads_posteriors and torch.allclose(speech, want, atol=1e-5)
+    with pytest.raises(ValueError, match=r"model.init.phone_frames"):
+        Align(encoder=EncoderConfig(**ENC), ctc_head=CTCHeadConfig(), adapter=AdapterConfig(input="phone_posteriors"),
+              llm=LLMConfig(name_or_path=str(exports["llm"])), phone_frames=PhoneFramesConfig(dim=ENC["d_model"]),
+              init={"ctc_head": str(exports["ctc_snapshot"])})
+    with pytest.raises(ValueError, match="adapter.input must be"):
+        AdapterConfig(input="posteriors")
+
+
+def test_ia_sft_swaps_the_ctc_head_with_the_encoder_when_the_adapter_reads_it(exports):
+    reader = exports["reader"]
+    m = build(IASFT, exports, ctc_head=CTCHeadConfig(dropout=0.0), adapter=AdapterConfig(input="phone_posteriors"),
+              phone_frames=PhoneFramesConfig(dim=ENC["d_model"]),
+              init={"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"]),
+                    "phone_frames": reader["phone_frames"]})
+    m.trainer = stub_trainer()
+    final = exports["root"] / "pretrain_ctc" / "export"
+    m.swap_encoder(final / "encoder.safetensors")  # its sibling ctc_head.safetensors comes with it
+    want = load_file(str(final / "ctc_head.safetensors"))
+    assert all(torch.equal(v, want[k]) for k, v in m.net.ctc_head.state_dict().items())
+    assert not any(p.requires_grad for p in m.net.ctc_head.parameters()) and not m.net.ctc_head.training
+    with pytest.raises(ValueError, match="swap from an export path"):
+        m.swap_encoder(dict(m.net.encoder.state_dict()))
+    assert set(m.exported_components()) == {"encoder", "ctc_head", "adapter", "llm", "phone_frames"}

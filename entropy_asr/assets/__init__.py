@@ -1,6 +1,6 @@
 """Small models this project trained itself and ships in the package, each with a card (card.json).
 
-`tiny_llm`: the tiny pipeline's pretrained LLM (a 4-layer Qwen3 of 4.9M parameters with its BPE
+`tiny_llm`: the tiny pipeline's pretrained LLM (a 4-layer Qwen3 of 4.7M parameters with its BPE
 tokenizer) and its pseudo-speech reader (phone frames + adapter), what the tiny pipeline starts from
 as the paper starts from a pretrained Qwen3. docs/tiny_llm.md is its model card and says how to
 remake it; entropy_asr.assets.tiny_llm measures and packages it.

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import tarfile
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -53,7 +54,7 @@ _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same dir + rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -171,7 +172,7 @@ class ShardStats:
 def write_shard(path: Path, utterances: Iterable[Utterance], phonemizer: Phonemizer,
                 skips: SkipCounter) -> ShardStats:
     """Write `utterances` into the tar `path` (atomically) and its stats file; return the stats."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
     cmvn, seconds, count, langs = CMVNStats.zeros(), 0.0, 0, Counter()
     seen: set[str] = set()
     with open(tmp, "wb") as f:

@@ -8,8 +8,9 @@ also teaches its LLM to *read*: each sentence's phones become a frame sequence s
 speech encoder's output (one learned vector per phone, held 2-5 frames at 25 Hz, silence at the
 edges and in random pauses, some phones substituted, noise added), which the speech stages'
 adapter (k-frame stack + MLP) turns into LLM inputs. That is the synthetic corpus' own pace:
-6.4 phones per second, ~3.9 encoder frames per phone. The speech stages then only have to map
-real encoder frames into what this LLM already reads.
+6.4 phones per second, ~3.9 encoder frames per phone. The tiny speech stages then hand the LLM
+the same thing from real speech: the CTC head's phone posteriors times this table
+(`AdapterConfig.input = "phone_posteriors"`, `SpeechLLM.adapt`).
 """
 
 from __future__ import annotations

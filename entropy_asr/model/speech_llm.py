@@ -73,10 +73,16 @@ class AdapterConfig:
     k: int = 4
     hidden_dim: int | None = None  # default: the LLM's width
     dropout: float = 0.0
+    # what the adapter reads: "encoder" frames (the paper), or "phone_posteriors": the CTC head's phone
+    # posteriors times a phone table (model.phone_frames), i.e. soft pseudo speech, which an LLM taught to read
+    # pseudo speech (the tiny text step) reads from the first step; the encoder still trains through it
+    input: str = "encoder"
 
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
+        if self.input not in ("encoder", "phone_posteriors"):
+            raise ValueError(f"adapter.input must be 'encoder' or 'phone_posteriors', got {self.input!r}")
 
 
 @dataclass
@@ -138,9 +144,13 @@ class SpeechLLM(nn.Module):
             self.llm = build_llm(llm, self.tokenizer)
             p = prompt or PromptConfig()
             self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user)
+        self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
+        if self.reads_posteriors and (ctc_head is None or ctc_head.units != "phones" or phone_frames is None):
+            raise ValueError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
+                             "table: set model.ctc_head (units: phones) and model.phone_frames, and init both")
         if adapter is not None:
             width = self.llm.get_input_embeddings().embedding_dim
-            in_dim = self.encoder.output_dim if self.encoder is not None else phone_frames.dim
+            in_dim = phone_frames.dim if self.encoder is None or self.reads_posteriors else self.encoder.output_dim
             self.adapter = Adapter(in_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
 
     def compile_blocks(self) -> None:
@@ -159,10 +169,19 @@ class SpeechLLM(nn.Module):
         """(B, T', D) -> (B, T', V) CTC (phone or character) log-posteriors, float32 for a stable CTC loss."""
         return F.log_softmax(self.ctc_head(frames).float(), dim=-1)
 
+    def adapt(self, frames: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, T', D) encoder frames -> (B, N, H) speech tokens through the adapter (adapter.input decides
+        what it reads: the frames, or the CTC head's phone posteriors as soft pseudo speech)."""
+        if self.reads_posteriors:
+            posteriors = F.softmax(self.ctc_head(frames).float(), dim=-1)  # (B, T', phones)
+            frames = (posteriors @ self.phone_frames.table.weight.float()).to(frames.dtype)  # (B, T', dim)
+            frames = frames * (torch.arange(frames.shape[1], device=frames.device)[None, :] < lens[:, None])[..., None]
+        return self.adapter(frames, lens)
+
     def speech_embeddings(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T, 80) -> (B, N, H) LLM-width speech tokens at 25/k Hz, and their counts."""
         frames, lens = self.encode(feats, feat_lens)
-        speech, speech_lens = self.adapter(frames, lens)
+        speech, speech_lens = self.adapt(frames, lens)
         return speech.to(self.llm.dtype), speech_lens
 
     def _no_speech(self, batch_size: int) -> tuple[Tensor, Tensor]:
