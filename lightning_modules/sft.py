@@ -184,7 +184,15 @@ class IASFT(SpeechSFT):
         Call between optimizer steps (e.g. from on_train_batch_start). The encoder stays frozen and
         in eval mode; the optimizer is untouched because it never held encoder parameters.
         """
-        enc = self.net.encoder
+        enc, head = self.net.encoder, None
+        if self.net.reads_posteriors:  # checked before anything is loaded: never an encoder without its head
+            if isinstance(source, dict):
+                raise ValueError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
+                                 "ctc_head-*.safetensors sibling is swapped in with it")
+            head = Path(source).with_name(Path(source).name.replace("encoder", "ctc_head", 1))
+            if not head.is_file():
+                raise FileNotFoundError(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "
+                                        f"reads through) is missing")
         if isinstance(source, dict):
             own = enc.state_dict()
             bad = [k for k in own if k not in source or source[k].shape != own[k].shape] + \
@@ -196,11 +204,7 @@ class IASFT(SpeechSFT):
         else:
             load_component(enc, source, "encoder")
             label = str(source)
-        if self.net.reads_posteriors:  # the adapter reads this encoder's CTC head: swap the head with it
-            if isinstance(source, dict):
-                raise ValueError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
-                                 "ctc_head-*.safetensors sibling is swapped in with it")
-            head = Path(source).with_name(Path(source).name.replace("encoder", "ctc_head", 1))
+        if head is not None:  # the adapter reads this encoder's CTC head: the head comes with it
             load_component(self.net.ctc_head, head, "ctc_head")
             self.net.ctc_head.requires_grad_(False)
             self.net.ctc_head.eval()

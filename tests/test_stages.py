@@ -536,6 +536,13 @@ def test_ia_sft_swaps_the_ctc_head_with_the_encoder_when_the_adapter_reads_it(ex
     want = load_file(str(final / "ctc_head.safetensors"))
     assert all(torch.equal(v, want[k]) for k, v in m.net.ctc_head.state_dict().items())
     assert not any(p.requires_grad for p in m.net.ctc_head.parameters()) and not m.net.ctc_head.training
+    before = {k: v.clone() for k, v in m.net.encoder.state_dict().items()}
     with pytest.raises(ValueError, match="swap from an export path"):
-        m.swap_encoder(dict(m.net.encoder.state_dict()))
+        m.swap_encoder({k: torch.zeros_like(v) for k, v in before.items()})
+    lone = exports["root"] / "lone"
+    lone.mkdir(exist_ok=True)
+    (lone / "encoder.safetensors").write_bytes((final / "encoder.safetensors").read_bytes())
+    with pytest.raises(FileNotFoundError, match="ctc_head.safetensors .* is missing"):
+        m.swap_encoder(lone / "encoder.safetensors")
+    assert all(torch.equal(v, before[k]) for k, v in m.net.encoder.state_dict().items())  # nothing half-swapped
     assert set(m.exported_components()) == {"encoder", "ctc_head", "adapter", "llm", "phone_frames"}
