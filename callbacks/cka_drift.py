@@ -1,4 +1,4 @@
-"""CKA drift monitor (METHOD.md, pipeline step 2), a callback for the pretraining run.
+"""CKA drift monitor (docs/method.md, pipeline step 2), a callback for the pretraining run.
 
 Every `every_n_steps` after `warmup_steps`, the current encoder encodes one fixed probe set (the
 first `probe_batches` validation batches) and its frames are compared, by linear CKA, with the

@@ -1,4 +1,4 @@
-"""Encoder hot-swap (METHOD.md, IA-SFT), a callback for the IA-SFT run.
+"""Encoder hot-swap (docs/method.md, IA-SFT), a callback for the IA-SFT run.
 
 Watches a snapshot directory written by the CKA drift monitor (callbacks/cka_drift.py) of a
 pretraining run that may still be going. At each step boundary (every `poll_every_n_steps`), it

@@ -44,7 +44,7 @@ FILE_COMPONENTS = ("encoder", "ctc_head", "adapter", "phone_frames")
 
 @dataclass
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay to min_lr_ratio * lr (METHOD.md: Adam, cosine, warm-up)."""
+    """AdamW with linear warm-up then cosine decay to min_lr_ratio * lr (docs/method.md: Adam, cosine, warm-up)."""
 
     lr: float = 5e-4
     weight_decay: float = 0.01

@@ -30,7 +30,7 @@ class DistillConfig:
     applied to the utterance's own transcript phones, laid out at their real timing by a CTC
     forced alignment with the stage's CTC head (model.ctc_head, frozen, e.g. from the same
     pretraining snapshot as the encoder). Loss: LM loss + weight * MSE / Var(target). Off by
-    default (the paper configs align with the LM loss alone, as METHOD.md does); the tiny pipeline
+    default (the paper configs align with the LM loss alone, as docs/method.md does); the tiny pipeline
     uses it because a from-scratch tiny LLM reads only what its text step showed it.
 
     `aligner` ({encoder: PATH, ctc_head: PATH}, phone CTC exports) times the phones with that

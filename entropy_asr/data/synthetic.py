@@ -70,7 +70,7 @@ SPLIT_SHARE = {"train": 0.80, "train_nonspeech": 0.04, "dev": 0.04, "test": 0.06
                "nonspeech": 0.02}
 DEV_NONSPEECH_SHARE = 0.05  # of dev: validation also measures the non-speech emission rate
 LANGUAGE_SHARE = {"zh": 0.4, "en": 0.4, "mix": 0.2}
-MAX_SILENCE_PAD = 1.0  # seconds of silence at each end, U(0, 1) (METHOD.md augmentation)
+MAX_SILENCE_PAD = 1.0  # seconds of silence at each end, U(0, 1) (docs/method.md augmentation)
 NONSPEECH_KINDS = ("silence", "near_silence", "white", "pink", "brown", "hum", "tones", "clicks", "music", "babble")
 
 

@@ -1,4 +1,4 @@
-"""LLM-side accessible information: how much of the transcript the audio resolves (METHOD.md).
+"""LLM-side accessible information: how much of the transcript the audio resolves (docs/method.md).
 
 Over a set of utterances, with NLL_0 the transcript's summed negative log-likelihood (nats,
 tokens + EOS) under the LLM with the audio slot emptied and NLL_1 with the audio

@@ -1,7 +1,7 @@
 """Accessible information: how much of a label a linear readout of frozen features recovers.
 
 PAI, phonetic accessible information (this project's reconstruction of the paper's metric; see
-METHOD.md), is a V-information estimate (Xu et al. 2020, "A Theory of Usable Information under
+docs/method.md), is a V-information estimate (Xu et al. 2020, "A Theory of Usable Information under
 Computational Constraints") with V = linear softmax probes, in bits per frame:
 
     PAI = CE_test(best constant) - CE_test(linear probe on the features)

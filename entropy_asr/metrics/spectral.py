@@ -1,6 +1,6 @@
 """Spectral entropy of a representation: how evenly its variance spreads over its dimensions.
 
-This project's reconstruction of the paper's NSE (METHOD.md; the paper's estimator is not
+This project's reconstruction of the paper's NSE (docs/method.md; the paper's estimator is not
 public). Over the (padding-masked) frames x_i in R^d, from streamed sums:
 
     C = (sum x x^T - (sum x)(sum x)^T / n) / (n - 1)      the covariance

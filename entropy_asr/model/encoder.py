@@ -3,7 +3,7 @@
 Read top to bottom: config -> subsampling -> rotary positions -> chunk masks -> the block's
 parts (FFN, self-attention, conv module) -> block -> encoder -> builders.
 
-Streaming (METHOD.md "dynamic-chunk streaming simulation", as in WeNet's U2): in training, each
+Streaming (docs/method.md, "Encoder": dynamic-chunk attention, as in WeNet's U2): in training, each
 batch may get a chunk mask; frame i then attends to its own chunk and some previous chunks,
 never to later ones. The depthwise conv still looks conv_kernel // 2 frames ahead per layer
 unless `causal_conv=True`, and the subsampler always looks 6 input frames (60 ms) ahead of

@@ -1,4 +1,4 @@
-"""What sits on the encoder: the phone CTC head (pretraining) and the adapter into the LLM (METHOD.md)."""
+"""What sits on the encoder: the phone CTC head (pretraining) and the adapter into the LLM (docs/method.md)."""
 
 from __future__ import annotations
 

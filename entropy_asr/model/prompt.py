@@ -1,6 +1,6 @@
 """The chat prompt around the speech embeddings: training inputs, generation inputs, decoding, scoring.
 
-Each sample is laid out as (METHOD.md, "Prompt")
+Each sample is laid out as (docs/method.md, "Prompt")
 
     [prefix ids][speech embeddings][suffix ids][transcript ids][<|im_end|>]
 
@@ -168,7 +168,7 @@ def transcript_scores(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed
     """Per transcript (B,): summed NLL in nats of its tokens + EOS, summed predictive entropy in nats
     at those positions, and the number of scored tokens; speech None = the audio removed.
 
-    For METHOD.md's LLM-side accessible information: H0 (speech None) and H1 (with speech), each
+    For docs/method.md's LLM-side accessible information: H0 (speech None) and H1 (with speech), each
     divided by ln 2 and the characters of the transcript, give bits per character; I = H0 - H1.
     Logits are (B, L, V): score large vocabularies in modest batches.
     """

@@ -3,7 +3,7 @@
 A real LLM-ASR run starts from an LLM that has read the web: it copies, transliterates and reads
 its context, and a frozen one can be driven by an adapter's soft prompts. A tiny LLM trained
 from scratch on a few thousand sentences learns none of that, so an adapter trained against it
-(METHOD.md's alignment stage) has nothing to align to. The tiny pipeline's text step therefore
+(docs/method.md's alignment stage) has nothing to align to. The tiny pipeline's text step therefore
 also teaches its LLM to *read*: each sentence's phones become a frame sequence shaped like the
 speech encoder's output (one learned vector per phone, held 2-5 frames at 25 Hz, silence at the
 edges and in random pauses, some phones substituted, noise added), which the speech stages'

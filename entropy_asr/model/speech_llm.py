@@ -87,7 +87,7 @@ class AdapterConfig:
 
 @dataclass
 class PromptConfig:
-    """Chat prompt around the speech: METHOD.md's system and user turns; `<speech>` marks the audio.
+    """Chat prompt around the speech: docs/method.md's system and user turns; `<speech>` marks the audio.
 
     system null or "" leaves the system turn out (the tiny configs do: on a CPU the prompt
     would otherwise cost more LLM compute than the transcript).

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from entropy_asr.model.export import replace_dir
 
-SPEECH_TOKEN = "<speech>"  # replaced by the adapter's speech embeddings (METHOD.md: the prompt)
+SPEECH_TOKEN = "<speech>"  # replaced by the adapter's speech embeddings (docs/method.md: the prompt)
 PAD_TOKEN = "<|endoftext|>"  # Qwen's document separator doubles as padding
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # ends every chat turn, so it is the EOS of the transcript
