@@ -46,7 +46,8 @@ from entropy_asr.plots import plot_drift, read_jsonl
 from experiments.run import THREADS_FILE, run
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
-# background lines worth showing in the pipeline's own output: drift checks, progress lines, failures
+# background lines worth showing in the pipeline's own output (besides its progress lines): drift checks,
+# failures
 ECHO = ("[drift]", "Traceback", "Error")
 
 COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix"), ("nonempty_none", "non-speech emission")]

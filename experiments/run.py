@@ -125,6 +125,7 @@ def register_resolvers() -> None:
 
 def build_cli(args: list[str] | None = None) -> EntropyCLI:
     """Parse a config and the overrides, and instantiate model, datamodule and trainer (nothing runs)."""
+    quiet_logs()  # every entry point that builds a stage (run, evaluate) keeps the log to what matters
     register_resolvers()
     return EntropyCLI(
         args=args,
@@ -142,7 +143,6 @@ def build_cli(args: list[str] | None = None) -> EntropyCLI:
 
 def run(args: list[str] | None = None) -> dict:
     """Fit, export, test; returns (and writes to run_dir/results.json) what it measured."""
-    quiet_logs()
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if os.environ.get(THREADS_FILE):  # a pipeline stage sharing the cores: follow the thread budget it grants
