@@ -1,30 +1,43 @@
-"""The paper's claims in miniature: `python experiments/reproduce.py` (issue 5; docs/reproduce.md).
+"""The paper's claims in miniature, one question per comparison: `python experiments/reproduce.py` (docs/reproduce.md).
 
-Four recipes on the synthetic corpus, at equal data and equal total optimizer steps, each for
-several seeds:
-  a  single-stage: a fresh encoder, the adapter and the text-pretrained LLM trained together;
-  b  multi-stage without IA-SFT: phone-CTC pretraining, alignment (on the pretrained encoder),
-     joint SFT for the steps IA-SFT and joint SFT get in c;
-  c  the method: phone-CTC pretraining, alignment on its first snapshot, IA-SFT hot-swapping the
-     later snapshots (a deterministic replay of pretraining running beside it), joint SFT;
-  d  as c, with character-CTC pretraining (entropy_asr.text.chars) instead of phones.
-Each stage is experiments/run.py on the tiny configs plus the overrides built here. The LLM and its
-pseudo-speech reader are the shipped pretrained asset (docs/tiny_llm.md), the same for every
-recipe and seed; a seed sets the speech stages' initialization and data order (seed_everything,
-data.seed). Pretraining runs once per seed and
-unit (b and c share the phone run), and IA-SFT replays its snapshots (callbacks.EncoderHotSwap
-replay_*) as if pretraining ran beside it at the pace measured in the tiny pipeline, so each
-run is reproducible and the recipes differ only in what they train.
+Five recipes on the synthetic corpus, each for several seeds, at equal data and equal optimizer
+steps (pretraining counted):
+  a  single-stage: a fresh encoder, the adapter and the pretrained LLM trained together;
+  b  multi-stage without IA-SFT: phone-CTC pretraining; alignment on the final encoder; SFT in
+     which the encoder trains too (IA-SFT's steps and learning rate); joint SFT;
+  c  the method: phone-CTC pretraining; alignment on its first snapshot; IA-SFT with hot-swaps
+     (a deterministic replay of pretraining running beside it); joint SFT;
+  d  as c, with character-CTC pretraining (entropy_asr.text.chars) instead of phones;
+  e  as c without hot-swaps: alignment and IA-SFT on the final pretrained encoder, frozen and
+     never replaced.
+b, c and e give the adapter and the LLM the same learning-rate schedule over the same steps
+(alignment, then IA-SFT's, then joint SFT's); they differ only in what the encoder does: b
+trains it, c swaps it, e keeps one. Every speech stage draws the same share of clips without
+speech (empty transcripts) from the corpus' train_nonspeech (the tiny configs' nonspeech_share).
+Each stage is experiments/run.py on the tiny configs plus the overrides built here. The LLM and
+its pseudo-speech reader are the shipped asset (docs/tiny_llm.md), the same for every recipe and
+seed; a seed sets the speech stages' initialization and data order. The adapter reads encoder
+frames in every recipe (as in the paper; a character head has no phone posteriors to bridge).
 
-After each recipe: evaluate.py on test, test_unseen_voice and nonspeech; the final encoder's
-NSE, PAI and CSAI and the LLM's H0/H1 (callbacks.AccessibleInformationProbe at the end of the
-last stage, frames labelled by the seed's phone pretraining, the same labeller for every recipe);
-linear CKA of the final encoder to the pretraining export it started from. Per run:
-OUT/seed<s>/<recipe>/summary.json; finished runs are skipped, an interrupted stage resumes.
-At the end: OUT/table.md and OUT/results.json (mean, sample sd and each seed's value).
+After each recipe: evaluate.py on test, test_unseen_voice and the two hallucination sets of
+entropy_asr.data.stress (nonspeech_wide: 240 non-speech clips of ten kinds; test_padded: test
+speech with 2-6 s of silence or noise on both sides); the encoder's NSE, PAI and CSAI and the
+LLM's H0/H1 before and after the last stage (callbacks.AccessibleInformationProbe, frames
+labelled by the seed's phone pretraining, the same labeller for every recipe); linear CKA of the
+final encoder to the pretrained encoder it started from; NSE per encoder layer. Per pretraining
+run: NSE over its steps (callbacks.SpectralEntropyLogger) and per layer of its export.
 
-  python experiments/reproduce.py                      # tiny, seeds 0 1 2, recipes a b c d, CPU
-  python experiments/reproduce.py --size gpu           # 4x the steps and corpus, bf16 on a GPU
+Each claim is a paired difference between two recipes (same seed, same test utterances) with a
+two-level bootstrap 95% interval over seeds and utterances (entropy_asr.metrics.bootstrap) and a
+verdict: reproduces / does not / undecided (the interval spans 0).
+
+Per run: OUT/seed<s>/<recipe>/summary.json; finished runs are skipped, an interrupted stage
+resumes from its last checkpoint. At the end: OUT/table.md and OUT/results.json (every seed's
+value, the intervals and verdicts).
+
+  python experiments/reproduce.py                      # tiny: seeds 0 1 2, recipes a-e, this 2-core CPU
+  python experiments/reproduce.py --size gpu           # 4x the steps, bf16 on a GPU, 5 seeds
+  python experiments/reproduce.py --size smoke         # every stage and measurement for a few steps
 """
 
 from __future__ import annotations
@@ -39,41 +52,55 @@ import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from entropy_asr.assets import asset_dir
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.data.stress import build_stress_sets
 from entropy_asr.data.synthetic import corpus_dir, ensure_corpus
+from entropy_asr.metrics.bootstrap import paired_difference, verdict
 from entropy_asr.metrics.cka import linear_cka
+from entropy_asr.metrics.spectral import normalized_spectral_entropy
 from entropy_asr.text.chars import build_char_inventory
 
 RECIPES = {
     "a": "single-stage (fresh encoder + adapter + LLM together)",
-    "b": "multi-stage without IA-SFT (pretrain, align, joint)",
-    "c": "full method (pretrain, align, IA-SFT with hot-swaps, joint)",
+    "b": "multi-stage without IA-SFT (the encoder trains in SFT)",
+    "c": "the method (IA-SFT with hot-swaps)",
     "d": "as c, character-CTC pretraining",
+    "e": "as c, no hot-swaps (IA-SFT on the final encoder)",
 }
 CONFIGS = Path(__file__).resolve().parent / "tiny"
+EVAL_SETS = ("test", "test_unseen_voice", "nonspeech_wide", "test_padded")
 
 
 @dataclass(frozen=True)
 class Size:
-    """One study size: steps per stage (the total is every recipe's budget) and the replay pace."""
+    """One study size: steps and learning rates per stage (the step total is every recipe's budget)."""
 
-    pretrain: int = 1000
+    pretrain: int = 1200
     align: int = 150
     ia_sft: int = 300
-    joint: int = 120
-    reference_step: int = 400  # pretraining's first snapshot (drift monitor warm-up): where c and d align
-    cka_every: int = 50
-    final_by_step: int = 220  # IA-SFT waits for pretraining's final snapshot here
+    joint: int = 150
+    reference_step: int = 500  # pretraining's first snapshot (drift monitor warm-up): where c and d align
+    cka_every: int = 100
+    final_by_step: int = 225  # IA-SFT (c, d) swaps in pretraining's final snapshot by this step
     # pretraining steps that pass per alignment step and per IA-SFT step when they run side by side on
-    # 2 cores (the tiny pipeline: 250 during 200 alignment steps, 550 during 300 IA-SFT steps)
+    # 2 cores (the tiny pipeline); the replay is at least this fast
     pace_align: float = 1.25
     pace_ia: float = 1.8
-    utterances: int = 2000
-    single_stage_lr: float = 5.0e-4  # a fresh encoder needs more than joint SFT's 1e-4; IA-SFT's LR
+    utterances: int = 6000  # the tiny corpus (the LLM asset is checked against its version)
+    pretrain_lr: float = 4.0e-3
+    align_lr: float = 2.0e-3
+    sft_lr: float = 5.0e-4  # IA-SFT's (c, d, e) and b's SFT stage: adapter + LLM (+ b's encoder)
+    joint_lr: float = 1.0e-5
+    single_stage_lr: float = 5.0e-4  # a: a fresh encoder needs more than joint SFT's
+    nonspeech: int = 240  # clips in the nonspeech_wide test set
+    padded: int = 180  # test utterances in test_padded
+    probe_batches: int = 8
     trainer: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2)
 
     @property
     def total(self) -> int:
@@ -90,22 +117,18 @@ class Size:
 
 SIZES = {
     "tiny": Size(),
-    "gpu": Size(pretrain=4000, align=600, ia_sft=1200, joint=480, reference_step=1600, cka_every=200,
-                final_by_step=880, utterances=8000,
+    "gpu": Size(pretrain=6000, align=600, ia_sft=1200, joint=600, reference_step=2400, cka_every=400,
+                final_by_step=900, probe_batches=16, seeds=(0, 1, 2, 3, 4),
                 trainer=("--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
                          "--data.init_args.num_workers", "4")),
-    # seconds, for the tests and a first look: every stage and measurement, few steps
+    # minutes, for the tests and a first look: every stage and measurement, few steps, small test sets
     "smoke": Size(pretrain=40, align=6, ia_sft=12, joint=6, reference_step=20, cka_every=10, final_by_step=8,
-                  utterances=2000),
+                  nonspeech=20, padded=12, probe_batches=2, seeds=(0,)),
 }
 
 
-def _probe(aligner_dir: Path, steps: int) -> dict:
-    """The end-of-run probe: PAI/CSAI/NSE of the encoder and H0/H1, frames labelled by `aligner_dir`'s exports."""
-    return {"class_path": "callbacks.AccessibleInformationProbe",
-            "init_args": {"every_n_steps": steps + 1, "probe_batches": 8, "at_start": False,
-                          "aligner": {"encoder": str(aligner_dir / "encoder.safetensors"),
-                                      "ctc_head": str(aligner_dir / "ctc_head.safetensors")}}}
+def _optim(lr: float, warmup: int) -> dict:
+    return {"lr": lr, "warmup_steps": warmup, "weight_decay": 0.01}
 
 
 def _snapshot(pretrain: Path, component: str, step: int) -> str:
@@ -123,7 +146,7 @@ class Study:
         self.synthetic = {"utterances": size.utterances, "seed": 0}
 
     def common(self) -> list[str]:
-        """run.py arguments of every speech stage: the seed, the data, no per-stage validation or test."""
+        """run.py arguments of every stage: the seed, the data, no per-stage validation or test."""
         return ["--seed_everything", str(self.seed), "--data.init_args.seed", str(self.seed),
                 "--data.init_args.synthetic", json.dumps(self.synthetic),
                 "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
@@ -138,17 +161,31 @@ class Study:
         return {"name": f"pretrain_{units}", "config": str(CONFIGS / "pretrain_ctc.yaml"), "overrides": {
             "trainer.max_steps": s.pretrain,
             "model.init_args.ctc_head": head,
-            "trainer.callbacks": [{"class_path": "callbacks.CKADriftMonitor", "init_args": {
-                "every_n_steps": s.cka_every, "warmup_steps": s.reference_step, "threshold": 0.975,
-                "probe_batches": 2}}]}}
+            "model.init_args.optim": _optim(s.pretrain_lr, 50),
+            "trainer.callbacks": [
+                {"class_path": "callbacks.CKADriftMonitor", "init_args": {
+                    "every_n_steps": s.cka_every, "warmup_steps": s.reference_step, "threshold": 0.975,
+                    "probe_batches": 2}},
+                # NSE over the whole run (the drift monitor starts at warm-up): how phone and character CTC differ
+                {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {
+                    "every_n_steps": s.cka_every, "probe_batches": 2}}]}}
+
+    def probe(self, steps: int) -> dict:
+        """The last stage's probe: before its first step and after its last, frames labelled by the phone run."""
+        aligner = self.pretrain_dir("phones") / "export"
+        return {"class_path": "callbacks.AccessibleInformationProbe",
+                "init_args": {"every_n_steps": steps + 1, "probe_batches": self.size.probe_batches, "at_start": True,
+                              "aligner": {"encoder": str(aligner / "encoder.safetensors"),
+                                          "ctc_head": str(aligner / "ctc_head.safetensors")}}}
 
     def recipe(self, name: str) -> list[dict]:
-        """The stages of recipe `name` (a, b, c, d) in order, run dir OUT/seed<s>/<name>."""
+        """The stages of recipe `name` in order, run dir OUT/seed<s>/<name>; the last is always joint_sft."""
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
         s, lm, run = self.size, self.lm, self.dir / name
         phone = self.pretrain_dir("phones")
-        probe = _probe(phone / "export", s.total)
-        # the recipes compare the paper's stages: the adapter reads encoder frames (the tiny pipeline's configs
-        # read the CTC head's phone posteriors instead; a character head could not)
+        # the adapter reads encoder frames (the paper's adapter; the tiny pipeline's configs read the CTC head's
+        # phone posteriors instead, which a character head could not give)
         frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"}, "model.init_args.phone_frames": None}
         no_head = {**frames, "model.init_args.ctc_head": None}
         lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
@@ -158,63 +195,267 @@ class Study:
             return [{"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
                 **lm_init, **no_head, "trainer.max_steps": s.total,
                 "model.init_args.init": {"adapter": str(lm / "adapter.safetensors")},
-                "model.init_args.optim": {"lr": s.single_stage_lr, "warmup_steps": 100, "weight_decay": 0.01},
-                "trainer.callbacks": [probe]}}]
-        if name == "b":
-            pre = phone / "export"
-            return [
-                {"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
-                    **lm_init, **frames, "trainer.max_steps": s.align,
-                    "model.init_args.init": {"encoder": str(pre / "encoder.safetensors"),
-                                             "ctc_head": str(pre / "ctc_head.safetensors"),
-                                             "adapter": str(lm / "adapter.safetensors")},
-                    "model.init_args.distill": distill}},
-                {"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                    **lm_init, **no_head, "trainer.max_steps": s.ia_sft + s.joint,
-                    "model.init_args.init": {"encoder": str(pre / "encoder.safetensors"),
-                                             "adapter": str(run / "align" / "export" / "adapter.safetensors")},
-                    # the LLM gets IA-SFT's learning rate, as in c, over the steps IA-SFT and joint SFT share there
-                    "model.init_args.optim": {"lr": s.single_stage_lr, "warmup_steps": 50, "weight_decay": 0.01},
-                    "trainer.callbacks": [probe]}}]
-        if name not in ("c", "d"):
-            raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
-        pre = self.pretrain_dir("phones" if name == "c" else "chars")
-        ref = s.reference_step
-        align_init = {"encoder": _snapshot(pre, "encoder", ref), "adapter": str(lm / "adapter.safetensors")}
-        if name == "c":  # alignment's distillation times the phones with the snapshot's own phone head
-            align_init["ctc_head"] = _snapshot(pre, "ctc_head", ref)
-            align_extra = {}
-        else:  # a character head cannot time phones: the phone run's first snapshot does (one more forward)
+                "model.init_args.optim": _optim(s.single_stage_lr, 100),
+                "trainer.callbacks": [self.probe(s.total)]}}]
+        pre = self.pretrain_dir("chars" if name == "d" else "phones")
+        final_enc = str(pre / "export" / "encoder.safetensors")
+        swaps = name in ("c", "d")
+        # c and d align on pretraining's first snapshot (the method); b and e on its final encoder
+        align_enc = _snapshot(pre, "encoder", s.reference_step) if swaps else final_enc
+        align_init = {"encoder": align_enc, "adapter": str(lm / "adapter.safetensors")}
+        align_extra: dict = {}
+        if name == "d":  # a character head cannot time phones: the phone run's first snapshot does
             align_extra = {"model.init_args.ctc_head": None}
-            distill = {**distill, "aligner": {"encoder": _snapshot(phone, "encoder", ref),
-                                              "ctc_head": _snapshot(phone, "ctc_head", ref)}}
-        ia = run / "ia_sft" / "export"
-        return [
-            {"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
-                **lm_init, **frames, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
-                "model.init_args.distill": distill}},
-            {"name": "ia_sft", "config": str(CONFIGS / "ia_sft.yaml"), "overrides": {
-                **lm_init, **no_head, "trainer.max_steps": s.ia_sft,
-                "model.init_args.init": {"encoder": _snapshot(pre, "encoder", ref),
-                                         "adapter": str(run / "align" / "export" / "adapter.safetensors")},
-                "trainer.callbacks": [{"class_path": "callbacks.EncoderHotSwap", "init_args": {
-                    "snapshot_dir": str(pre / "export" / "snapshots"), "poll_every_n_steps": 5,
-                    "final_by_step": s.final_by_step, "replay_start": s.replay_start,
-                    "replay_pace": round(s.replay_pace(), 3)}}]}},
-            {"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                "model.init_args.llm.name_or_path": str(ia / "llm"), **no_head, "trainer.max_steps": s.joint,
-                "model.init_args.init": {"encoder": str(ia / "encoder.safetensors"),
-                                         "adapter": str(ia / "adapter.safetensors")},
-                "trainer.callbacks": [probe]}}]
+            distill = {**distill, "aligner": {"encoder": _snapshot(phone, "encoder", s.reference_step),
+                                              "ctc_head": _snapshot(phone, "ctc_head", s.reference_step)}}
+        else:  # alignment's distillation times the phones with the encoder's own phone head
+            align_init["ctc_head"] = (_snapshot(pre, "ctc_head", s.reference_step) if swaps
+                                      else str(pre / "export" / "ctc_head.safetensors"))
+        align_adapter = str(run / "align" / "export" / "adapter.safetensors")
+        stages = [{"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
+            **lm_init, **frames, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
+            "model.init_args.optim": _optim(s.align_lr, 20), "model.init_args.distill": distill}}]
+        sft = {**lm_init, **no_head, "trainer.max_steps": s.ia_sft, "model.init_args.optim": _optim(s.sft_lr, 40),
+               "model.init_args.init": {"encoder": align_enc if swaps else final_enc, "adapter": align_adapter}}
+        if name == "b":  # the same steps and schedule as IA-SFT, with the encoder training (joint SFT's module)
+            stages.append({"name": "sft", "config": str(CONFIGS / "joint_sft.yaml"),
+                           "overrides": {**sft, "trainer.callbacks": []}})
+        else:
+            swap = [{"class_path": "callbacks.EncoderHotSwap", "init_args": {
+                "snapshot_dir": str(pre / "export" / "snapshots"), "poll_every_n_steps": 5,
+                "final_by_step": s.final_by_step, "replay_start": s.replay_start,
+                "replay_pace": round(s.replay_pace(), 3)}}] if swaps else []
+            stages.append({"name": "ia_sft", "config": str(CONFIGS / "ia_sft.yaml"),
+                           "overrides": {**sft, "trainer.callbacks": swap}})
+        last = run / stages[-1]["name"] / "export"
+        stages.append({"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
+            "model.init_args.llm.name_or_path": str(last / "llm"), **no_head, "trainer.max_steps": s.joint,
+            "model.init_args.init": {"encoder": str(last / "encoder.safetensors"),
+                                     "adapter": str(last / "adapter.safetensors")},
+            "model.init_args.optim": _optim(s.joint_lr, 20), "trainer.callbacks": [self.probe(s.joint)]}})
+        return stages
 
     def pretrained_encoder(self, name: str) -> Path | None:
-        """The pretraining export the recipe's encoder started from (None for the single-stage recipe)."""
+        """The pretraining export the recipe's encoder ends up from (None for the single-stage recipe)."""
         if name == "a":
             return None
         return self.pretrain_dir("chars" if name == "d" else "phones") / "export" / "encoder.safetensors"
 
 
-def _stats(values: list[float]) -> dict:
+def schedules(size: Size) -> str:
+    """Markdown: each recipe's stages, steps, learning rates and what the encoder does."""
+    s = size
+    pre = f"CTC pretraining {s.pretrain} @ {s.pretrain_lr:g}"
+    align = f"alignment {s.align} @ {s.align_lr:g}"
+    sft = f"{s.ia_sft} @ {s.sft_lr:g}"
+    joint = f"joint SFT {s.joint} @ {s.joint_lr:g}"
+    rows = {
+        "a": f"joint SFT of a fresh encoder {s.total} @ {s.single_stage_lr:g} | trains from scratch",
+        "b": f"phone {pre} → {align} (final encoder) → SFT {sft}, encoder trains → {joint} | trains from "
+             "alignment on",
+        "c": f"phone {pre} → {align} (snapshot at step {s.reference_step}) → IA-SFT {sft}, hot-swaps (final one by "
+             f"step {s.final_by_step}) → {joint} | frozen, swapped; trains in joint SFT",
+        "d": f"character {pre} → as c | as c",
+        "e": f"phone {pre} → {align} (final encoder) → IA-SFT {sft}, no swaps → {joint} | frozen (final); trains in "
+             "joint SFT",
+    }
+    lines = ["| recipe | stages: optimizer steps @ peak learning rate | the encoder |", "|---|---|---|"]
+    lines += [f"| {r}: {RECIPES[r].split(' (')[0]} | {row} |" for r, row in rows.items()]
+    return "\n".join(lines)
+
+
+def _probe_data(data, batches: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    probe = []
+    for i, batch in enumerate(data.val_dataloader()):  # read once, for every encoder
+        if i == batches:
+            break
+        probe.append((batch["feats"], batch["feat_lens"]))
+    return probe
+
+
+def _load_encoder(path: Path, config_path: Path):
+    import yaml
+
+    from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
+    from entropy_asr.model.export import load_component
+
+    enc = ConformerEncoder(EncoderConfig(**yaml.safe_load(config_path.read_text())["model"]["init_args"]["encoder"]))
+    load_component(enc, path, "encoder")
+    return enc.eval()
+
+
+def encoder_layers(path: Path, config_path: Path, probe: list, max_frames: int = 8192) -> list[torch.Tensor]:
+    """The valid frames (padding dropped, evenly thinned to max_frames) after each Conformer block and after the
+    final norm (the encoder's output, last), in float64."""
+    from callbacks.common import evenly_spaced
+
+    enc = _load_encoder(path, config_path)
+    per_layer: list[list[torch.Tensor]] = [[] for _ in range(len(enc.layers) + 1)]
+    current: list[torch.Tensor] = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: current.append(o)) for layer in enc.layers]
+    try:
+        with torch.no_grad():
+            for x, x_lens in probe:
+                current.clear()
+                out, lens = enc(x, x_lens)
+                valid = torch.arange(out.shape[1])[None, :] < lens[:, None]
+                for k, h in enumerate([*current, out]):
+                    per_layer[k].append(h[valid].double())
+    finally:
+        for h in hooks:
+            h.remove()
+    return [evenly_spaced(torch.cat(frames), max_frames) for frames in per_layer]
+
+
+def nse_by_layer(path: Path, config_path: Path, probe: list) -> list[float]:
+    """NSE after each Conformer block, then of the encoder's output (after its final norm)."""
+    return [normalized_spectral_entropy(x) for x in encoder_layers(path, config_path, probe)]
+
+
+def _study_data(study: Study):
+    from datamodules.speech import SpeechDataModule
+    from entropy_asr.data.augment import AugmentConfig
+
+    data = SpeechDataModule(synthetic=study.synthetic, num_workers=0, augment=AugmentConfig(
+        speed_factors=[1.0], noise_prob=0.0, spec_freq_masks=0, spec_time_masks=0))
+    data.setup("validate")
+    return _probe_data(data, 4)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def measure_pretraining(study: Study, units: str, probe: list) -> dict:
+    """NSE over a pretraining run's steps and per layer of its export."""
+    run = study.pretrain_dir(units)
+    curve = [{"step": e["step"], "nse": e["encoder"]["nse"]} for e in _read_jsonl(run / "entropy.jsonl")
+             if "encoder" in e]
+    export = run / "export" / "encoder.safetensors"
+    return {"units": units, "nse_by_step": curve, "nse_by_layer": nse_by_layer(export, run / "config.yaml", probe)}
+
+
+def measure(study: Study, name: str, stress: dict[str, Path], probe: list) -> dict:
+    """Evaluate the recipe's final model; its probe figures before/after the last stage; CKA; NSE per layer."""
+    from experiments import evaluate
+
+    run = study.dir / name
+    final = run / "joint_sft"
+    root = corpus_dir(**study.synthetic)
+    argv = ["--checkpoint", str(final), "--out", str(run / "eval"), "--wandb", "disabled",
+            "--device", "cuda" if torch.cuda.is_available() and study.size.trainer else "cpu",
+            "--data", str(root / "test"), "--data", str(root / "test_unseen_voice"),
+            "--data", str(stress["nonspeech_wide"]), "--data", str(stress["test_padded"])]
+    metrics = evaluate.main(argv)
+    summary: dict = {"recipe": name, "seed": study.seed, "eval": metrics["sets"]}
+    entries = _read_jsonl(final / "accessible_information.jsonl")
+    if len(entries) < 2:
+        raise RuntimeError(f"{final}/accessible_information.jsonl: expected the probe before and after the stage, "
+                           f"found {len(entries)} entries")
+    summary["probe_before"], summary["probe"] = entries[0], entries[-1]
+    layers = encoder_layers(final / "export" / "encoder.safetensors", final / "config.yaml", probe)
+    summary["nse_by_layer"] = [normalized_spectral_entropy(x) for x in layers]
+    pretrained = study.pretrained_encoder(name)
+    if pretrained is not None:
+        summary["cka_to_pretrained"] = linear_cka(layers[-1], encoder_layers(pretrained, final / "config.yaml", probe)[-1])
+    swaps = run / "ia_sft" / "swaps.jsonl"
+    summary["swaps"] = [e["step"] for e in _read_jsonl(swaps)]
+    summary["fit_seconds"] = {p.parent.name: json.loads(p.read_text()).get("fit_seconds")
+                              for p in sorted(run.glob("*/results.json"))}
+    return summary
+
+
+# Per-utterance rates: (row label, set, language or None for all, errors(record), units(record))
+def _errors(r: dict) -> float:
+    return r["errors"]
+
+
+def _ref_units(r: dict) -> float:
+    return r["ref_units"]
+
+
+def _one(r: dict) -> float:
+    return 1.0
+
+
+UTTERANCE_ROWS = [
+    ("test CER zh %", "test", "zh", _errors, _ref_units),
+    ("test WER en %", "test", "en", _errors, _ref_units),
+    ("test MER mix %", "test", "mix", _errors, _ref_units),
+    ("unseen-voice CER zh %", "test_unseen_voice", "zh", _errors, _ref_units),
+    ("unseen-voice WER en %", "test_unseen_voice", "en", _errors, _ref_units),
+    ("unseen-voice MER mix %", "test_unseen_voice", "mix", _errors, _ref_units),
+    ("test insertion rate %", "test", None, lambda r: r["insertions"], _ref_units),
+    ("test hallucination rate %", "test", None, lambda r: float("hallucination" in r["flags"]), _one),
+    ("non-speech emission rate %", "nonspeech_wide", None, lambda r: float(r["hyp_units"] > 0), _one),
+    ("padded speech error rate %", "test_padded", None, _errors, _ref_units),
+    ("padded speech insertion rate %", "test_padded", None, lambda r: r["insertions"], _ref_units),
+    ("padded speech hallucination rate %", "test_padded", None, lambda r: float("hallucination" in r["flags"]), _one),
+]
+# Once-per-model figures: (row label, path in summary.json, format)
+MODEL_ROWS = [
+    ("encoder NSE before last stage", ("probe_before", "nse_encoder"), ".3f"),
+    ("encoder NSE", ("probe", "nse_encoder"), ".3f"),
+    ("encoder PAI bits/frame before last stage", ("probe_before", "pai_bits"), ".2f"),
+    ("encoder PAI bits/frame", ("probe", "pai_bits"), ".2f"),
+    ("encoder CSAI bits/unit before last stage", ("probe_before", "csai_bits"), ".2f"),
+    ("encoder CSAI bits/unit", ("probe", "csai_bits"), ".2f"),
+    ("CKA final vs pretrained encoder", ("cka_to_pretrained",), ".3f"),
+    ("H0 bits/char", ("probe", "h0_bits_per_char"), ".2f"),
+    ("H1 bits/char before last stage", ("probe_before", "h1_bits_per_char"), ".2f"),
+    ("H1 bits/char", ("probe", "h1_bits_per_char"), ".2f"),
+    ("I = H0 - H1 bits/char", ("probe", "info_bits_per_char"), ".2f"),
+]
+ROWS = [label for label, *_ in UTTERANCE_ROWS] + [label for label, *_ in MODEL_ROWS]
+
+# (claim, x, y, rows, expected sign of x - y): x - y is expected "lower" (better error, less drift...) or "higher"
+CLAIMS = [
+    ("Staged training (the method) beats single-stage training at equal steps", "c", "a",
+     ["test CER zh %", "test WER en %", "test MER mix %", "unseen-voice CER zh %", "unseen-voice WER en %",
+      "unseen-voice MER mix %"], "lower"),
+    ("The method hallucinates less than single-stage training", "c", "a",
+     ["non-speech emission rate %", "padded speech insertion rate %", "padded speech hallucination rate %",
+      "test hallucination rate %"], "lower"),
+    ("Phone-CTC pretraining beats character-CTC pretraining", "c", "d",
+     ["test CER zh %", "test WER en %", "test MER mix %", "unseen-voice CER zh %", "unseen-voice WER en %",
+      "unseen-voice MER mix %"], "lower"),
+    ("Phone CTC gives a lower-entropy encoder than character CTC (NSE)", "c", "d", ["encoder NSE"], "lower"),
+    ("Phone CTC keeps more phonetic information in the encoder (PAI)", "c", "d", ["encoder PAI bits/frame"],
+     "higher"),
+    ("Freezing the encoder in SFT keeps it close to its pretrained self (CKA): e vs b", "e", "b",
+     ["CKA final vs pretrained encoder"], "higher"),
+    ("Freezing the encoder in SFT improves recognition: e vs b", "e", "b",
+     ["test CER zh %", "test WER en %", "test MER mix %", "unseen-voice CER zh %", "unseen-voice WER en %",
+      "unseen-voice MER mix %"], "lower"),
+    ("Freezing the encoder in SFT cuts hallucination: e vs b", "e", "b",
+     ["non-speech emission rate %", "padded speech insertion rate %", "padded speech hallucination rate %"], "lower"),
+    ("Hot-swapping improves on a fixed final encoder: c vs e", "c", "e",
+     ["test CER zh %", "test WER en %", "test MER mix %", "unseen-voice CER zh %", "unseen-voice WER en %",
+      "unseen-voice MER mix %"], "lower"),
+    ("The method beats multi-stage training without IA-SFT: c vs b", "c", "b",
+     ["test CER zh %", "test WER en %", "test MER mix %", "unseen-voice CER zh %", "unseen-voice WER en %",
+      "unseen-voice MER mix %", "non-speech emission rate %", "padded speech insertion rate %"], "lower"),
+]
+
+
+def _get(summary: dict, path: tuple[str, ...]) -> float | None:
+    for key in path:
+        if not isinstance(summary, dict) or key not in summary:
+            return None
+        summary = summary[key]
+    return float(summary) if isinstance(summary, (int, float)) else None
+
+
+def utterance_arrays(records: list[dict], row: tuple) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, errors, units) of one per-utterance row from a run's eval/hyps.jsonl records, sorted by id."""
+    _, set_name, lang, err, units = row
+    chosen = sorted((r for r in records if r["set"] == set_name and (lang is None or r["language"] == lang)),
+                    key=lambda r: r["id"])
+    return ([r["id"] for r in chosen], np.array([err(r) for r in chosen], np.float64),
+            np.array([units(r) for r in chosen], np.float64))
+
+
+def _stats(values: list[float | None]) -> dict:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
         return {"mean": None, "sd": None, "n": 0, "values": values}
@@ -223,118 +464,153 @@ def _stats(values: list[float]) -> dict:
     return {"mean": mean, "sd": sd, "n": len(vals), "values": values}
 
 
-# (row label, how to read it from a run's summary, scale for display, format)
-ROWS: list[tuple[str, tuple[str, ...], float, str]] = [
-    ("test CER zh %", ("eval", "test", "zh", "cer"), 100, ".1f"),
-    ("test WER en %", ("eval", "test", "en", "wer"), 100, ".1f"),
-    ("test MER mix %", ("eval", "test", "mix", "mer"), 100, ".1f"),
-    ("unseen-voice CER zh %", ("eval", "test_unseen_voice", "zh", "cer"), 100, ".1f"),
-    ("unseen-voice WER en %", ("eval", "test_unseen_voice", "en", "wer"), 100, ".1f"),
-    ("unseen-voice MER mix %", ("eval", "test_unseen_voice", "mix", "mer"), 100, ".1f"),
-    ("test insertion rate %", ("eval", "test", "overall", "insertion_rate"), 100, ".1f"),
-    ("test hallucination rate %", ("eval", "test", "overall", "hallucination_rate"), 100, ".1f"),
-    ("unseen-voice hallucination rate %", ("eval", "test_unseen_voice", "overall", "hallucination_rate"), 100, ".1f"),
-    ("test repetition rate %", ("eval", "test", "overall", "repetition_rate"), 100, ".1f"),
-    ("non-speech emission rate %", ("eval", "nonspeech", "overall", "nonspeech_emission_rate"), 100, ".0f"),
-    ("non-speech chars / clip", ("eval", "nonspeech", "overall", "nonspeech_mean_chars"), 1, ".1f"),
-    ("encoder NSE", ("probe", "nse_encoder"), 1, ".3f"),
-    ("encoder PAI bits/frame", ("probe", "pai_bits"), 1, ".2f"),
-    ("encoder CSAI bits/unit", ("probe", "csai_bits"), 1, ".2f"),
-    ("CKA final vs pretrained encoder", ("cka_to_pretrained",), 1, ".3f"),
-    ("H0 bits/char", ("probe", "h0_bits_per_char"), 1, ".2f"),
-    ("H1 bits/char", ("probe", "h1_bits_per_char"), 1, ".2f"),
-    ("I = H0 - H1 bits/char", ("probe", "info_bits_per_char"), 1, ".2f"),
-]
+class Evidence:
+    """Every recipe's per-seed values: per-utterance (errors, units) arrays and once-per-model figures."""
 
+    def __init__(self, summaries: dict[str, list[dict]], records: dict[str, list[list[dict]]]):
+        self.summaries, self.seeds = summaries, {r: [s["seed"] for s in runs] for r, runs in summaries.items()}
+        self.arrays: dict[str, dict[str, tuple]] = {}
+        for recipe, per_seed in records.items():
+            self.arrays[recipe] = {}
+            for row in UTTERANCE_ROWS:
+                got = [utterance_arrays(recs, row) for recs in per_seed]
+                ids = {tuple(g[0]) for g in got}
+                if len(ids) > 1:
+                    raise ValueError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
+                if got and got[0][0]:
+                    self.arrays[recipe][row[0]] = (got[0][0], np.stack([g[1] for g in got]), np.stack([g[2] for g in got]))
 
-def _get(summary: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(summary, dict) or key not in summary:
+    def model_values(self, recipe: str, label: str) -> list[float | None]:
+        path = next(p for lab, p, _ in MODEL_ROWS if lab == label)
+        return [_get(s, path) for s in self.summaries[recipe]]
+
+    def values(self, recipe: str, label: str) -> list[float | None]:
+        """Each seed's value of a row (a rate over the set's utterances, or the model figure)."""
+        if label in self.arrays.get(recipe, {}):
+            _, err, units = self.arrays[recipe][label]
+            return [float(e.sum() / u.sum()) if u.sum() > 0 else None for e, u in zip(err, units)]
+        if any(label == lab for lab, *_ in UTTERANCE_ROWS):
+            return [None] * len(self.summaries[recipe])
+        return self.model_values(recipe, label)
+
+    def table(self) -> dict:
+        return {r: {label: _stats(self.values(r, label)) for label in ROWS} for r in self.summaries}
+
+    def compare(self, x: str, y: str, label: str, reps: int = 4000) -> dict | None:
+        """Paired difference x - y over the seeds both have (and the same utterances), or None if not measured."""
+        if x not in self.summaries or y not in self.summaries:
             return None
-        summary = summary[key]
-    return float(summary) if isinstance(summary, (int, float)) else None
+        common = [s for s in self.seeds[x] if s in self.seeds[y]]
+        if not common:
+            return None
+        ix, iy = ([self.seeds[r].index(s) for s in common] for r in (x, y))
+        if label in self.arrays.get(x, {}) and label in self.arrays.get(y, {}):
+            (idx, ex, ux), (idy, ey, uy) = self.arrays[x][label], self.arrays[y][label]
+            if idx != idy:
+                raise ValueError(f"{label}: recipes {x} and {y} decoded different utterances; rerun their eval")
+            return paired_difference(ex[ix], ux[ix], ey[iy], uy[iy], reps=reps)
+        if any(label == lab for lab, *_ in UTTERANCE_ROWS):
+            return None  # a set or language one of them did not decode
+        vx, vy = self.model_values(x, label), self.model_values(y, label)
+        pairs = [(vx[i], vy[j]) for i, j in zip(ix, iy) if vx[i] is not None and vy[j] is not None]
+        if not pairs:
+            return None
+        a = np.array(pairs)
+        return paired_difference(a[:, :1], np.ones((len(a), 1)), a[:, 1:], np.ones((len(a), 1)), reps=reps)
+
+    def claims(self) -> list[dict]:
+        out = []
+        for claim, x, y, rows, expect in CLAIMS:
+            tests = []
+            for label in rows:
+                d = self.compare(x, y, label)
+                if d is not None:  # one seed says nothing about training noise: no verdict from it
+                    v = verdict(d["low"], d["high"], expect) if d["seeds"] > 1 else "undecided (one seed)"
+                    tests.append({"row": label, **d, "verdict": v})
+            if tests:
+                out.append({"claim": claim, "x": x, "y": y, "expect": expect, "tests": tests,
+                            "verdict": overall_verdict([t["verdict"] for t in tests])})
+        return out
 
 
-def aggregate(summaries: dict[str, list[dict]]) -> dict:
-    """{recipe: {row label: stats over seeds}} from each recipe's per-seed summaries."""
-    return {r: {label: _stats([_get(s, path) for s in runs]) for label, path, _, _ in ROWS}
-            for r, runs in summaries.items()}
+def overall_verdict(verdicts: list[str]) -> str:
+    """One claim's verdict from its rows': all agree -> that; mixed -> 'mixed (k of n reproduce)'."""
+    if len(set(verdicts)) == 1:
+        return verdicts[0]
+    return (f"mixed: {verdicts.count('reproduces')} reproduce, {verdicts.count('does not')} do not, "
+            f"{verdicts.count('undecided')} undecided")
+
+
+def _scale(label: str) -> float:
+    return 100.0 if label.endswith("%") else 1.0
+
+
+def _fmt(label: str) -> str:
+    return next((f for lab, _, f in MODEL_ROWS if lab == label), ".1f")
 
 
 def format_table(table: dict) -> str:
-    """Markdown: one row per metric, one column per recipe, 'mean ± sd' (sd over seeds)."""
+    """Markdown: one row per metric, one column per recipe, 'mean ± sd' (sample sd over seeds)."""
     recipes = list(table)
     lines = ["| metric | " + " | ".join(f"{r}: {RECIPES[r].split(' (')[0]}" for r in recipes) + " |",
              "|---" * (len(recipes) + 1) + "|"]
-    for label, _, scale, fmt in ROWS:
-        cells = []
-        for r in recipes:
-            st = table[r][label]
-            cells.append("n/a" if st["mean"] is None else
-                         f"{scale * st['mean']:{fmt}} ± {scale * st['sd']:{fmt}}")
+    for label in ROWS:
+        k, f = _scale(label), _fmt(label)
+        cells = ["n/a" if table[r][label]["mean"] is None else
+                 f"{k * table[r][label]['mean']:{f}} ± {k * table[r][label]['sd']:{f}}" for r in recipes]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def encoder_cka(a: Path, b: Path, config_path: Path, data, max_frames: int = 8192, batches: int = 4) -> float:
-    """Linear CKA of two encoder exports' frames on the first validation batches (padding dropped)."""
-    import yaml
-
-    from callbacks.common import evenly_spaced
-    from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
-    from entropy_asr.model.export import load_component
-
-    cfg = EncoderConfig(**yaml.safe_load(config_path.read_text())["model"]["init_args"]["encoder"])
-    probe = []
-    for i, batch in enumerate(data.val_dataloader()):  # read once, for both encoders
-        if i == batches:
-            break
-        probe.append((batch["feats"], batch["feat_lens"]))
-    feats = []
-    for path in (a, b):
-        enc = ConformerEncoder(cfg)
-        load_component(enc, path, "encoder")
-        enc.eval()
-        out = []
-        with torch.no_grad():
-            for x, x_lens in probe:
-                frames, lens = enc(x, x_lens)  # (B, T', D)
-                valid = torch.arange(frames.shape[1])[None, :] < lens[:, None]
-                out.append(frames[valid].double())
-        feats.append(evenly_spaced(torch.cat(out), max_frames))
-    return linear_cka(feats[0], feats[1])
+def format_claims(claims: list[dict]) -> str:
+    """Markdown: each claim's rows with the paired difference x - y and its 95% interval, and the verdicts."""
+    lines = ["| claim | x − y | row | difference [95% interval] | verdict |", "|---|---|---|---|---|"]
+    for c in claims:
+        for i, t in enumerate(c["tests"]):
+            k, f = _scale(t["row"]), _fmt(t["row"])
+            head = f"**{c['claim']}** ({c['verdict']})" if i == 0 else ""
+            lines.append(f"| {head} | {c['x']} − {c['y']} | {t['row']} | {k * t['diff']:+{f}} "
+                         f"[{k * t['low']:+{f}}, {k * t['high']:+{f}}] | {t['verdict']} |")
+    return "\n".join(lines)
 
 
-def measure(study: Study, name: str) -> dict:
-    """Evaluate the recipe's final model; its probe figures and CKA to its pretrained encoder."""
-    from datamodules.speech import SpeechDataModule
-    from entropy_asr.data.augment import AugmentConfig
-    from experiments import evaluate
+def format_nse(pretraining: dict[str, list[dict]], summaries: dict[str, list[dict]]) -> str:
+    """Markdown: NSE per encoder layer (pretraining exports and each recipe's final encoder), mean over seeds."""
+    rows = {f"{u} CTC export": [p["nse_by_layer"] for p in runs] for u, runs in pretraining.items()}
+    rows.update({f"{r}: final encoder": [s["nse_by_layer"] for s in runs if "nse_by_layer" in s]
+                 for r, runs in summaries.items()})
+    rows = {k: v for k, v in rows.items() if v}
+    if not rows:
+        return ""
+    n = len(next(iter(rows.values()))[0])
+    lines = ["| encoder | " + " | ".join([f"block {i + 1}" for i in range(n - 1)] + ["output"]) + " |",
+             "|---" * (n + 1) + "|"]
+    for name, per_seed in rows.items():
+        mean = np.mean(np.array(per_seed), axis=0)
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in mean) + " |")
+    return "\n".join(lines)
 
-    run = study.dir / name
-    final = run / "joint_sft"
-    root = corpus_dir(**study.synthetic)
-    argv = ["--checkpoint", str(final), "--out", str(run / "eval"), "--wandb", "disabled",
-            "--device", "cuda" if torch.cuda.is_available() and study.size.trainer else "cpu"]
-    for s in ("test", "test_unseen_voice", "nonspeech"):
-        argv += ["--data", str(root / s)]
-    metrics = evaluate.main(argv)
-    summary: dict = {"recipe": name, "seed": study.seed,
-                     "eval": {s: groups for s, groups in metrics["sets"].items()}}
-    probe = final / "accessible_information.jsonl"
-    if probe.exists():
-        entries = [json.loads(line) for line in probe.read_text().splitlines() if line.strip()]
-        summary["probe"] = entries[-1] if entries else {}
-    pretrained = study.pretrained_encoder(name)
-    if pretrained is not None:
-        data = SpeechDataModule(synthetic=study.synthetic, num_workers=0, augment=AugmentConfig(
-            speed_factors=[1.0], noise_prob=0.0, spec_freq_masks=0, spec_time_masks=0))
-        data.setup("validate")
-        summary["cka_to_pretrained"] = encoder_cka(final / "export" / "encoder.safetensors", pretrained,
-                                                   final / "config.yaml", data)
-    summary["fit_seconds"] = {p.parent.name: json.loads(p.read_text()).get("fit_seconds")
-                              for p in sorted(run.glob("*/results.json"))}
-    return summary
+
+def format_nse_steps(pretraining: dict[str, list[dict]]) -> str:
+    """Markdown: the encoder output's NSE over pretraining steps, phone vs character CTC (mean over seeds)."""
+    curves = {}
+    for units, runs in pretraining.items():
+        by_step: dict[int, list[float]] = {}
+        for p in runs:
+            for e in p["nse_by_step"]:
+                by_step.setdefault(e["step"], []).append(e["nse"])
+        curves[units] = {s: float(np.mean(v)) for s, v in by_step.items()}
+    steps = sorted(set().union(*[c.keys() for c in curves.values()])) if curves else []
+    if not steps:
+        return ""
+    lines = ["| step | " + " | ".join(f"{u} CTC" for u in curves) + " |", "|---" * (len(curves) + 1) + "|"]
+    for s in steps:
+        lines.append(f"| {s} | " + " | ".join(f"{c[s]:.3f}" if s in c else "" for c in curves.values()) + " |")
+    return "\n".join(lines)
+
+
+def _records(run: Path) -> list[dict]:
+    return _read_jsonl(run / "eval" / "hyps.jsonl")
 
 
 def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra: list[str]) -> dict:
@@ -346,27 +622,48 @@ def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra
     if "d" in recipes and not (out / "chars.json").exists():
         inv = build_char_inventory(root / "train", out / "chars.json")
         print(f"== character inventory: {len(inv)} symbols -> {out / 'chars.json'}", flush=True)
+    stress = build_stress_sets(root, out / "stress", nonspeech=size.nonspeech, padded=size.padded)
     summaries: dict[str, list[dict]] = {r: [] for r in recipes}
+    records: dict[str, list[list[dict]]] = {r: [] for r in recipes}
+    pretraining: dict[str, list[dict]] = {}
+    probe: list | None = None
     for seed in seeds:
         study = Study(out, size, seed)
         units = ["phones"] + (["chars"] if "d" in recipes else [])
         run_pipeline({"run_dir": str(study.dir), "stages": [study.pretraining(u) for u in units]},
                      study.common() + extra)
+        for u in units:
+            done = study.pretrain_dir(u) / "measured.json"
+            if not done.exists():
+                probe = probe or _study_data(study)
+                atomic_write_json(done, measure_pretraining(study, u, probe))
+            pretraining.setdefault(u, []).append(json.loads(done.read_text()))
         for name in recipes:
             done = study.dir / name / "summary.json"
             if not done.exists():
                 t = time.perf_counter()
                 run_pipeline({"run_dir": str(study.dir / name), "stages": study.recipe(name)},
                              study.common() + extra)
-                summary = measure(study, name)
+                probe = probe or _study_data(study)
+                summary = measure(study, name, stress, probe)
                 summary["wall_seconds"] = round(time.perf_counter() - t, 1)
                 atomic_write_json(done, summary)
                 print(f"== seed {seed} recipe {name}: done in {summary['wall_seconds']:.0f} s", flush=True)
             summaries[name].append(json.loads(done.read_text()))
-    table = aggregate(summaries)
-    markdown = format_table(table)
+            records[name].append(_records(study.dir / name))
+    evidence = Evidence(summaries, records)
+    table, claims = evidence.table(), evidence.claims()
+    sections = [("Schedules", schedules(size)), ("Results: mean ± sample sd over seeds", format_table(table)),
+                ("Claims: paired differences x − y, two-level bootstrap 95% intervals", format_claims(claims)),
+                ("NSE per encoder layer (mean over seeds)", format_nse(pretraining, summaries)),
+                ("NSE of the encoder output over pretraining steps (mean over seeds)", format_nse_steps(pretraining))]
+    markdown = "\n\n".join(f"## {title}\n\n{body}" for title, body in sections if body)
     results = {"size": {**asdict(size), "total_steps": size.total}, "seeds": seeds, "recipes": recipes,
-               "table": table, "wall_seconds": round(time.perf_counter() - t0, 1),
+               "table": table, "claims": claims, "pretraining": pretraining,
+               "per_run": {r: [{k: s.get(k) for k in ("seed", "swaps", "nse_by_layer", "cka_to_pretrained",
+                                                         "fit_seconds", "wall_seconds")} for s in runs]
+                           for r, runs in summaries.items()},
+               "wall_seconds": round(time.perf_counter() - t0, 1),
                "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                           f"torch {torch.__version__}",
                "date": time.strftime("%Y-%m-%d")}
@@ -381,9 +678,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--size", choices=sorted(SIZES), default="tiny",
-                   help="tiny: this 2-core CPU in under 2 h; gpu: 4x steps and corpus, bf16 on one GPU; "
+                   help="tiny: this 2-core CPU in under 3 h; gpu: 4x steps, bf16 on one GPU, 5 seeds; "
                         "smoke: every stage for a few steps (checks the script)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", help="default: the size's (tiny 0 1 2, gpu 0-4, smoke 0)")
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES))
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="disabled",
                    help="W&B for every stage (default disabled: the study's figures are the table; an offline "
@@ -392,7 +689,7 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = SIZES[a.size]
-    return run_study(a.out, size, a.seeds, a.recipes, ["--wandb", a.wandb, *extra])
+    return run_study(a.out, size, list(a.seeds or size.seeds), a.recipes, ["--wandb", a.wandb, *extra])
 
 
 if __name__ == "__main__":

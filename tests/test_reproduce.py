@@ -1,4 +1,5 @@
-"""experiments/reproduce.py: equal step budgets, the replay schedule, the table; the whole study at smoke size (slow)."""
+"""experiments/reproduce.py: equal step budgets and schedules, one difference per comparison, the paired claims;
+the whole study at smoke size (slow)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from experiments.reproduce import RECIPES, ROWS, SIZES, Study, aggregate, format_table
+from experiments.reproduce import (
+    CLAIMS,
+    RECIPES,
+    ROWS,
+    SIZES,
+    Evidence,
+    Study,
+    format_claims,
+    format_table,
+    schedules,
+)
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -19,8 +30,9 @@ def test_every_recipe_gets_the_same_total_optimizer_steps(size, tmp_path):
     for name in RECIPES:
         stages = study.recipe(name)
         steps = sum(st["overrides"]["trainer.max_steps"] for st in stages)
-        pretraining = 0 if name == "a" else s.pretrain  # b, c, d start from a pretraining run of s.pretrain steps
+        pretraining = 0 if name == "a" else s.pretrain  # the others start from a pretraining run of s.pretrain steps
         assert steps + pretraining == s.total, name
+        assert stages[-1]["name"] == "joint_sft"
     assert study.pretraining("chars")["overrides"]["model.init_args.ctc_head"]["units"] == "chars"
     assert "--seed_everything" in study.common() and study.common()[study.common().index("--seed_everything") + 1] == "1"
 
@@ -33,26 +45,96 @@ def test_replay_delivers_the_final_snapshot_by_final_by_step(size):
     assert s.final_by_step < s.ia_sft  # and IA-SFT trains on it after
 
 
-def test_c_aligns_and_swaps_on_the_phone_run_and_d_borrows_its_aligner(tmp_path):
+def _schedule(stages: list[dict]) -> list[tuple]:
+    return [(st["overrides"]["trainer.max_steps"], st["overrides"]["model.init_args.optim"]["lr"],
+             st["overrides"]["model.init_args.optim"]["warmup_steps"]) for st in stages]
+
+
+def test_b_c_and_e_differ_only_in_what_the_encoder_does(tmp_path):
     study = Study(tmp_path, SIZES["tiny"], seed=0)
-    c_align = study.recipe("c")[0]
+    b, c, e = (study.recipe(r) for r in "bce")
+    assert _schedule(b) == _schedule(c) == _schedule(e)  # the adapter's and the LLM's schedule
+    final = str(study.pretrain_dir("phones") / "export" / "encoder.safetensors")
+    # b: the encoder trains in SFT (joint SFT's module); e: IA-SFT on the final encoder, nothing swapped
+    assert b[1]["config"].endswith("joint_sft.yaml") and b[1]["overrides"]["trainer.callbacks"] == []
+    assert e[1]["config"].endswith("ia_sft.yaml") and e[1]["overrides"]["trainer.callbacks"] == []
+    for stages in (b, e):
+        assert stages[0]["overrides"]["model.init_args.init"]["encoder"] == final
+        assert stages[1]["overrides"]["model.init_args.init"]["encoder"] == final
+    # c: aligns on the first snapshot and swaps the later ones in
+    assert c[0]["overrides"]["model.init_args.init"]["encoder"].endswith("encoder-step00000500.safetensors")
+    swap = c[1]["overrides"]["trainer.callbacks"][0]
+    assert swap["class_path"] == "callbacks.EncoderHotSwap"
+    assert swap["init_args"]["snapshot_dir"].endswith("pretrain_phones/export/snapshots")
+    # every recipe's last stage probes before and after, labelled by the phone run
+    for r in RECIPES:
+        probe = study.recipe(r)[-1]["overrides"]["trainer.callbacks"][-1]
+        assert probe["init_args"]["at_start"] and "pretrain_phones" in probe["init_args"]["aligner"]["encoder"]
+
+
+def test_d_swaps_its_own_snapshots_and_borrows_the_phone_aligner(tmp_path):
+    study = Study(tmp_path, SIZES["tiny"], seed=0)
     d_align, d_ia, _ = study.recipe("d")
-    assert "pretrain_phones" in c_align["overrides"]["model.init_args.init"]["encoder"]
     assert "pretrain_chars" in d_align["overrides"]["model.init_args.init"]["encoder"]
     assert "pretrain_phones" in d_align["overrides"]["model.init_args.distill"]["aligner"]["ctc_head"]
     assert d_align["overrides"]["model.init_args.ctc_head"] is None
     swap = d_ia["overrides"]["trainer.callbacks"][0]["init_args"]
-    assert swap["snapshot_dir"].endswith("pretrain_chars/export/snapshots") and swap["replay_start"] == 588
+    assert swap["snapshot_dir"].endswith("pretrain_chars/export/snapshots") and swap["replay_start"] == 688
+    with pytest.raises(ValueError, match="unknown recipe 'z'"):
+        study.recipe("z")
 
 
-def test_aggregate_means_sample_sd_and_missing_values():
-    runs = [{"eval": {"test": {"zh": {"cer": v}}}, "probe": {"pai_bits": 1.0}} for v in (0.1, 0.2, 0.6)]
-    table = aggregate({"c": runs, "a": [{"eval": {}}]})
-    cer = table["c"]["test CER zh %"]
-    assert cer["mean"] == pytest.approx(0.3) and cer["sd"] == pytest.approx(math.sqrt(0.07)) and cer["n"] == 3
-    assert table["a"]["test CER zh %"]["mean"] is None
-    md = format_table(table)
-    assert "| test CER zh % | 30.0 ± 26.5 | n/a |" in md and md.count("\n") == len(ROWS) + 1
+def test_schedules_table_names_every_recipe_with_its_steps():
+    md = schedules(SIZES["tiny"])
+    assert md.count("\n") == len(RECIPES) + 1
+    assert "joint SFT of a fresh encoder 1800 @ 0.0005" in md and "IA-SFT 300 @ 0.0005, no swaps" in md
+
+
+def _records(errors_zh: list[int], emits: list[int]) -> list[dict]:
+    recs = [{"set": "test", "id": f"u{i}", "language": "zh", "errors": e, "ref_units": 10, "insertions": 0,
+             "flags": [], "hyp_units": 10} for i, e in enumerate(errors_zh)]
+    recs += [{"set": "nonspeech_wide", "id": f"n{i}", "language": "none", "errors": 0, "ref_units": 0,
+              "insertions": 0, "flags": [], "hyp_units": h} for i, h in enumerate(emits)]
+    return recs
+
+
+def test_evidence_pairs_seeds_and_utterances_and_gives_verdicts():
+    # c beats a by 5 errors per 10-unit utterance on every utterance of every seed: a certain difference
+    summaries = {r: [{"seed": s, "probe": {"pai_bits": p + s}} for s in (0, 1, 2)] for r, p in (("a", 1.0), ("c", 3.0))}
+    records = {"a": [_records([6, 7, 8], [1, 1, 0, 0]) for _ in range(3)],
+               "c": [_records([1, 2, 3], [0, 0, 0, 0]) for _ in range(3)]}
+    ev = Evidence(summaries, records)
+    table = ev.table()
+    assert table["a"]["test CER zh %"]["mean"] == pytest.approx(0.7)
+    assert table["c"]["non-speech emission rate %"]["mean"] == 0.0
+    assert table["a"]["non-speech emission rate %"]["mean"] == pytest.approx(0.5)
+    assert table["c"]["encoder PAI bits/frame"]["values"] == [3.0, 4.0, 5.0]
+    assert table["c"]["test WER en %"]["mean"] is None  # no English utterances: not measured, not zero
+    d = ev.compare("c", "a", "test CER zh %")
+    assert d["diff"] == pytest.approx(-0.5) and d["low"] == pytest.approx(-0.5) and d["high"] == pytest.approx(-0.5)
+    assert ev.compare("c", "a", "encoder PAI bits/frame")["diff"] == pytest.approx(2.0)
+    claims = {c["claim"]: c for c in ev.claims()}
+    staged = claims[CLAIMS[0][0]]
+    assert staged["verdict"] == "reproduces" and [t["row"] for t in staged["tests"]] == ["test CER zh %"]
+    md = format_claims(ev.claims())
+    assert "| c − a | test CER zh % | -50.0 [-50.0, -50.0] | reproduces |" in md
+    assert format_table(table).count("\n") == len(ROWS) + 1
+
+
+def test_evidence_refuses_recipes_that_decoded_different_utterances():
+    summaries = {r: [{"seed": 0}] for r in "ac"}
+    records = {"a": [_records([1, 2], [0])], "c": [_records([1, 2, 3], [0])]}
+    with pytest.raises(ValueError, match="different utterances"):
+        Evidence(summaries, records).compare("c", "a", "test CER zh %")
+
+
+def test_sample_sd_over_seeds_and_missing_values():
+    summaries = {"c": [{"seed": s, "probe": {"nse_encoder": v}} for s, v in enumerate((0.1, 0.2, 0.6))],
+                 "a": [{"seed": 0}]}
+    table = Evidence(summaries, {"c": [[]] * 3, "a": [[]]}).table()
+    nse = table["c"]["encoder NSE"]
+    assert nse["mean"] == pytest.approx(0.3) and nse["sd"] == pytest.approx(math.sqrt(0.07)) and nse["n"] == 3
+    assert table["a"]["encoder NSE"]["mean"] is None
 
 
 @pytest.mark.slow
@@ -60,13 +142,18 @@ def test_smoke_study_runs_every_recipe_and_measures_it(tmp_path):
     from experiments.reproduce import main
 
     os.environ.setdefault("WANDB_MODE", "disabled")
-    res = main(["--size", "smoke", "--seeds", "0", "--out", str(tmp_path)])
+    res = main(["--size", "smoke", "--out", str(tmp_path)])
     assert set(res["table"]) == set(RECIPES)
     for name in RECIPES:
         summary = json.loads((Path(tmp_path) / "seed0" / name / "summary.json").read_text())
-        assert {"test", "test_unseen_voice", "nonspeech"} <= set(summary["eval"])
-        assert "pai_bits" in summary["probe"] and "h0_bits_per_char" in summary["probe"]
+        assert {"test", "test_unseen_voice", "nonspeech_wide", "test_padded"} <= set(summary["eval"])
+        assert "pai_bits" in summary["probe"] and "pai_bits" in summary["probe_before"]
+        assert len(summary["nse_by_layer"]) == 7  # six blocks and the output
         assert ("cka_to_pretrained" in summary) == (name != "a")
     swaps = [json.loads(line) for line in (Path(tmp_path) / "seed0" / "c" / "ia_sft" / "swaps.jsonl").open()]
     assert swaps[-1]["final"] and swaps[-1]["step"] == SIZES["smoke"].final_by_step
-    assert (Path(tmp_path) / "table.md").exists()
+    assert not (Path(tmp_path) / "seed0" / "e" / "ia_sft" / "swaps.jsonl").exists()
+    assert {c["x"] + c["y"] for c in res["claims"]} == {"ca", "cd", "eb", "ce", "cb"}
+    assert res["pretraining"]["phones"][0]["nse_by_step"] and res["pretraining"]["chars"][0]["nse_by_layer"]
+    table = (Path(tmp_path) / "table.md").read_text()
+    assert "## Claims" in table and "## NSE per encoder layer" in table

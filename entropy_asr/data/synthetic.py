@@ -157,12 +157,15 @@ def _babble(n: int, rng: np.random.Generator, engine: ESpeak, pool: tuple[str, .
     return out.astype(np.float32)
 
 
-def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[str, ...]] | None = None
-                   ) -> tuple[np.ndarray, str]:
-    """A 1-8 s clip with no speech (NONSPEECH_KINDS); babble needs (engine, variant pool)."""
+def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[str, ...]] | None = None,
+                   kind: str | None = None) -> tuple[np.ndarray, str]:
+    """A 1-8 s clip with no speech of `kind` (default: drawn from NONSPEECH_KINDS); babble needs (engine, pool)."""
     n = int(rng.uniform(1.0, 8.0) * SAMPLE_RATE)
-    kinds = NONSPEECH_KINDS if engine_pool is not None else NONSPEECH_KINDS[:-1]
-    kind = str(rng.choice(kinds))
+    if kind is None:
+        kinds = NONSPEECH_KINDS if engine_pool is not None else NONSPEECH_KINDS[:-1]
+        kind = str(rng.choice(kinds))
+    elif kind not in NONSPEECH_KINDS or (kind == "babble" and engine_pool is None):
+        raise ValueError(f"nonspeech_clip: kind {kind!r} is not one of {NONSPEECH_KINDS} (babble needs engine_pool)")
     t = np.arange(n) / SAMPLE_RATE
     if kind == "silence":
         return np.zeros(n, np.float32), kind

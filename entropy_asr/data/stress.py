@@ -1,0 +1,169 @@
+"""Hallucination test sets: many kinds of non-speech, and speech with long silence or noise around it.
+
+    python -m entropy_asr.data.stress --corpus DIR --out OUT [--nonspeech 240] [--padded 180]
+
+Writes two shard dirs next to each other (readable by evaluate.py like any prepared set):
+  OUT/nonspeech_wide  `--nonspeech` clips without speech (language "none", empty text), the same
+                      number of each kind in synthetic.NONSPEECH_KINDS (silence, near-silence,
+                      white/pink/brown noise, hum, tones, clicks, music, babble), drawn from seeds
+                      that no corpus split uses, so no clip was heard in training;
+  OUT/test_padded     the first `--padded` speech utterances of CORPUS/test, each with 2-6 s of
+                      silence, near-silence, coloured noise or hum before and after it (one kind
+                      per side, -60..-30 dBFS): an LLM decoder that "fills" long non-speech stretches
+                      shows it as insertions here and not on the clean test set.
+Both are deterministic for equal arguments; finished shards are kept when a build resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+from entropy_asr.data.audio import SAMPLE_RATE, decode_audio
+from entropy_asr.data.augment import colored_noise
+from entropy_asr.data.shards import (
+    SkipCounter,
+    prepare_utterance,
+    read_index,
+    write_shards,
+)
+
+log = logging.getLogger(__name__)
+
+PAD_KINDS = ("silence", "near_silence", "white", "pink", "brown", "hum")
+PAD_SECONDS = (2.0, 6.0)
+SHARD_SIZE = 60
+
+
+def pad_clip(rng: np.random.Generator, kind: str, seconds: float) -> np.ndarray:
+    """`seconds` of one PAD_KINDS kind at -60..-30 dBFS (silence: zeros)."""
+    n = int(seconds * SAMPLE_RATE)
+    if kind == "silence":
+        return np.zeros(n, np.float32)
+    if kind == "hum":
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = float(rng.choice([50.0, 60.0]))
+        x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3, 4))
+    else:
+        x = colored_noise(n, rng, {"near_silence": 0.0, "white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
+    db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(-60, -30)
+    x = np.asarray(x, np.float64)
+    x = x * 10 ** (db / 20) / max(1e-9, float(np.sqrt(np.mean(x ** 2))))
+    return x.clip(-1, 1).astype(np.float32)
+
+
+def _nonspeech_job(job: tuple[int, list[int]], skips: SkipCounter):
+    """Clips `indices` of the wide non-speech set (module level: runs in worker processes)."""
+    from entropy_asr.data.espeak import ESpeak
+    from entropy_asr.data.synthetic import NONSPEECH_KINDS, nonspeech_clip, voice_pools
+
+    seed, indices = job
+    engine = None
+    for i in indices:
+        kind = NONSPEECH_KINDS[i % len(NONSPEECH_KINDS)]
+        # a fresh generator per clip (resumable, order-free); "stress" keeps it apart from the corpus' seeds
+        rng = np.random.default_rng([seed, i, 0x57E55])
+        if kind == "babble":
+            engine = engine or ESpeak.instance()
+        x, got = nonspeech_clip(rng, (engine, voice_pools()[0]) if kind == "babble" else None, kind=kind)
+        assert got == kind
+        utt = prepare_utterance(f"stress{seed}_nonspeech_{i:06d}", x, SAMPLE_RATE, "", "none", "none", "stress",
+                                skips, max_duration=60.0, allow_empty=True, extra={"nonspeech_kind": kind})
+        yield utt
+
+
+def _padded_job(job: tuple[int, list[tuple[int, dict, bytes]]], skips: SkipCounter):
+    seed, items = job
+    for i, meta, flac in items:
+        x, sr = decode_audio(flac)
+        if sr != SAMPLE_RATE:
+            raise ValueError(f"test_padded: {meta.get('key', i)} is {sr} Hz; the corpus is {SAMPLE_RATE} Hz")
+        rng = np.random.default_rng([seed, i, 0x9ADD])
+        kinds = [str(k) for k in rng.choice(PAD_KINDS, 2)]
+        before, after = (pad_clip(rng, k, float(rng.uniform(*PAD_SECONDS))) for k in kinds)
+        y = np.concatenate([before, x.astype(np.float32), after])
+        extra = {"pad_kinds": kinds, "pad_samples": [len(before), len(after)]}  # at 16 kHz
+        utt = prepare_utterance(f"{meta['key']}_padded", y, SAMPLE_RATE, meta["text"], meta["language"],
+                                meta["speaker"], "stress", skips, max_duration=60.0, extra=extra)
+        if utt is None:
+            raise RuntimeError(f"test_padded: {meta['key']} was rejected ({dict(skips)}); this is a bug")
+        yield utt
+
+
+def _speech_items(test_dir: Path, n: int) -> list[tuple[int, dict, bytes]]:
+    """The first `n` speech utterances of a shard dir: (index, metadata with its key, flac bytes)."""
+    out: list[tuple[int, dict, bytes]] = []
+    for s in read_index(test_dir)["shards"]:
+        with tarfile.open(test_dir / s["name"]) as tar:
+            members: dict[str, dict] = {}
+            for m in tar:
+                key, _, ext = m.name.rpartition(".")
+                members.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        for key in sorted(members):
+            meta = json.loads(members[key]["json"])
+            if meta["language"] == "none" or not meta["text"].strip():
+                continue
+            out.append((len(out), {**meta, "key": key}, members[key]["flac"]))
+            if len(out) == n:
+                return out
+    return out
+
+
+def build_stress_sets(corpus: str | Path, out: str | Path, *, nonspeech: int = 240, padded: int = 180,
+                      seed: int = 0, num_workers: int = 1) -> dict[str, Path]:
+    """Build OUT/nonspeech_wide and OUT/test_padded (see the module docstring); returns {name: dir}."""
+    from entropy_asr.data.synthetic import NONSPEECH_KINDS
+
+    corpus, out = Path(corpus), Path(out)
+    if nonspeech < len(NONSPEECH_KINDS):
+        raise ValueError(f"--nonspeech {nonspeech}: give at least one clip of each of the {len(NONSPEECH_KINDS)} kinds")
+    test = corpus / "test"
+    if not (test / "index.json").is_file():
+        raise FileNotFoundError(f"--corpus {corpus}: no test/index.json; give a corpus dir with a test split "
+                                "(e.g. the synthetic corpus' cache dir)")
+    dirs = {"nonspeech_wide": out / "nonspeech_wide", "test_padded": out / "test_padded"}
+    for name, d in dirs.items():
+        done = d / "index.json"
+        if done.exists() and json.loads(done.read_text()).get("stress") == {"seed": seed, "n": nonspeech if
+                                                                            name == "nonspeech_wide" else padded}:
+            continue
+        meta = {"source": "stress", "split": name,
+                "stress": {"seed": seed, "n": nonspeech if name == "nonspeech_wide" else padded}}
+        if name == "nonspeech_wide":
+            idx = list(range(nonspeech))
+            jobs = [(seed, idx[i:i + SHARD_SIZE]) for i in range(0, nonspeech, SHARD_SIZE)]
+            write_shards(d, jobs, _nonspeech_job, num_workers=num_workers, meta=meta)
+        else:
+            items = _speech_items(test, padded)
+            if len(items) < padded:
+                raise ValueError(f"--padded {padded}: {test} has only {len(items)} speech utterances")
+            jobs = [(seed, items[i:i + SHARD_SIZE]) for i in range(0, padded, SHARD_SIZE)]
+            write_shards(d, jobs, _padded_job, num_workers=num_workers, meta=meta)
+        log.info("%s: built", d)
+    return dirs
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--corpus", type=Path, required=True, help="a corpus dir holding test/ (a prepared shard dir)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--nonspeech", type=int, default=240, help="non-speech clips (spread evenly over the kinds)")
+    p.add_argument("--padded", type=int, default=180, help="speech utterances of test/ to pad")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=1)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    dirs = build_stress_sets(a.corpus, a.out, nonspeech=a.nonspeech, padded=a.padded, seed=a.seed,
+                             num_workers=a.num_workers)
+    for name, d in dirs.items():
+        print(f"{name}: {d}")
+    return dirs
+
+
+if __name__ == "__main__":
+    main()
