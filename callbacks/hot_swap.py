@@ -13,6 +13,12 @@ Each swap is logged (hot_swap/snapshot_step at the IA-SFT step) and appended to
 `<run dir>/swaps.jsonl` {step, snapshot_step, marker, final}. With `final_by_step`, the run waits at
 that step for pretraining's final snapshot, so the steps after it train on the final encoder.
 
+Across ranks (DDP, FSDP): rank 0 alone reads the snapshot directory and decides, at each poll,
+which snapshot (step, marker, checksum) comes in; the decision is broadcast, and every rank loads
+that snapshot at the same step boundary after checking the checksum of the file it reads. Waiting
+and giving up are decided the same way, so ranks never train against different encoders and never
+disagree about whether to stop.
+
 Replay (`replay_start`, `replay_pace`): the snapshots of a pretraining run that has finished are
 revealed as if it were still running beside this one: at IA-SFT step s, only snapshots of
 pretraining step <= replay_start + replay_pace * s are visible (the final one also from
@@ -48,6 +54,22 @@ def _marker_step(marker: Path) -> int | None:
         return None
 
 
+def _check_marker(meta, step: int) -> None:
+    """A marker's fields as the drift monitor writes them, or ValueError: its step (the file name's), its files
+    (bare names inside the snapshot dir, an encoder among them) and a checksum for each."""
+    if not isinstance(meta, dict) or type(meta.get("step")) is not int or meta["step"] != step:
+        raise ValueError(f"the marker's step {meta.get('step') if isinstance(meta, dict) else meta!r} is not the "
+                         f"file name's {step}")
+    files, sums = meta.get("files"), meta.get("sha256")
+    if not isinstance(files, dict) or "encoder" not in files or not isinstance(sums, dict):
+        raise ValueError("the marker names no encoder file, or no checksums")
+    for component, name in files.items():
+        if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or "\\" in name:
+            raise ValueError(f"files.{component} {name!r} is not a file name inside the snapshot dir")
+        if not isinstance(sums.get(component), str):
+            raise ValueError(f"no sha256 for files.{component}")
+
+
 def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | None = None) -> list[dict]:
     """Markers of the complete snapshots in `directory` past `after_step`, by step: each {step, final, path, ...}.
 
@@ -68,6 +90,7 @@ def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | 
             continue
         try:
             meta = json.loads(marker.read_text())
+            _check_marker(meta, step)
             encoder = marker.parent / meta["files"]["encoder"]
             for component, name in meta["files"].items():  # the encoder and what goes with it (its CTC head)
                 if sha256_file(marker.parent / name) != meta["sha256"][component]:
@@ -79,6 +102,26 @@ def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | 
             continue
         out.append({**meta, "path": str(encoder), "marker": marker.name})
     return sorted(out, key=lambda m: m["step"])
+
+
+def _world(pl_module):
+    """The trainer when several processes train together, else None."""
+    try:
+        trainer = pl_module.trainer
+    except RuntimeError:  # a module outside a fit
+        return None
+    return trainer if getattr(trainer, "world_size", 1) > 1 else None
+
+
+def _is_rank_zero(pl_module) -> bool:
+    trainer = _world(pl_module)
+    return trainer is None or trainer.is_global_zero
+
+
+def _from_rank_zero(pl_module, obj):
+    """`obj` as rank 0 has it, on every rank (itself when there is one process)."""
+    trainer = _world(pl_module)
+    return obj if trainer is None else trainer.strategy.broadcast(obj, src=0)
 
 
 class EncoderHotSwap(L.Callback):
@@ -165,15 +208,19 @@ class EncoderHotSwap(L.Callback):
         WAITING.set()
         try:
             while True:
-                snap = self.poll(pl_module)
+                snap = self.poll(pl_module)  # collective: every rank gets rank 0's decision
                 if done(snap):
                     pl_module.print(f"[hot-swap] waited {time.monotonic() - t0:.0f} s")
                     return snap or self.current
+                stop = None  # rank 0's clock and pipeline decide when to give up, for every rank
                 if PRODUCER_FAILED:
-                    raise RuntimeError(f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: "
-                                       f"{PRODUCER_FAILED['message']}")
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"EncoderHotSwap: {message}")
+                    stop = ("failed", f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: "
+                                      f"{PRODUCER_FAILED['message']}")
+                elif time.monotonic() >= deadline:
+                    stop = ("timeout", f"EncoderHotSwap: {message}")
+                stop = _from_rank_zero(pl_module, stop)
+                if stop is not None:
+                    raise (TimeoutError if stop[0] == "timeout" else RuntimeError)(stop[1])
                 time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))
         finally:
             WAITING.clear()
@@ -202,21 +249,41 @@ class EncoderHotSwap(L.Callback):
         if meta.get("final") and meta.get("sha256", {}).get("encoder") == self.current.get("sha256"):
             self.current["final"] = True
 
-    def poll(self, pl_module) -> dict | None:
-        """Swap in the newest complete snapshot newer than the current one; returns its marker, or None."""
+    def _decide(self, step: int) -> dict:
+        """Rank 0's look at the directory: {"final": the current snapshot was re-marked final, "snap": the newest
+        visible complete snapshot newer than the current one, or None}."""
         was_final = self.final_swapped
         self._refresh_final()
+        refreshed = self.final_swapped and not was_final
         done = self.current["step"] if self.current else -1
         newer = [s for s in complete_snapshots(self.snapshot_dir, after_step=done, skip=self._rejected)
-                 if self.visible(s, pl_module.global_step)]
-        if not newer:
-            if self.final_swapped and not was_final:
+                 if self.visible(s, step)]
+        return {"final": refreshed, "snap": newer[-1] if newer else None}
+
+    def poll(self, pl_module) -> dict | None:
+        """Swap in the newest complete snapshot newer than the current one; returns its marker, or None.
+
+        Collective under several ranks: call it at the same step on every rank (step boundaries are).
+        """
+        decision = self._decide(pl_module.global_step) if _is_rank_zero(pl_module) else None
+        decision = _from_rank_zero(pl_module, decision)
+        if decision["final"] and self.current is not None:
+            self.current["final"] = True  # (rank 0 set it already)
+        snap = decision["snap"]
+        if snap is None:
+            if decision["final"]:
                 pl_module.print(f"[hot-swap] step {pl_module.global_step}: {self.current['marker']} (already in) "
                                 "is pretraining's final snapshot")
                 self._record(pl_module)
             return None
-        snap = newer[-1]
-        pl_module.swap_encoder(snap["path"])
+        if not _is_rank_zero(pl_module):  # rank 0 checked it; each other rank checks what it reads
+            for component, name in snap["files"].items():
+                got = sha256_file(Path(self.snapshot_dir) / name)
+                if got != snap["sha256"][component]:
+                    raise RuntimeError(f"EncoderHotSwap: rank {pl_module.global_rank} reads {name} with checksum "
+                                       f"{got[:12]}, not the {snap['sha256'][component][:12]} rank 0 swapped in "
+                                       f"(was it rewritten meanwhile? is {self.snapshot_dir} the same on every node?)")
+        pl_module.swap_encoder(str(Path(self.snapshot_dir) / snap["files"]["encoder"]))  # this rank's view of the dir
         self.current = {"step": snap["step"], "final": bool(snap.get("final")), "path": snap["path"],
                         "marker": snap["marker"], "sha256": snap["sha256"]["encoder"]}
         pl_module.print(f"[hot-swap] step {pl_module.global_step}: encoder <- {snap['marker']} (pretraining step "

@@ -25,3 +25,66 @@ class KeyRecorder(L.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / f"keys-rank{trainer.global_rank}.json"
         path.write_text(json.dumps({"train": self.train, "val": self.val, "world_size": trainer.world_size}))
+
+
+class LaggingSnapshot(L.Callback):
+    """At step `at`, rank 0 publishes a new encoder snapshot (a perturbed copy of `source`, with its CTC head) in
+    `snapshot_dir`, as a pretraining run beside this one would; the other ranks' view of the directory lags `lag`
+    steps behind (a shared filesystem's delay). After every step each rank records its encoder's checksum and the
+    swaps it made, in <out>/swaps-rank<r>.json. List it before callbacks.EncoderHotSwap."""
+
+    def __init__(self, snapshot_dir: str, source: str, at: int, new_step: int, lag: int, out: str):
+        self.dir, self.source, self.at, self.new_step, self.lag = Path(snapshot_dir), source, at, new_step, lag
+        self.out, self.digests = Path(out), []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from callbacks import hot_swap
+
+        step = trainer.global_step
+        if step == self.at and trainer.is_global_zero:
+            self.publish()
+        if not trainer.is_global_zero and not hasattr(hot_swap, "_unlagged"):
+            hot_swap._unlagged = hot_swap.complete_snapshots
+            lagging = self
+
+            def late_view(directory, after_step=-1, skip=None):
+                seen = hot_swap._unlagged(directory, after_step, skip)
+                hidden = trainer.global_step < lagging.at + lagging.lag
+                return [s for s in seen if not (hidden and s["step"] == lagging.new_step)]
+
+            hot_swap.complete_snapshots = late_view
+
+    def publish(self) -> None:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        from entropy_asr.data.shards import atomic_write_json
+        from entropy_asr.model.export import sha256_file
+
+        weights = load_file(self.source)
+        g = torch.Generator().manual_seed(self.new_step)
+        weights = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+                   for k, v in weights.items()}
+        enc = self.dir / f"encoder-step{self.new_step:08d}.safetensors"
+        save_file(weights, str(enc), metadata={"component": "encoder", "meta": "{}"})
+        head_src = next(self.dir.glob("ctc_head-step*.safetensors"))
+        head = self.dir / f"ctc_head-step{self.new_step:08d}.safetensors"
+        head.write_bytes(head_src.read_bytes())
+        atomic_write_json(self.dir / f"snapshot-step{self.new_step:08d}.json",
+                          {"step": self.new_step, "cka": 0.5, "nse": 0.5, "final": False,
+                           "files": {"encoder": enc.name, "ctc_head": head.name},
+                           "sha256": {"encoder": sha256_file(enc), "ctc_head": sha256_file(head)}})
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import hashlib
+
+        h = hashlib.sha256()
+        for name, p in sorted(pl_module.net.encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        self.digests.append({"step": trainer.global_step - 1, "encoder": h.hexdigest()})
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"swaps-rank{trainer.global_rank}.json").write_text(json.dumps(
+            {"digests": self.digests, "swaps": pl_module.swaps, "world_size": trainer.world_size}))

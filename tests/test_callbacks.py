@@ -234,3 +234,18 @@ def test_replay_reveals_a_finished_runs_snapshots_at_the_pace_of_a_run_beside_it
         cb.on_train_batch_start(module.trainer, module, None, 0)
     with pytest.raises(ValueError, match="replay_pace > 0"):
         EncoderHotSwap(str(tmp_path), replay_start=0, replay_pace=0.0)
+
+
+def test_markers_with_wrong_fields_or_paths_outside_the_dir_are_skipped(tmp_path, caplog):
+    good = write_snapshot(tmp_path, 10)
+    outside = tmp_path.parent / "planted.safetensors"
+    outside.write_bytes(good.read_bytes())
+    cases = {20: {"step": "20"}, 30: {"step": 31}, 40: {"files": {"encoder": "../planted.safetensors"}},
+             50: {"files": {"encoder": str(outside)}}, 60: {"files": {"ctc_head": good.name}},
+             70: {"files": {"encoder": good.name, "ctc_head": good.name}}}  # 70: no checksum for the head
+    for step, change in cases.items():
+        meta = {"step": step, "final": False, "files": {"encoder": good.name}, "sha256": {"encoder": sha256_file(good)},
+                **change}
+        (tmp_path / f"snapshot-step{step:08d}.json").write_text(json.dumps(meta))
+    assert [m["step"] for m in complete_snapshots(tmp_path)] == [10]
+    assert sum("skipping snapshot" in r.message for r in caplog.records) == len(cases)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch.multiprocessing as mp
 from entropy_asr.metrics.cka import LinearCKA
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate
 from tests.test_datamodule import keys_in
+from tests.test_stages import common, exports, llm_stage_args, small_models  # noqa: F401 (exports: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
@@ -101,3 +103,30 @@ def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
         assert got.keys() == want.keys()
         for k, value in want.items():
             assert got[k] == pytest.approx(value, rel=1e-9, abs=1e-12), k
+
+
+def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(exports, tiny_corpus, tmp_path):
+    # rank 0 publishes snapshot 50 at step 2; rank 1's view of the directory lags 2 steps (tests.ddp_helpers).
+    # Rank 0 decides for both: both swap it in at step 2, and their encoders stay bitwise equal at every step.
+    # (the copied dir holds the fixture's step-1 weights without a marker: nothing to swap before step 2)
+    snaps = tmp_path / "snapshots"
+    shutil.copytree(exports["root"] / "pretrain_ctc" / "export" / "snapshots", snaps)
+    helper = {"class_path": "tests.ddp_helpers.LaggingSnapshot",
+              "init_args": {"snapshot_dir": str(snaps), "source": str(exports["encoder"]), "at": 2, "new_step": 50,
+                            "lag": 2, "out": str(tmp_path / "rec")}}
+    swap = {"class_path": "callbacks.EncoderHotSwap", "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1}}
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, tmp_path / "run"),
+           "--model.init_args.encoder_snapshots", "[]", "--trainer.callbacks", json.dumps([helper, swap]),
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0", "--test", "false", "--wandb", "disabled",
+           "--data.init_args.batches_per_epoch", "5", *common(tiny_corpus), *small_models("ia_sft")]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / "rec" / f"swaps-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    assert [s["step"] for s in ranks[0]["swaps"]] == [s["step"] for s in ranks[1]["swaps"]] == [2]
+    assert ranks[0]["swaps"][-1]["path"].endswith("encoder-step00000050.safetensors")
+    assert ranks[0]["digests"] == ranks[1]["digests"] and len(ranks[0]["digests"]) == 5
+    digests = [d["encoder"] for d in ranks[0]["digests"]]
+    assert digests[0] == digests[1] != digests[2] == digests[4]  # the new encoder from step 2 on
