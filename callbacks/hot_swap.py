@@ -55,7 +55,7 @@ def _marker_step(marker: Path) -> int | None:
 
 
 def _check_marker(meta, step: int) -> None:
-    """A marker's fields as the drift monitor writes them, or ValueError: its step (the file name's), its files
+    """A marker's fields as the drift monitor writes them, or ValueError (a bad marker, of any kind, is skipped): its step (the file name's), its files
     (bare names inside the snapshot dir, an encoder among them) and a checksum for each."""
     if not isinstance(meta, dict) or type(meta.get("step")) is not int or meta["step"] != step:
         raise ValueError(f"the marker's step {meta.get('step') if isinstance(meta, dict) else meta!r} is not the "
@@ -67,7 +67,7 @@ def _check_marker(meta, step: int) -> None:
         if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or "\\" in name:
             raise ValueError(f"files.{component} {name!r} is not a file name inside the snapshot dir")
         if not isinstance(sums.get(component), str):
-            raise ValueError(f"no sha256 for files.{component}")
+            raise TypeError(f"no sha256 for files.{component}")
 
 
 def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | None = None) -> list[dict]:
@@ -214,8 +214,8 @@ class EncoderHotSwap(L.Callback):
                     return snap or self.current
                 stop = None  # rank 0's clock and pipeline decide when to give up, for every rank
                 if PRODUCER_FAILED:
-                    stop = ("failed", f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: "
-                                      f"{PRODUCER_FAILED['message']}")
+                    why = PRODUCER_FAILED["message"]
+                    stop = ("failed", f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: {why}")
                 elif time.monotonic() >= deadline:
                     stop = ("timeout", f"EncoderHotSwap: {message}")
                 stop = _from_rank_zero(pl_module, stop)

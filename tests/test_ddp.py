@@ -18,7 +18,12 @@ import torch.multiprocessing as mp
 from entropy_asr.metrics.cka import LinearCKA
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate
 from tests.test_datamodule import keys_in
-from tests.test_stages import common, exports, llm_stage_args, small_models  # noqa: F401 (exports: a fixture)
+from tests.test_stages import (
+    common,
+    exports,  # noqa: F401 (a fixture)
+    llm_stage_args,
+    small_models,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
@@ -105,7 +110,7 @@ def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
             assert got[k] == pytest.approx(value, rel=1e-9, abs=1e-12), k
 
 
-def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(exports, tiny_corpus, tmp_path):
+def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(exports, tiny_corpus, tmp_path):  # noqa: F811
     # rank 0 publishes snapshot 50 at step 2; rank 1's view of the directory lags 2 steps (tests.ddp_helpers).
     # Rank 0 decides for both: both swap it in at step 2, and their encoders stay bitwise equal at every step.
     # (the copied dir holds the fixture's step-1 weights without a marker: nothing to swap before step 2)
