@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import torch
@@ -31,13 +32,63 @@ from callbacks.common import (
     first_validation_batches,
     measured,
 )
-from entropy_asr.data.shards import atomic_write_json
+from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component, sha256_file
 from entropy_asr.plots import plot_drift
 from lightning_modules.strategies import full_weights
 
 log = logging.getLogger(__name__)
+
+
+def quarantine_after(directory: Path, step: int) -> Path | None:
+    """Move the snapshots past `step` (and their drift.jsonl lines) into `directory`/quarantine-stepS-TIME/.
+
+    A run resumed from its step-`step` checkpoint retrains the steps after it; snapshots a killed run
+    exported past its last checkpoint are not on the resumed run's path (a rerun of step 30 gives other
+    weights), so they go aside, with a NOTE, and the hot-swap (which reads only the directory itself) never
+    loads them. Nothing is deleted. Returns the quarantine dir, or None when there was nothing to move.
+    """
+    directory = Path(directory)
+    stale = []
+    for marker in sorted(directory.glob("snapshot-step*.json")):
+        try:
+            marker_step = int(marker.stem.removeprefix("snapshot-step"))
+        except ValueError:
+            continue
+        if marker_step > step:
+            stale.append((marker, marker_step))
+    drift = directory / "drift.jsonl"
+    lines = drift.read_text().splitlines() if drift.exists() else []
+
+    def past(line: str) -> bool:
+        try:
+            return int(json.loads(line)["step"]) > step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    late = [ln for ln in lines if ln.strip() and past(ln)]
+    if not stale and not late:
+        return None
+    aside = directory / f"quarantine-step{step:08d}-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for marker, marker_step in stale:
+        # the marker first: once it is gone the snapshot is incomplete to any reader, then its files
+        marker.replace(aside / marker.name)
+        for f in directory.glob(f"*-step{marker_step:08d}.safetensors"):
+            f.replace(aside / f.name)
+        moved.append(marker.name)
+    if late:
+        (aside / "drift.jsonl").write_text("\n".join(late) + "\n")
+        atomic_write_bytes(drift, "".join(ln + "\n" for ln in lines if ln.strip() and not past(ln)).encode())
+    (aside / "NOTE.txt").write_text(
+        f"Moved here when the run resumed from its step-{step} checkpoint: these snapshots (and drift checks) came "
+        f"from steps after it, which the resumed run trains again, so they are not on its path.\n"
+        f"Snapshots: {', '.join(moved) or 'none'}; drift.jsonl lines: {len(late)}.\n")
+    log.warning("resumed at step %d: %d snapshot(s) and %d drift check(s) from later steps moved to %s", step,
+                len(moved), len(late), aside)
+    return aside
 
 
 class CKADriftMonitor(MeasuredCallback):
@@ -174,6 +225,10 @@ class CKADriftMonitor(MeasuredCallback):
         plot_drift(self.history, Path(pl_module.trainer.default_root_dir) / "drift.png", threshold=self.threshold)
 
     # ---- resume ----------------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step > 0 and trainer.is_global_zero:  # resumed from a checkpoint
+            quarantine_after(self.snapshot_dir(pl_module), trainer.global_step)
+
     def state_dict(self) -> dict:
         return {"reference": self.reference, "history": list(self.history), "last_check": self.last_check}
 

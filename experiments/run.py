@@ -9,6 +9,7 @@ the resolved config (config.yaml), the checkpoints and the logs.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -19,9 +20,11 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from callbacks.common import MeasuredCallback
 from callbacks.progress import LineProgress
@@ -54,7 +57,8 @@ class EntropyCLI(LightningCLI):
         trainer = self._get(self.config_init, "trainer", default={})
         if trainer.get("logger") in (None, True):  # default: metrics.csv straight in the run dir, and W&B
             kwargs["logger"] = default_loggers(self._get(self.config, "run_dir"), self._get(self.config, "wandb"),
-                                               self._get(self.config, "wandb_project"))
+                                               self._get(self.config, "wandb_project"),
+                                               resume=bool(self._get(self.config, "ckpt_path")))
         callbacks = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
         given = trainer.get("callbacks") or []
         if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
@@ -63,7 +67,59 @@ class EntropyCLI(LightningCLI):
         return self._instantiate_trainer({**trainer, **kwargs}, callbacks)
 
 
-def default_loggers(run_dir: str, wandb_mode: str | None, project: str) -> list:
+class _KeepingWriter(ExperimentWriter):
+    """metrics.csv that is never deleted: a resumed run keeps the rows before its checkpoint and appends; a fresh
+    run in a dir that holds one moves it aside (metrics-<time>.csv) first."""
+
+    def __init__(self, log_dir: str, resume: bool):
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        self._kept: list[dict] | None = None
+        if path.is_file():
+            if resume:
+                with path.open(newline="") as f:
+                    self._kept = list(csv.DictReader(f))
+            else:
+                aside = path.with_name(f"metrics-{time.strftime('%Y%m%d-%H%M%S', time.localtime(path.stat().st_mtime))}"
+                                       ".csv")
+                path.replace(aside)
+                logging.getLogger(__name__).info("%s: a fresh run; the earlier metrics.csv is kept as %s", log_dir,
+                                                 aside.name)
+        super().__init__(log_dir)  # (deletes metrics.csv if it exists: it was read or moved aside above)
+
+    def save(self) -> None:
+        if self._kept is not None and self.metrics:
+            # the resumed run redoes the steps from its first logged one on: the killed run's rows from there go
+            first = min(int(m["step"]) for m in self.metrics)
+            kept = [r for r in self._kept if r.get("step") not in (None, "") and int(float(r["step"])) < first]
+            keys = sorted(set().union(*self._kept, *self.metrics) if self._kept else set().union(*self.metrics))
+            self.metrics_keys = keys
+            tmp = Path(self.metrics_file_path).with_suffix(".csv.tmp")
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keys)
+                writer.writeheader()
+                writer.writerows(kept)
+            os.replace(tmp, self.metrics_file_path)
+            self._kept = None
+        super().save()
+
+
+class RunCSVLogger(CSVLogger):
+    """CSVLogger writing run_dir/metrics.csv that keeps what earlier runs logged (see _KeepingWriter)."""
+
+    def __init__(self, run_dir: str, resume: bool = False):
+        super().__init__(run_dir, name="", version="")
+        self._resume = resume
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            os.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingWriter(self.log_dir, self._resume)
+        return self._experiment
+
+
+def default_loggers(run_dir: str, wandb_mode: str | None, project: str, resume: bool = False) -> list:
     """CSVLogger (run_dir/metrics.csv) and, unless disabled, a WandbLogger writing under run_dir/wandb.
 
     The mode is `wandb_mode`, else $WANDB_MODE, else offline: no account or network needed, and
@@ -73,10 +129,10 @@ def default_loggers(run_dir: str, wandb_mode: str | None, project: str) -> list:
     mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
     if mode not in ("offline", "online", "disabled", "dryrun", "run"):
         raise ValueError(f"W&B mode {mode!r} (from --wandb or $WANDB_MODE): use offline, online or disabled")
-    if not (Path(run_dir) / "metrics.csv").exists():  # the run dir holds config.yaml, not old logs: nothing to lose
-        here = re.escape(str(run_dir).rstrip("/"))
-        warnings.filterwarnings("ignore", message=rf"Experiment logs directory {here}/? exists")
-    loggers = [CSVLogger(run_dir, name="", version="")]
+    # metrics.csv is kept (RunCSVLogger), whatever Lightning's warning about the dir says
+    here = re.escape(str(run_dir).rstrip("/"))
+    warnings.filterwarnings("ignore", message=rf"Experiment logs directory {here}/? exists")
+    loggers = [RunCSVLogger(run_dir, resume=resume)]
     if mode != "disabled":
         name = Path(run_dir).name
         import wandb

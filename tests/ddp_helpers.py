@@ -88,3 +88,17 @@ class LaggingSnapshot(L.Callback):
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"swaps-rank{trainer.global_rank}.json").write_text(json.dumps(
             {"digests": self.digests, "swaps": pl_module.swaps, "world_size": trainer.world_size}))
+
+
+class KillAt(L.Callback):
+    """Test-only: SIGKILL this process at the start of step `step` (a crash: nothing is flushed or cleaned)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        import os
+        import signal
+
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,94 @@
+"""Resume after a crash: metrics.csv keeps what was logged, snapshots from past the checkpoint are quarantined."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from callbacks.cka_drift import quarantine_after
+from callbacks.hot_swap import complete_snapshots
+from experiments.run import RunCSVLogger
+from tests.test_callbacks import write_snapshot
+
+ROOT = Path(__file__).resolve().parents[1]
+ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
+
+
+def test_quarantine_moves_later_snapshots_and_drift_lines_aside_and_keeps_the_rest(tmp_path):
+    for step in (10, 20, 30, 40):
+        write_snapshot(tmp_path, step, seed=step)
+    (tmp_path / "drift.jsonl").write_text("".join(json.dumps({"step": s, "cka": 0.9}) + "\n" for s in (10, 20, 30, 40)))
+    aside = quarantine_after(tmp_path, 20)
+    assert [m["step"] for m in complete_snapshots(tmp_path)] == [10, 20]  # what a hot-swap can still see
+    assert sorted(p.name for p in aside.iterdir()) == [
+        "NOTE.txt", "drift.jsonl", "encoder-step00000030.safetensors", "encoder-step00000040.safetensors",
+        "snapshot-step00000030.json", "snapshot-step00000040.json"]
+    assert [json.loads(ln)["step"] for ln in (tmp_path / "drift.jsonl").read_text().splitlines()] == [10, 20]
+    assert [json.loads(ln)["step"] for ln in (aside / "drift.jsonl").read_text().splitlines()] == [30, 40]
+    assert "step-20 checkpoint" in (aside / "NOTE.txt").read_text()
+    assert quarantine_after(tmp_path, 20) is None  # nothing left to move
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_csv_logger_appends_on_resume_and_moves_an_old_log_aside_on_a_fresh_run(tmp_path):
+    first = RunCSVLogger(str(tmp_path))
+    for step in range(0, 50, 10):
+        first.log_metrics({"train/loss": float(step)}, step=step)
+    first.save()
+    # resumed from the step-30 checkpoint: steps 30 and 40 are trained again, with a new metric too
+    resumed = RunCSVLogger(str(tmp_path), resume=True)
+    resumed.log_metrics({"train/loss": 300.0, "val/per": 0.5}, step=30)
+    resumed.save()
+    resumed.log_metrics({"train/loss": 400.0}, step=40)
+    resumed.save()
+    rows = _rows(tmp_path / "metrics.csv")
+    assert [(int(r["step"]), float(r["train/loss"])) for r in rows] == [(0, 0.0), (10, 10.0), (20, 20.0), (30, 300.0),
+                                                                        (40, 400.0)]
+    assert rows[3]["val/per"] == "0.5" and rows[0]["val/per"] == ""
+    fresh = RunCSVLogger(str(tmp_path))  # a new run in the same dir: the old log is kept beside it
+    fresh.log_metrics({"train/loss": 1.0}, step=0)
+    fresh.save()
+    assert len(_rows(tmp_path / "metrics.csv")) == 1
+    old = list(tmp_path.glob("metrics-*.csv"))
+    assert len(old) == 1 and len(_rows(old[0])) == 5
+
+
+def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapshots(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    drift = {"class_path": "callbacks.CKADriftMonitor",
+             "init_args": {"every_n_steps": 2, "threshold": 1.0, "warmup_steps": 2, "probe_batches": 1}}
+    kill = {"class_path": "tests.ddp_helpers.KillAt", "init_args": {"step": 9}}
+    base = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+            "--run_dir", str(run_dir), "--trainer.max_steps", "12", "--checkpoint.every_n_train_steps", "5",
+            "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0", "--test", "false",
+            "--trainer.enable_progress_bar", "false", "--wandb", "disabled", "--model.init_args.encoder", json.dumps(ENC),
+            "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0"]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([*base, "--trainer.callbacks", json.dumps([drift, kill])], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    snaps = run_dir / "export" / "snapshots"
+    before = {p.name: p.read_bytes() for p in snaps.glob("*-step00000006.safetensors")}
+    assert before and (snaps / "snapshot-step00000008.json").exists()  # exported after the step-5 checkpoint
+    resumed = subprocess.run([*base, "--trainer.callbacks", json.dumps([drift]), "--ckpt_path", "last"], cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 12
+    # the killed run's snapshots 6 and 8 are aside, untouched; the directory holds the resumed run's
+    (aside,) = snaps.glob("quarantine-step00000005-*")
+    assert {p.name: p.read_bytes() for p in aside.glob("*-step00000006.safetensors")} == before
+    assert (aside / "snapshot-step00000008.json").exists() and (aside / "NOTE.txt").exists()
+    assert [m["step"] for m in complete_snapshots(snaps)] == [2, 4, 6, 8, 10, 12]
+    # every step's training loss is logged once: the killed run's up to its checkpoint, the resumed run's after
+    steps = [int(r["step"]) for r in _rows(run_dir / "metrics.csv") if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and set(range(0, 12)) <= set(steps), steps
