@@ -91,4 +91,4 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
     assert [m["step"] for m in complete_snapshots(snaps)] == [2, 4, 6, 8, 10, 12]
     # every step's training loss is logged once: the killed run's up to its checkpoint, the resumed run's after
     steps = [int(r["step"]) for r in _rows(run_dir / "metrics.csv") if r.get("train/loss")]
-    assert steps == sorted(set(steps)) and set(range(0, 12)) <= set(steps), steps
+    assert steps == sorted(set(steps)) and set(range(12)) <= set(steps), steps
