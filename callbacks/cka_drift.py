@@ -164,7 +164,7 @@ class CKADriftMonitor(MeasuredCallback):
         frames = self.encoder_frames(trainer, pl_module)
         first = self.reference is None
         cka = 1.0 if first else linear_cka(frames, self.reference, debiased=self.debiased)
-        # every rank decides as rank zero does (each may have probed its own part of the validation data)
+        # every rank probes the same batches (probe_dataloader); rank zero's number decides, for bitwise agreement
         cka = float(trainer.strategy.broadcast(torch.tensor(cka), src=0))
         nse = normalized_spectral_entropy(frames)
         entry = {"step": step, "cka": cka, "nse": nse, "snapshot": None, "threshold": self.threshold}

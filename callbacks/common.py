@@ -21,9 +21,15 @@ def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
 
 
 def first_validation_batches(trainer, n: int, who: str, fields: tuple[str, ...] = ("feats", "feat_lens")) -> list[tuple]:
-    """A fixed probe set: the first n validation batches, each a tuple of `fields` (tensors kept on the CPU)."""
+    """A fixed probe set: the first n validation batches, each a tuple of `fields` (tensors kept on the CPU).
+
+    The batches are those one process would read (the datamodule's probe_dataloader), the same on every rank:
+    every rank measures the same probe set, and a metric equals its single-process value at any world size.
+    """
+    dm = trainer.datamodule
+    loader = dm.probe_dataloader() if hasattr(dm, "probe_dataloader") else dm.val_dataloader()
     probe = []
-    for i, batch in enumerate(trainer.datamodule.val_dataloader()):
+    for i, batch in enumerate(loader):
         if i == n:
             break
         probe.append(tuple(batch[f].cpu() if torch.is_tensor(batch[f]) else batch[f] for f in fields))

@@ -118,13 +118,13 @@ class SpeechDataModule(L.LightningDataModule):
             raise ValueError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
         self._cmvn = load_cmvn(path)
 
-    def _loader(self, data_dir: str | None, name: str, train: bool) -> DataLoader:
+    def _loader(self, data_dir: str | None, name: str, train: bool, whole: bool = False) -> DataLoader:
         if not data_dir:
             raise ValueError(f"data.{name} is not set; point it at a shard dir (index.json + shard-*.tar)")
         urls = shard_urls(data_dir)
         if self._cmvn is None:
             self.setup()
-        rank, world = self._position()
+        rank, world = (0, 1) if whole else self._position()
         mix = [u for d in self.nonspeech_dirs for u in nonspeech_shard_urls(d)] \
             if train and self.nonspeech_share else []
         pipe = build_pipeline(
@@ -143,6 +143,11 @@ class SpeechDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         """Every validation utterance exactly once across ranks and workers, in a fixed order."""
         return self._loader(self.val_dir, "val_dir", train=False)
+
+    def probe_dataloader(self) -> DataLoader:
+        """The validation set as one process reads it, on every rank: the metric callbacks' probe set, so that a
+        probe's value is the same whatever the number of ranks."""
+        return self._loader(self.val_dir, "val_dir", train=False, whole=True)
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test dir, each read exactly once."""

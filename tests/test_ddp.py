@@ -135,3 +135,47 @@ def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_l
     assert ranks[0]["digests"] == ranks[1]["digests"] and len(ranks[0]["digests"]) == 5
     digests = [d["encoder"] for d in ranks[0]["digests"]]
     assert digests[0] == digests[1] != digests[2] == digests[4]  # the new encoder from step 2 on
+
+
+def _pretrain(tiny_corpus, run_dir: Path, devices: int) -> None:
+    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    callbacks = [{"class_path": "callbacks.CKADriftMonitor",
+                  "init_args": {"every_n_steps": 2, "threshold": 1.0, "warmup_steps": 0, "probe_batches": 2}},
+                 {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {"every_n_steps": 2, "probe_batches": 2}},
+                 {"class_path": "callbacks.AccessibleInformationProbe",
+                  "init_args": {"every_n_steps": 4, "probe_batches": 3, "at_start": True}}]
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+           "--run_dir", str(run_dir), "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
+           "--trainer.max_steps", "4", "--trainer.callbacks", json.dumps(callbacks), "--trainer.limit_val_batches", "0",
+           "--trainer.enable_progress_bar", "false", "--test", "false", "--wandb", "disabled",
+           "--model.init_args.encoder", json.dumps(ENC), "--data.init_args.synthetic", syn,
+           # (almost) no update: both runs probe the same weights, so a difference would be in what each probes
+           "--model.init_args.optim", json.dumps({"lr": 1e-30, "warmup_steps": 0, "weight_decay": 0.0}),
+           "--data.init_args.num_workers", "0", "--data.init_args.batches_per_epoch", "2",
+           "--data.init_args.val_dir", str(tiny_corpus / "train"), *(["--trainer.strategy", "ddp"] if devices > 1 else [])]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def _numbers(path: Path) -> list[dict]:
+    """Each line's numbers, nested keys flattened (encoder.nse, ...)."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            elif isinstance(v, (int, float)):
+                out[prefix + k] = v
+        return out
+    return [flat(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(tiny_corpus, tmp_path):
+    _pretrain(tiny_corpus, tmp_path / "one", 1)
+    _pretrain(tiny_corpus, tmp_path / "two", 2)
+    for rel in ("export/snapshots/drift.jsonl", "entropy.jsonl", "accessible_information.jsonl"):
+        one, two = _numbers(tmp_path / "one" / rel), _numbers(tmp_path / "two" / rel)
+        assert len(one) == len(two) >= 2, rel
+        for a, b in zip(one, two, strict=True):  # (probing a rank's own half of the set differs by percents)
+            assert b == pytest.approx(a, rel=1e-6, abs=1e-9), rel
