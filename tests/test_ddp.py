@@ -179,3 +179,21 @@ def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(
         assert len(one) == len(two) >= 2, rel
         for a, b in zip(one, two, strict=True):  # (probing a rank's own half of the set differs by percents)
             assert b == pytest.approx(a, rel=1e-6, abs=1e-9), rel
+
+
+@pytest.mark.parametrize("stage", ["align", "joint_sft"])
+def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, exports, tiny_corpus, tmp_path):  # noqa: F811
+    rec = {"class_path": "tests.ddp_helpers.KeyRecorder", "init_args": {"out": str(tmp_path / "keys")}}
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args(stage, exports, tmp_path / "run"),
+           "--trainer.callbacks", json.dumps([rec]), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.strategy", "ddp", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+           "--test", "false", "--wandb", "disabled", "--data.init_args.batches_per_epoch", "3",
+           *common(tiny_corpus), *small_models(stage)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["global_step"] == 3
+    ranks = [json.loads((tmp_path / "keys" / f"keys-rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 and len(r["train"]) > 0 for r in ranks)
+    assert set(ranks[0]["train"]) != set(ranks[1]["train"])  # each rank trains on its own data
+    assert (tmp_path / "run" / "export" / "adapter.safetensors").exists()

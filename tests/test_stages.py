@@ -546,3 +546,23 @@ def test_ia_sft_swaps_the_ctc_head_with_the_encoder_when_the_adapter_reads_it(ex
         m.swap_encoder(lone / "encoder.safetensors")
     assert all(torch.equal(v, before[k]) for k, v in m.net.encoder.state_dict().items())  # nothing half-swapped
     assert set(m.exported_components()) == {"encoder", "ctc_head", "adapter", "llm", "phone_frames"}
+
+
+def test_paper_pretraining_config_trains_two_views_with_dynamic_chunks(tiny_corpus, tmp_path):
+    # experiments/pretrain_ctc.yaml as it is (CR-CTC: augment.views 2, consistency 0.2; dynamic chunks), shrunk to a
+    # CPU: the second view comes through the data pipeline and the consistency term is trained and logged
+    enc = {**ENC, "dynamic_chunk": True, "max_chunk": 4, "full_context_prob": 0.5, "dropout": 0.0}
+    out = run(["--config", str(ROOT / "experiments" / "pretrain_ctc.yaml"), "--run_dir", str(tmp_path),
+               "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.precision", "32-true",
+               "--trainer.max_steps", "3", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "3",
+               "--trainer.limit_val_batches", "0", "--trainer.callbacks", "[]", "--test", "false", "--wandb", "disabled",
+               "--model.init_args.encoder", json.dumps(enc), "--model.init_args.ctc_head", json.dumps({"dropout": 0.0}),
+               "--data.init_args.train_dir", str(tiny_corpus / "train"), "--data.init_args.val_dir", str(tiny_corpus / "dev"),
+               "--data.init_args.num_workers", "0", "--data.init_args.shuffle_buffer", "10",
+               "--data.init_args.batches_per_epoch", "3", "--trainer.enable_progress_bar", "false",
+               "--data.init_args.batch", json.dumps({"max_batch_seconds": 30.0, "max_batch_size": 8, "max_duration": 30.0})])
+    assert out["global_step"] == 3
+    rows = [r for r in __import__("csv").DictReader((tmp_path / "metrics.csv").open()) if r.get("train/consistency")]
+    assert len(rows) == 3
+    # dropout is off: a positive consistency term means the two views differ (independent SpecAugment masks)
+    assert all(float(r["train/consistency"]) > 0 and float(r["train/ctc"]) > 0 for r in rows)
