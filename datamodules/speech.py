@@ -25,6 +25,41 @@ from entropy_asr.data.pipeline import (
 log = logging.getLogger(__name__)
 
 
+class TrainLoader(DataLoader):
+    """The training stream's DataLoader, resumable mid-epoch.
+
+    Each pass (epoch) sets the pipeline's EpochClock, so its batches are a function of (data seed, rank,
+    worker, epoch). Lightning keeps this loader's state_dict (the epoch and the batches the trainer has taken
+    from it) in every checkpoint and hands it back on resume: the resumed pass replays that epoch and skips
+    the batches already trained, so the run continues on the batches an uninterrupted run would have seen.
+    The skipped batches are read and featurized again (no model compute): a resume late in a long epoch
+    costs that much data loading before the first step.
+    """
+
+    def __init__(self, pipe, epoch_batches: int, taken, **kwargs):
+        super().__init__(pipe, batch_size=None, **kwargs)
+        self._epoch_batches, self._taken = epoch_batches, taken  # taken(): batches of this pass the trainer took
+        self.epoch, self._next_epoch, self._skip = -1, 0, 0
+
+    def __iter__(self):
+        self.epoch, self._next_epoch = self._next_epoch, self._next_epoch + 1
+        self.dataset.clock.epoch = self.epoch
+        it = super().__iter__()
+        skip, self._skip = self._skip, 0
+        for _ in range(skip):
+            next(it)
+        return it
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": int(self._taken())}
+
+    def load_state_dict(self, state: dict) -> None:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= self._epoch_batches:  # saved at the end of a pass: the next one starts fresh
+            epoch, batches = epoch + 1, 0
+        self._next_epoch, self._skip = epoch, batches
+
+
 class SpeechDataModule(L.LightningDataModule):
     """Batches of fbank features, phone ids and transcripts from shard dirs.
 
@@ -133,8 +168,19 @@ class SpeechDataModule(L.LightningDataModule):
             batches_per_epoch=self.batches_per_epoch, num_workers=self.num_workers,
             mix_urls=mix, mix_share=self.nonspeech_share,
         )
+        if train:
+            workers = max(1, self.num_workers)
+            return TrainLoader(pipe, -(-self.batches_per_epoch // workers) * workers, self._taken,
+                               num_workers=self.num_workers, persistent_workers=False, pin_memory=False)
         return DataLoader(pipe, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=False)
+
+    def _taken(self) -> int:
+        """Batches of the current training pass the trainer has taken (0 outside a fit)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
 
     def train_dataloader(self) -> DataLoader:
         """Endless, resampled, shuffled training stream cut into epochs of batches_per_epoch."""

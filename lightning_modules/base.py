@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -259,11 +260,22 @@ class SpeechLLMModule(L.LightningModule):
 
     # ---- resume state ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["entropy_asr"] = {"bad_total": self.bad_total, "bad_in_row": self.bad_in_row}
+        # the random generators too (dropout, chunk sizes, ...): a resumed run draws what an uninterrupted one would
+        # (the data stream has its own seeds: datamodules.speech.TrainLoader); tensors and ints only (weights_only)
+        rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        checkpoint["entropy_asr"] = {"bad_total": self.bad_total, "bad_in_row": self.bad_in_row, "rng": rng}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("entropy_asr", {})
         self.bad_total, self.bad_in_row = state.get("bad_total", 0), state.get("bad_in_row", 0)
+        rng = state.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate((3, tuple(rng["python"]), None))
+            if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ---- exports ---------------------------------------------------------------------------
     @property

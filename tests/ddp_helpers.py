@@ -27,6 +27,30 @@ class KeyRecorder(L.Callback):
         path.write_text(json.dumps({"train": self.train, "val": self.val, "world_size": trainer.world_size}))
 
 
+def publish_snapshot(directory: Path, encoder: str | Path, ctc_head: str | Path, step: int, final: bool = False) -> None:
+    """Write a snapshot as the drift monitor does: a perturbed copy of `encoder` (seeded by `step`), a copy of
+    `ctc_head`, then the marker with their checksums."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from entropy_asr.data.shards import atomic_write_json
+    from entropy_asr.model.export import sha256_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(step)
+    weights = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
+               for k, v in load_file(str(encoder)).items()}
+    enc = directory / f"encoder-step{step:08d}.safetensors"
+    save_file(weights, str(enc), metadata={"component": "encoder", "meta": "{}"})
+    head = directory / f"ctc_head-step{step:08d}.safetensors"
+    head.write_bytes(Path(ctc_head).read_bytes())
+    atomic_write_json(directory / f"snapshot-step{step:08d}.json",
+                      {"step": step, "cka": 0.5, "nse": 0.5, "final": final,
+                       "files": {"encoder": enc.name, "ctc_head": head.name},
+                       "sha256": {"encoder": sha256_file(enc), "ctc_head": sha256_file(head)}})
+
+
 class LaggingSnapshot(L.Callback):
     """At step `at`, rank 0 publishes a new encoder snapshot (a perturbed copy of `source`, with its CTC head) in
     `snapshot_dir`, as a pretraining run beside this one would; the other ranks' view of the directory lags `lag`
@@ -55,25 +79,7 @@ class LaggingSnapshot(L.Callback):
             hot_swap.complete_snapshots = late_view
 
     def publish(self) -> None:
-        import torch
-        from safetensors.torch import load_file, save_file
-
-        from entropy_asr.data.shards import atomic_write_json
-        from entropy_asr.model.export import sha256_file
-
-        weights = load_file(self.source)
-        g = torch.Generator().manual_seed(self.new_step)
-        weights = {k: v + 0.01 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-                   for k, v in weights.items()}
-        enc = self.dir / f"encoder-step{self.new_step:08d}.safetensors"
-        save_file(weights, str(enc), metadata={"component": "encoder", "meta": "{}"})
-        head_src = next(self.dir.glob("ctc_head-step*.safetensors"))
-        head = self.dir / f"ctc_head-step{self.new_step:08d}.safetensors"
-        head.write_bytes(head_src.read_bytes())
-        atomic_write_json(self.dir / f"snapshot-step{self.new_step:08d}.json",
-                          {"step": self.new_step, "cka": 0.5, "nse": 0.5, "final": False,
-                           "files": {"encoder": enc.name, "ctc_head": head.name},
-                           "sha256": {"encoder": sha256_file(enc), "ctc_head": sha256_file(head)}})
+        publish_snapshot(self.dir, self.source, next(self.dir.glob("ctc_head-step*.safetensors")), self.new_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import hashlib

@@ -10,10 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+from safetensors.torch import load_file
+
 from callbacks.cka_drift import quarantine_after
 from callbacks.hot_swap import complete_snapshots
 from experiments.run import RunCSVLogger
+from tests.ddp_helpers import publish_snapshot
 from tests.test_callbacks import write_snapshot
+from tests.test_stages import (
+    common,
+    exports,  # noqa: F401 (a fixture)
+    llm_stage_args,
+    small_models,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
@@ -72,8 +83,13 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
             "--run_dir", str(run_dir), "--trainer.max_steps", "12", "--checkpoint.every_n_train_steps", "5",
             "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0", "--test", "false",
             "--trainer.enable_progress_bar", "false", "--wandb", "disabled", "--model.init_args.encoder", json.dumps(ENC),
-            "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0"]
+            "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0",
+            "--data.init_args.batches_per_epoch", "4"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    whole = [*base[:base.index("--run_dir") + 1], str(tmp_path / "whole"), *base[base.index("--run_dir") + 2:]]
+    uninterrupted = subprocess.run([*whole, "--trainer.callbacks", json.dumps([drift])], cwd=ROOT, env=env,
+                                   capture_output=True, text=True, timeout=600, check=False)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
     killed = subprocess.run([*base, "--trainer.callbacks", json.dumps([drift, kill])], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600, check=False)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -92,3 +108,56 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
     # every step's training loss is logged once: the killed run's up to its checkpoint, the resumed run's after
     steps = [int(r["step"]) for r in _rows(run_dir / "metrics.csv") if r.get("train/loss")]
     assert steps == sorted(set(steps)) and set(range(12)) <= set(steps), steps
+    # and they are the uninterrupted run's: the same batches (the data stream resumes mid-epoch: 4 batches an epoch,
+    # checkpoint at step 5) and the same random draws, so the same losses and the same final weights
+    losses = {int(r["step"]): float(r["train/loss"]) for r in _rows(run_dir / "metrics.csv") if r.get("train/loss")}
+    want = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "whole" / "metrics.csv")
+            if r.get("train/loss")}
+    assert losses == pytest.approx(want, rel=1e-5), (losses, want)
+    final = load_file(run_dir / "export" / "encoder.safetensors")
+    for k, v in load_file(tmp_path / "whole" / "export" / "encoder.safetensors").items():
+        torch.testing.assert_close(final[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(exports, tiny_corpus, tmp_path):  # noqa: F811
+    # replayed snapshots at pretraining steps 10, 20, 30 (visible at IA-SFT steps 2, 4, 6); checkpoint at step 5,
+    # killed at step 7: the resumed run keeps the step-4 swap, makes the step-6 one, and matches the whole run
+    snaps = tmp_path / "snapshots"
+    for step in (10, 20, 30):
+        publish_snapshot(snaps, exports["encoder"], exports["ctc_snapshot"], step, final=step == 30)
+    swap = {"class_path": "callbacks.EncoderHotSwap",
+            "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1, "replay_start": 0, "replay_pace": 5.0}}
+    kill = {"class_path": "tests.ddp_helpers.KillAt", "init_args": {"step": 7}}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+    def ia_sft(run_dir: Path, callbacks: list, *extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, run_dir),
+               "--model.init_args.encoder_snapshots", "[]", "--trainer.callbacks", json.dumps(callbacks),
+               "--trainer.max_steps", "9", "--checkpoint.every_n_train_steps", "5", "--trainer.log_every_n_steps", "1",
+               "--trainer.limit_val_batches", "0", "--test", "false", "--wandb", "disabled",
+               "--data.init_args.batches_per_epoch", "4", *common(tiny_corpus), *small_models("ia_sft"), *extra]
+        return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    whole = ia_sft(tmp_path / "whole", [swap])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    killed = ia_sft(tmp_path / "run", [swap, kill])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = ia_sft(tmp_path / "run", [swap], "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def swaps(run: Path) -> list[tuple]:
+        return [(e["step"], e["snapshot_step"]) for e in map(json.loads, (run / "swaps.jsonl").read_text().splitlines())]
+
+    assert swaps(tmp_path / "whole") == [(2, 10), (4, 20), (6, 30)]
+    # the killed run logged the step-6 swap before dying; the resumed one makes it again, from the step-5 state
+    assert swaps(tmp_path / "run") == [(2, 10), (4, 20), (6, 30), (6, 30)]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [s["step"] for s in results["encoder_swaps"]] == [2, 4, 6]
+    losses = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "run" / "metrics.csv") if r.get("train/loss")}
+    want = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "whole" / "metrics.csv")
+            if r.get("train/loss")}
+    assert losses == pytest.approx(want, rel=1e-5)
+    for name in ("adapter.safetensors", "encoder.safetensors"):
+        got, ref = load_file(tmp_path / "run" / "export" / name), load_file(tmp_path / "whole" / "export" / name)
+        for k, v in ref.items():
+            torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-6)

@@ -77,6 +77,16 @@ class EvalShards(IterableDataset):
             yield {"url": url}
 
 
+class EpochClock:
+    """The training stream's epoch: set by the loader before each pass, read by every random stage of the pipeline
+    when its pass starts (a worker reads the copy it was given then). Each stage seeds itself from (seed, rank,
+    worker, epoch) alone, so the stream is the same in every run with those settings and a resumed run can
+    replay it to the batch (datamodules.speech.TrainLoader)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+
 class TrainShards(IterableDataset):
     """Endless shard source for training: the rank's own shards, sampled with replacement per worker.
 
@@ -84,22 +94,20 @@ class TrainShards(IterableDataset):
     that may have fewer shards than ranks).
     """
 
-    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shared: bool = False):
+    def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shared: bool = False,
+                 clock: EpochClock | None = None):
         if not shared and len(urls) < world_size:
             raise ValueError(f"{len(urls)} training shards for {world_size} ranks: each rank needs its own shard; "
                              "re-shard with a smaller --shard-size")
         # explicit node split: ranks read disjoint shards
         self.urls = list(urls) if shared else list(urls)[rank::world_size]
-        self.rank, self.seed, self.epoch = rank, seed, 0
+        self.rank, self.seed, self.clock = rank, seed, clock or EpochClock()
 
     def __iter__(self) -> Iterator[dict]:
         worker, num_workers = worker_position()
         # Per-worker split where there are enough shards, so workers do not read the same ones.
         urls = self.urls[worker::num_workers] if len(self.urls) >= num_workers else self.urls
-        # Workers are re-created from the main process' copy every epoch, so their own epoch
-        # counter restarts; torch's per-epoch worker seed (from the global seed) varies instead.
-        self.epoch += 1
-        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.epoch}/{torch.initial_seed()}")
+        rng = random.Random(f"{self.seed}/{self.rank}/{worker}/{self.clock.epoch}")
         while True:
             yield {"url": rng.choice(urls)}
 
@@ -127,14 +135,15 @@ class MixedSamples(IterableDataset):
     """Endless training samples: from `primary`, and with probability `share` from `secondary` instead
     (e.g. non-speech clips with empty transcripts, so the model learns to say nothing)."""
 
-    def __init__(self, primary, secondary, share: float, seed: str):
+    def __init__(self, primary, secondary, share: float, seed: str, clock: EpochClock | None = None):
         if not 0 <= share < 1:
             raise ValueError(f"the share of mixed-in samples must be in [0, 1), got {share}")
         self.primary, self.secondary, self.share, self.seed = primary, secondary, share, seed
+        self.clock = clock or EpochClock()
 
     def __iter__(self) -> Iterator[dict]:
         worker, _ = worker_position()
-        rng = random.Random(f"mix/{self.seed}/{worker}/{torch.initial_seed()}")
+        rng = random.Random(f"mix/{self.seed}/{worker}/{self.clock.epoch}")
         primary, secondary = iter(self.primary), iter(self.secondary)
         while True:
             yield next(secondary if rng.random() < self.share else primary)
@@ -151,10 +160,12 @@ class Featurizer:
     """Decode, validate, augment and featurize one raw WebDataset sample (None => skipped, counted)."""
 
     def __init__(self, cmvn: tuple[torch.Tensor, torch.Tensor], batch: BatchConfig,
-                 augment: AugmentConfig | None, seed: int, counts: DataCounts):
+                 augment: AugmentConfig | None, seed: int, counts: DataCounts, clock: EpochClock | None = None):
         self.mean, self.inv_std = cmvn
         self.batch, self.augment, self.seed, self.counts = batch, augment, seed, counts
+        self.clock = clock or EpochClock()
         self.rng: np.random.Generator | None = None
+        self._rng_key: tuple[int, int] | None = None
 
     def __call__(self, sample: dict) -> dict | None:
         key = sample.get("__key__", "?")
@@ -212,9 +223,10 @@ class Featurizer:
         }
 
     def _rng(self) -> np.random.Generator:
-        if self.rng is None:  # created lazily inside the worker so each worker gets its own stream
-            worker, _ = worker_position()
-            self.rng = np.random.default_rng([self.seed, worker, torch.initial_seed() % 2**32])
+        worker, _ = worker_position()
+        key = (worker, self.clock.epoch)
+        if self._rng_key != key:  # created inside the worker, anew each epoch: a stream per (seed, worker, epoch)
+            self.rng, self._rng_key = np.random.default_rng([self.seed, worker, self.clock.epoch]), key
         return self.rng
 
 
@@ -270,10 +282,10 @@ def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts
         log.warning("data counts after the last batch of this worker: %s", {k: v[0] for k, v in leftover.items()})
 
 
-def _worker_shuffle(src: Iterable[dict], bufsize: int, seed: str) -> Iterator[dict]:
-    """WebDataset's buffer shuffle with a generator seeded per rank and worker (not per pipeline)."""
+def _worker_shuffle(src: Iterable[dict], bufsize: int, seed: str, clock: EpochClock) -> Iterator[dict]:
+    """WebDataset's buffer shuffle with a generator seeded per rank, worker and epoch (not per pipeline)."""
     worker, _ = worker_position()
-    rng = random.Random(f"{seed}/{worker}/{torch.initial_seed()}")
+    rng = random.Random(f"{seed}/{worker}/{clock.epoch}")
     return wds.filters._shuffle(src, bufsize, min(bufsize, 100), rng=rng)
 
 
@@ -323,16 +335,17 @@ def build_pipeline(
     shards (every rank from all of them) instead of `urls`.
     """
     counts = DataCounts()
-    featurize = Featurizer(cmvn, batch, augment if train else None, seed, counts)
+    clock = EpochClock()
+    featurize = Featurizer(cmvn, batch, augment if train else None, seed, counts, clock)
     if train:
         def samples(shards: TrainShards, tag: str) -> wds.DataPipeline:
             return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=_shard_handler(counts)),
-                                    lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}{tag}"))
+                                    lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}{tag}", clock))
 
-        speech = samples(TrainShards(urls, rank, world_size, seed), "")
+        speech = samples(TrainShards(urls, rank, world_size, seed, clock=clock), "")
         if mix_urls and mix_share > 0:
-            other = samples(TrainShards(mix_urls, rank, world_size, seed + 1, shared=True), "/mix")
-            stages = [MixedSamples(speech, other, mix_share, f"{seed}/{rank}")]
+            other = samples(TrainShards(mix_urls, rank, world_size, seed + 1, shared=True, clock=clock), "/mix")
+            stages = [MixedSamples(speech, other, mix_share, f"{seed}/{rank}", clock)]
         else:
             stages = [speech]
     else:
@@ -343,4 +356,5 @@ def build_pipeline(
         if not batches_per_epoch:
             raise ValueError("batches_per_epoch must be set for training (the shard stream is endless)")
         pipe = pipe.with_epoch(-(-batches_per_epoch // max(1, num_workers)))  # per worker, rounded up
+    pipe.clock = clock  # the loader sets the epoch before each pass
     return pipe
