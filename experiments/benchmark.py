@@ -1,8 +1,12 @@
 """Speed, per stage: `python experiments/benchmark.py --size paper` on a GPU (issue 6; docs/benchmarks.md).
 
-For each training stage, what trains decides the work (pretrain_ctc: encoder + CTC head; align:
-adapter, gradients through the frozen LLM; ia_sft: adapter + LLM on a frozen encoder, no encoder
-backward; joint_sft: everything), on batches of `--seconds`-long utterances with transcripts:
+For each training stage, the step run.py trains with: the stage's LightningModule at the size, with the
+paper config's recipe (experiments/<stage>.yaml: dynamic-chunk attention, dropout, CR-CTC's two
+augmented views in pretraining, AdamW and its schedule, gradient clipping), stepped by Lightning's
+fit loop (bf16-mixed on a GPU) and timed per step by a callback. What trains decides the work
+(pretrain_ctc: encoder + CTC head on both views; align: adapter, gradients through the frozen LLM;
+ia_sft: adapter + LLM on a frozen encoder, no encoder backward; joint_sft: everything), on batches
+of `--seconds`-long utterances with transcripts:
   - step time, audio seconds and LLM tokens (positions) per second, peak memory;
   - MFU: the step's model FLOPs (torch.utils.flop_counter on one eager step without activation
     checkpointing, so attention is counted and recomputation is not) per second, over the card's
@@ -24,10 +28,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader, IterableDataset
 
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.model.encoder import EncoderConfig
@@ -36,6 +43,7 @@ from entropy_asr.model.prompt import generate
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, PromptConfig
 
 STAGES = ("pretrain_ctc", "align", "ia_sft", "joint_sft")
+PAPER_CONFIGS = Path(__file__).resolve().parent  # experiments/<stage>.yaml: the training recipe timed
 PAPER_ENCODER = {"d_model": 1280, "num_layers": 16, "num_heads": 20, "ffn_dim": 5120, "conv_kernel": 33,
                  "subsampling_channels": 32, "dropout": 0.1}
 QWEN3_1_7B = {"hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
@@ -89,34 +97,82 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def paper_recipe(stage: str) -> dict:
+    """What experiments/<stage>.yaml trains with besides the sizes: the encoder's dynamic chunks and dropout, the
+    CTC head's dropout, CR-CTC's consistency weight (two augmented views), the optimizer, gradient clipping."""
+    import yaml
+
+    cfg = yaml.safe_load((PAPER_CONFIGS / f"{stage}.yaml").read_text())
+    args = cfg["model"]["init_args"]
+    keys = ("dynamic_chunk", "max_chunk", "max_left_chunks", "full_context_prob", "dropout")
+    return {"encoder": {k: v for k, v in (args.get("encoder") or {}).items() if k in keys},
+            "ctc_head_dropout": float((args.get("ctc_head") or {}).get("dropout", 0.0)),
+            "consistency_weight": float(args.get("consistency_weight", 0.0)),
+            "optim": args.get("optim") or {}, "gradient_clip_val": cfg.get("trainer", {}).get("gradient_clip_val")}
+
+
 def build_stage(stage: str, o: Options):
-    """The stage's LightningModule at the size, configured (weights random), on the device."""
+    """The stage's LightningModule at the size with the paper config's training recipe (weights random), on the
+    device."""
     from lightning_modules import IASFT, Align, JointSFT, PretrainCTC
+    from lightning_modules.base import OptimConfig
 
     enc, llm, rows = SIZES[o.size]
-    encoder = EncoderConfig(**enc, activation_checkpointing=o.activation_checkpointing)
+    recipe = paper_recipe(stage)
+    encoder = EncoderConfig(**{**enc, **recipe["encoder"]}, activation_checkpointing=o.activation_checkpointing)
+    optim = OptimConfig(**recipe["optim"])
     if stage == "pretrain_ctc":
-        module = PretrainCTC(encoder=encoder, ctc_head=CTCHeadConfig(dropout=0.0))
+        module = PretrainCTC(encoder=encoder, ctc_head=CTCHeadConfig(dropout=recipe["ctc_head_dropout"]),
+                             consistency_weight=recipe["consistency_weight"], optim=optim)
     else:
         cls = {"align": Align, "ia_sft": IASFT, "joint_sft": JointSFT}[stage]
         llm_cfg = LLMConfig(tokenizer=o.tokenizer, tiny=llm, vocab_rows=rows,
                             gradient_checkpointing=o.activation_checkpointing)
-        module = cls(encoder=encoder, adapter=AdapterConfig(), llm=llm_cfg,
+        module = cls(encoder=encoder, adapter=AdapterConfig(), llm=llm_cfg, optim=optim,
                      prompt=PromptConfig(system=None, user="Transcribe: <speech>"))
     with torch.device(o.device):  # weights are made where they run: a 2.3B random init on a CPU takes minutes
         module.configure_model()
     return module.to(o.device).train()
 
 
-def synthetic_batch(o: Options, device: torch.device, batch: int | None = None) -> dict:
-    """B utterances of `seconds` of random fbank with transcripts and phones (the shapes are what count)."""
+def synthetic_batch(o: Options, device: torch.device, batch: int | None = None, views: int = 1) -> dict:
+    """B utterances of `seconds` of random fbank with transcripts and phones (the shapes are what count); with
+    views 2 the second augmented view CR-CTC trains on (feats2)."""
     B, T = batch or o.batch, int(o.seconds * 100)
     g = torch.Generator().manual_seed(0)
     phones = torch.randint(2, 60, (B, int(o.seconds * 12)), generator=g)
-    return {"feats": torch.randn(B, T, 80, generator=g).to(device), "feat_lens": torch.full((B,), T, device=device),
-            "phones": phones.to(device), "phone_lens": torch.full((B,), phones.shape[1], device=device),
-            "text": [SENTENCES[i % 2] for i in range(B)], "norm_text": [SENTENCES[i % 2] for i in range(B)],
-            "durations": torch.full((B,), o.seconds)}
+    out = {"feats": torch.randn(B, T, 80, generator=g).to(device), "feat_lens": torch.full((B,), T, device=device),
+           "phones": phones.to(device), "phone_lens": torch.full((B,), phones.shape[1], device=device),
+           "text": [SENTENCES[i % 2] for i in range(B)], "norm_text": [SENTENCES[i % 2] for i in range(B)],
+           "durations": torch.full((B,), o.seconds)}
+    if views == 2:
+        out["feats2"] = (out["feats"].cpu() + 0.1 * torch.randn(B, T, 80, generator=g)).to(device)
+    return out
+
+
+class _Repeat(IterableDataset):
+    """One batch, `n` times (the loader of the timed steps)."""
+
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return iter([self.batch] * self.n)
+
+
+class _StepTimes(L.Callback):
+    """Wall time of each training step as Lightning runs it (batch start to batch end, the device synchronized)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times, self._t = device, [], 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        _sync(self.device)
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        _sync(self.device)
+        self.times.append(time.perf_counter() - self._t)
 
 
 @torch.no_grad()
@@ -145,7 +201,8 @@ def train_step_flops(module, batch: dict, device: torch.device) -> float:
     if ckpt:
         llm.gradient_checkpointing_disable()
     try:
-        with FlopCounterMode(display=False) as counter, _autocast(device):
+        with FlopCounterMode(display=False) as counter, _autocast(device), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"You are trying to `self.log\(\)`")  # (outside a Trainer)
             loss = module.model_step(batch)
             loss.backward()
         module.zero_grad(set_to_none=True)
@@ -161,40 +218,44 @@ def _autocast(device: torch.device):
 
 
 def bench_stage(stage: str, o: Options, peak: float) -> dict:
+    """The stage's training step as run.py trains it: Lightning's fit loop with the paper config's recipe (its
+    optimizer and schedule, gradient clipping, bf16-mixed on a GPU; the module's own training_step), timed per step
+    by a callback."""
     device = torch.device(o.device)
     module = build_stage(stage, o)
-    batch = synthetic_batch(o, device)
+    recipe = paper_recipe(stage)
+    views = 2 if stage == "pretrain_ctc" and recipe["consistency_weight"] > 0 else 1
+    batch = synthetic_batch(o, device, views=views)
     flops = train_step_flops(module, batch, device)
     if o.compile:
         module.net.compile_blocks()
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    warm, times = (2 if o.compile else 1), []  # the first step(s) warm up (and compile): not timed
-    for _ in range(o.steps + warm):
-        _sync(device)
-        t = time.perf_counter()
-        with _autocast(device):
-            loss = module.model_step(batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    timed = sorted(times[warm:])
+    warm = 2 if o.compile else 1  # the first step(s) warm up (and compile): not timed
+    timer = _StepTimes(device)
+    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+                        precision="bf16-mixed" if device.type == "cuda" else "32-true", max_steps=o.steps + warm,
+                        gradient_clip_val=recipe["gradient_clip_val"], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[timer], use_distributed_sampler=False)
+    cpu_batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
+    trainer.fit(module, train_dataloaders=DataLoader(_Repeat(cpu_batch, o.steps + warm), batch_size=None))
+    loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
+    timed = sorted(timer.times[warm:])
     step_s = timed[len(timed) // 2]  # median
     audio = o.batch * o.seconds
     # Rows keep full precision (derived figures stay consistent with the ones they come from);
     # format_table rounds for display.
-    out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": step_s,
+    out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": step_s, "views": views,
+           "dynamic_chunk": bool(module.net.encoder.config.dynamic_chunk),
            "audio_s_per_s": audio / step_s, "tokens_per_s": llm_positions(module, batch) / step_s,
            "tflops_per_step": flops / 1e12, "mfu": flops / step_s / peak, "loss": float(loss),
            "trainable_M": sum(p.numel() for p in params) / 1e6,
            "params_M": sum(p.numel() for p in module.parameters()) / 1e6}
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    del module, opt
+    del module, trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out

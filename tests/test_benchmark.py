@@ -35,6 +35,9 @@ def test_every_stage_is_measured_with_its_own_work(result):
     assert flops["align"] < flops["ia_sft"] < flops["joint_sft"]
     assert rows["pretrain_ctc"]["tokens_per_s"] == 0 and rows["ia_sft"]["tokens_per_s"] > 0
     assert rows["ia_sft"]["trainable_M"] < rows["joint_sft"]["trainable_M"] == rows["joint_sft"]["params_M"]
+    # the paper configs' step: CR-CTC's two views in pretraining, dynamic chunks in every stage
+    assert rows["pretrain_ctc"]["views"] == 2 and all(rows[s]["views"] == 1 for s in STAGES[1:])
+    assert all(rows[s]["dynamic_chunk"] for s in STAGES)
     assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"])
     assert rows["data"]["batches"] > 0 and rows["data"]["audio_s_per_s_per_worker"] > 0
 
