@@ -55,8 +55,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.01
 
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"optim.lr must be a finite number > 0, got {self.lr}")
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
+            raise ValueError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas) or not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1) and optim.eps > 0, got {self.betas}, {self.eps}")
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:

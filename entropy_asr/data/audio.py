@@ -186,4 +186,8 @@ def load_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a valid cmvn.json ({e}); re-run entropy_asr.data.prepare") from None
     mean, std = stats.mean_std()
+    if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
+        raise ValueError(f"{path}: the CMVN statistics hold NaN, inf or a zero deviation (count "
+                         f"{getattr(stats, 'count', '?')}); rebuild the shard dir (entropy_asr.data.prepare) or point "
+                         "data.cmvn at a good cmvn.json")
     return torch.from_numpy(mean).float(), torch.from_numpy(1.0 / std).float()

@@ -329,6 +329,11 @@ def read_index(data_dir: str | Path) -> dict:
             "`python -m entropy_asr.data.prepare ...` or `python -m entropy_asr.data.synthetic ...`"
         )
     index = json.loads(path.read_text())
+    outside = [s.get("name") for s in index.get("shards", [])
+               if not isinstance(s.get("name"), str) or Path(s["name"]).name != s["name"] or s["name"] in ("", ".", "..")]
+    if outside:
+        raise ValueError(f"{path}: shard names must be file names inside {data_dir}, got {outside[:3]}; "
+                         "rebuild the index (entropy_asr.data.prepare)")
     missing = [s["name"] for s in index["shards"] if not (Path(data_dir) / s["name"]).exists()]
     if missing:
         raise FileNotFoundError(f"{data_dir}: index.json lists shards that are missing: {missing[:5]}")

@@ -1,0 +1,41 @@
+"""Bad values fail at once with one line naming the file or key (issue 16): optimizer settings, CMVN, index.json."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from entropy_asr.data.audio import load_cmvn
+from entropy_asr.data.shards import read_index
+from lightning_modules.base import OptimConfig
+
+
+@pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"lr": float("inf")}, {"lr": 0.0}, {"weight_decay": -5.0},
+                                 {"weight_decay": float("nan")}, {"betas": (0.9, 1.5)}, {"eps": 0.0}])
+def test_optimizer_settings_that_cannot_train_are_refused(bad):
+    key = next(iter(bad))
+    with pytest.raises(ValueError, match=f"optim.{key}"):
+        OptimConfig(**bad)
+
+
+def test_cmvn_with_nan_is_refused_naming_the_file(tiny_corpus, tmp_path):
+    d = json.loads((tiny_corpus / "train" / "cmvn.json").read_text())
+    d["sum"][3] = float("nan")
+    bad = tmp_path / "cmvn.json"
+    bad.write_text(json.dumps(d))
+    with pytest.raises(ValueError, match=f"{bad}: the CMVN statistics hold NaN"):
+        load_cmvn(bad)
+    assert load_cmvn(tiny_corpus / "train" / "cmvn.json")[0].isfinite().all()
+
+
+@pytest.mark.parametrize("name", ["../../other/shard-000000.tar", "/etc/shard.tar", "..", ""])
+def test_an_index_naming_shards_outside_its_dir_is_refused(tiny_corpus, tmp_path, name):
+    d = tmp_path / "set"
+    shutil.copytree(tiny_corpus / "dev", d)
+    index = json.loads((d / "index.json").read_text())
+    index["shards"][0]["name"] = name
+    (d / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="shard names must be file names inside"):
+        read_index(d)
