@@ -16,8 +16,9 @@ trains it, c swaps it, e keeps one. Every speech stage draws the same share of c
 speech (empty transcripts) from the corpus' train_nonspeech (the tiny configs' nonspeech_share).
 Each stage is experiments/run.py on the tiny configs plus the overrides built here. The LLM and
 its pseudo-speech reader are the shipped asset (docs/tiny_llm.md), the same for every recipe and
-seed; a seed sets the speech stages' initialization and data order. The adapter reads encoder
-frames in every recipe (as in the paper; a character head has no phone posteriors to bridge).
+seed; a seed sets the speech stages' initialization and data order. By default the adapter reads
+encoder frames in every recipe (as in the paper); `--adapter posteriors` runs a, b, c and e with the
+tiny pipeline's adapter instead (a character head has no phone posteriors: no d there).
 
 After each recipe: evaluate.py on test, test_unseen_voice and the two hallucination sets of
 entropy_asr.data.stress (nonspeech_wide: 240 non-speech clips of ten kinds; test_padded: test
@@ -38,6 +39,9 @@ value, the intervals and verdicts).
   python experiments/reproduce.py                      # tiny: seeds 0 1 2, recipes a-e, this 2-core CPU
   python experiments/reproduce.py --size gpu           # 4x the steps, bf16 on a GPU, 5 seeds
   python experiments/reproduce.py --size smoke         # every stage and measurement for a few steps
+  python experiments/reproduce.py --adapter posteriors --out runs/reproduce_posteriors
+      # a, b, c, e with the tiny pipeline's adapter: the CTC head's phone posteriors through the LLM asset's
+      # phone table (soft pseudo speech the asset reads from step 0), so the recipes are recognizers at this size
 """
 
 from __future__ import annotations
@@ -72,6 +76,10 @@ RECIPES = {
     "e": "as c, no hot-swaps (IA-SFT on the final encoder)",
 }
 CONFIGS = Path(__file__).resolve().parent / "tiny"
+# what the adapter reads: encoder frames (the paper's adapter; every recipe), or the CTC head's phone posteriors
+# through the LLM asset's phone table (the tiny pipeline's bridge; recipes a, b, c, e: a character head has none)
+ADAPTERS = {"frames": "encoder frames (the paper's adapter)",
+            "posteriors": "phone posteriors through the asset's phone table (the tiny pipeline's bridge)"}
 EVAL_SETS = ("test", "test_unseen_voice", "nonspeech_wide", "test_padded")
 
 
@@ -138,8 +146,10 @@ def _snapshot(pretrain: Path, component: str, step: int) -> str:
 class Study:
     """The stage lists of every recipe for one seed, and the measurements after them."""
 
-    def __init__(self, out: Path, size: Size, seed: int):
-        self.out, self.size, self.seed = out, size, seed
+    def __init__(self, out: Path, size: Size, seed: int, adapter: str = "frames"):
+        if adapter not in ADAPTERS:
+            raise ValueError(f"--adapter {adapter!r}: choose from {sorted(ADAPTERS)}")
+        self.out, self.size, self.seed, self.adapter = out, size, seed, adapter
         self.dir = out / f"seed{seed}"
         self.lm = asset_dir("tiny_llm")  # the pretrained LLM and its reader, checked against this code's corpus
         self.chars = out / "chars.json"
@@ -184,17 +194,32 @@ class Study:
             raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
         s, lm, run = self.size, self.lm, self.dir / name
         phone = self.pretrain_dir("phones")
-        # the adapter reads encoder frames (the paper's adapter; the tiny pipeline's configs read the CTC head's
-        # phone posteriors instead, which a character head could not give)
-        frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"}, "model.init_args.phone_frames": None}
-        no_head = {**frames, "model.init_args.ctc_head": None}
+        bridged = self.adapter == "posteriors"
+        if bridged and name == "d":
+            raise ValueError("recipe d with --adapter posteriors: a character CTC head gives no phone posteriors to "
+                             "read; compare phone and character CTC with --adapter frames")
+        table = str(lm / "phone_frames.safetensors")
+        if bridged:  # the tiny configs' adapter: the CTC head's phone posteriors through the asset's phone table
+            frames, no_head = {}, {}
+        else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
+            frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"}, "model.init_args.phone_frames": None}
+            no_head = {**frames, "model.init_args.ctc_head": None}
+
+        def init(encoder: str | None, head: str | None, adapter: str) -> dict:
+            """A stage's init: in posteriors mode the encoder's CTC head and the phone table come with it."""
+            out = {"adapter": adapter} if encoder is None else {"encoder": encoder, "adapter": adapter}
+            if bridged:
+                out.update(phone_frames=table, **({"ctc_head": head} if head else {}))
+            return out
+
         lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
-        distill = {"phone_frames": str(lm / "phone_frames.safetensors"), "adapter": str(lm / "adapter.safetensors"),
-                   "weight": 1.0}
+        distill = {"phone_frames": table, "adapter": str(lm / "adapter.safetensors"), "weight": 1.0}
         if name == "a":
+            # posteriors mode: a fresh CTC head between the fresh encoder and the table, trained with them
+            head = {"model.init_args.trainable": ["encoder.*", "ctc_head.*", "adapter.*", "llm.*"]} if bridged else {}
             return [{"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                **lm_init, **no_head, "trainer.max_steps": s.total,
-                "model.init_args.init": {"adapter": str(lm / "adapter.safetensors")},
+                **lm_init, **no_head, **head, "trainer.max_steps": s.total,
+                "model.init_args.init": init(None, None, str(lm / "adapter.safetensors")),
                 "model.init_args.optim": _optim(s.single_stage_lr, 100),
                 "trainer.callbacks": [self.probe(s.total)]}}]
         pre = self.pretrain_dir("chars" if name == "d" else "phones")
@@ -211,12 +236,15 @@ class Study:
         else:  # alignment's distillation times the phones with the encoder's own phone head
             align_init["ctc_head"] = (_snapshot(pre, "ctc_head", s.reference_step) if swaps
                                       else str(pre / "export" / "ctc_head.safetensors"))
+        if bridged:
+            align_init["phone_frames"] = table
         align_adapter = str(run / "align" / "export" / "adapter.safetensors")
         stages = [{"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
             **lm_init, **frames, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
             "model.init_args.optim": _optim(s.align_lr, 20), "model.init_args.distill": distill}}]
+        sft_enc = align_enc if swaps else final_enc
         sft = {**lm_init, **no_head, "trainer.max_steps": s.ia_sft, "model.init_args.optim": _optim(s.sft_lr, 40),
-               "model.init_args.init": {"encoder": align_enc if swaps else final_enc, "adapter": align_adapter}}
+               "model.init_args.init": init(sft_enc, align_init.get("ctc_head"), align_adapter)}
         if name == "b":  # the same steps and schedule as IA-SFT, with the encoder training (joint SFT's module)
             stages.append({"name": "sft", "config": str(CONFIGS / "joint_sft.yaml"),
                            "overrides": {**sft, "trainer.callbacks": []}})
@@ -230,8 +258,9 @@ class Study:
         last = run / stages[-1]["name"] / "export"
         stages.append({"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
             "model.init_args.llm.name_or_path": str(last / "llm"), **no_head, "trainer.max_steps": s.joint,
-            "model.init_args.init": {"encoder": str(last / "encoder.safetensors"),
-                                     "adapter": str(last / "adapter.safetensors")},
+            "model.init_args.init": {**init(str(last / "encoder.safetensors"), str(last / "ctc_head.safetensors"),
+                                            str(last / "adapter.safetensors")),
+                                     **({"phone_frames": str(last / "phone_frames.safetensors")} if bridged else {})},
             "model.init_args.optim": _optim(s.joint_lr, 20), "trainer.callbacks": [self.probe(s.joint)]}})
         return stages
 
@@ -613,7 +642,8 @@ def _records(run: Path) -> list[dict]:
     return _read_jsonl(run / "eval" / "hyps.jsonl")
 
 
-def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra: list[str]) -> dict:
+def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra: list[str],
+              adapter: str = "frames") -> dict:
     from experiments.pipeline import run_pipeline
 
     t0 = time.perf_counter()
@@ -628,7 +658,7 @@ def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra
     pretraining: dict[str, list[dict]] = {}
     probe: list | None = None
     for seed in seeds:
-        study = Study(out, size, seed)
+        study = Study(out, size, seed, adapter)
         units = ["phones"] + (["chars"] if "d" in recipes else [])
         run_pipeline({"run_dir": str(study.dir), "stages": [study.pretraining(u) for u in units]},
                      study.common() + extra)
@@ -653,12 +683,13 @@ def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra
             records[name].append(_records(study.dir / name))
     evidence = Evidence(summaries, records)
     table, claims = evidence.table(), evidence.claims()
-    sections = [("Schedules", schedules(size)), ("Results: mean ± sample sd over seeds", format_table(table)),
+    sections = [(f"Schedules (the adapter reads {ADAPTERS[adapter]})", schedules(size)), ("Results: mean ± sample sd over seeds", format_table(table)),
                 ("Claims: paired differences x − y, two-level bootstrap 95% intervals", format_claims(claims)),
                 ("NSE per encoder layer (mean over seeds)", format_nse(pretraining, summaries)),
                 ("NSE of the encoder output over pretraining steps (mean over seeds)", format_nse_steps(pretraining))]
     markdown = "\n\n".join(f"## {title}\n\n{body}" for title, body in sections if body)
     results = {"size": {**asdict(size), "total_steps": size.total}, "seeds": seeds, "recipes": recipes,
+               "adapter": adapter,
                "table": table, "claims": claims, "pretraining": pretraining,
                "per_run": {r: [{k: s.get(k) for k in ("seed", "swaps", "nse_by_layer", "cka_to_pretrained",
                                                          "fit_seconds", "wall_seconds")} for s in runs]
@@ -681,7 +712,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="tiny: this 2-core CPU in under 3 h; gpu: 4x steps, bf16 on one GPU, 5 seeds; "
                         "smoke: every stage for a few steps (checks the script)")
     p.add_argument("--seeds", type=int, nargs="+", help="default: the size's (tiny 0 1 2, gpu 0-4, smoke 0)")
-    p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES), default=sorted(RECIPES))
+    p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
+                   help="default: a b c d e (frames), a b c e (posteriors)")
+    p.add_argument("--adapter", choices=sorted(ADAPTERS), default="frames",
+                   help="what the adapter reads: encoder frames (the paper's; every recipe) or the CTC head's phone "
+                        "posteriors through the LLM asset's phone table (the tiny pipeline's; not recipe d); give "
+                        "each its own --out")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="disabled",
                    help="W&B for every stage (default disabled: the study's figures are the table; an offline "
                         "run costs ~7 s a stage)")
@@ -689,7 +725,10 @@ def main(argv: list[str] | None = None) -> dict:
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = SIZES[a.size]
-    return run_study(a.out, size, list(a.seeds or size.seeds), a.recipes, ["--wandb", a.wandb, *extra])
+    recipes = a.recipes or [r for r in sorted(RECIPES) if a.adapter == "frames" or r != "d"]
+    if a.adapter == "posteriors" and "d" in recipes:
+        p.error("--recipes d needs --adapter frames: a character CTC head gives no phone posteriors to read")
+    return run_study(a.out, size, list(a.seeds or size.seeds), recipes, ["--wandb", a.wandb, *extra], a.adapter)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ encoder) and joint SFT (everything). They share one step: next-token loss on the
 from __future__ import annotations
 
 import copy
+import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,10 @@ class SpeechSFT(SpeechLLMModule):
             raise ValueError(f"{self.stage}: model.distill lays out phones, and model.ctc_head has units "
                              f"{self.configs['ctc_head'].units!r}; set model.distill.aligner to phone CTC exports")
         a = self.configs["adapter"]
-        missing = [c for c in ("ctc_head", "phone_frames") if c not in self.init_from]
+        # (a CTC head that trains here, e.g. with a fresh encoder in single-stage training, may start fresh)
+        head_trains = any(fnmatch.fnmatchcase("ctc_head.weight", p) for p in self.trainable_patterns)
+        missing = [c for c in ("ctc_head", "phone_frames") if c not in self.init_from
+                   and not (c == "ctc_head" and head_trains)]
         if a is not None and a.input == "phone_posteriors" and missing:
             raise ValueError(f"{self.stage}: model.adapter.input 'phone_posteriors' reads through a trained CTC head "
                              f"and phone table; set model.init.{missing[0]} (ctc_head: the pretraining export or "

@@ -157,3 +157,26 @@ def test_smoke_study_runs_every_recipe_and_measures_it(tmp_path):
     assert res["pretraining"]["phones"][0]["nse_by_step"] and res["pretraining"]["chars"][0]["nse_by_layer"]
     table = (Path(tmp_path) / "table.md").read_text()
     assert "## Claims" in table and "## NSE per encoder layer" in table
+
+
+def test_posteriors_mode_bridges_every_stage_and_refuses_the_character_recipe(tmp_path):
+    study = Study(tmp_path, SIZES["tiny"], seed=0, adapter="posteriors")
+    table = str(study.lm / "phone_frames.safetensors")
+    for r in "abce":
+        for st in study.recipe(r):
+            o = st["overrides"]
+            assert "model.init_args.adapter" not in o and "model.init_args.ctc_head" not in o  # the tiny configs' bridge
+            init = o["model.init_args.init"]
+            assert init["phone_frames"] == table or init["phone_frames"].endswith("export/phone_frames.safetensors")
+            assert r == "a" or init["ctc_head"].rsplit("/", 1)[-1].startswith("ctc_head")
+    c_align, c_ia, c_joint = study.recipe("c")
+    # the snapshot's head with its encoder; joint SFT from IA-SFT's exports (the last swapped head among them)
+    assert c_align["overrides"]["model.init_args.init"]["ctc_head"].endswith("ctc_head-step00000500.safetensors")
+    assert c_ia["overrides"]["model.init_args.init"]["ctc_head"] == c_align["overrides"]["model.init_args.init"]["ctc_head"]
+    assert c_joint["overrides"]["model.init_args.init"]["ctc_head"].endswith("c/ia_sft/export/ctc_head.safetensors")
+    (a,) = study.recipe("a")
+    assert "ctc_head.*" in a["overrides"]["model.init_args.trainable"]  # a fresh head trains with the fresh encoder
+    with pytest.raises(ValueError, match="character CTC head gives no phone posteriors"):
+        study.recipe("d")
+    with pytest.raises(ValueError, match="--adapter 'bridge'"):
+        Study(tmp_path, SIZES["tiny"], seed=0, adapter="bridge")
