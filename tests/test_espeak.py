@@ -218,3 +218,41 @@ def test_capped_pitch_range_does_not_crash():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), (out.returncode, out.stderr[-2000:])
+
+
+def _fake_wheel(tmp_path):
+    lib = tmp_path / "wheel" / "libespeak-ng.so"
+    data = tmp_path / "wheel" / "espeak-ng-data"
+    (data / "lang" / "sit").mkdir(parents=True)
+    (data / "lang" / "sit" / "cmn").write_text("name Mandarin")
+    (data / "phontab").write_bytes(b"phonemes")
+    lib.write_bytes(b"\x7fELF the real library")
+    return str(lib), str(data)
+
+
+def test_the_private_library_copy_lives_in_the_users_cache_and_a_planted_one_is_replaced(tmp_path, monkeypatch):
+    import stat
+
+    from entropy_asr.data.espeak import _private_copy
+
+    monkeypatch.setenv("ENTROPY_ASR_CACHE", str(tmp_path / "cache"))
+    lib, data = _fake_wheel(tmp_path)
+    root = _private_copy(lib, data)
+    assert root.startswith(str(tmp_path / "cache" / "espeak"))
+    assert stat.S_IMODE(os.stat(tmp_path / "cache" / "espeak").st_mode) == 0o700
+    copy = os.path.join(root, "libespeak-ng-private.so")
+    assert open(copy, "rb").read() == open(lib, "rb").read()
+    with open(copy, "wb") as f:  # someone swaps the library in place
+        f.write(b"\x7fELF planted")
+    assert _private_copy(lib, data) == root and open(copy, "rb").read() == open(lib, "rb").read()
+
+
+def test_a_cache_dir_writable_by_others_is_refused(tmp_path, monkeypatch):
+    from entropy_asr.data.espeak import _private_copy
+
+    monkeypatch.setenv("ENTROPY_ASR_CACHE", str(tmp_path / "cache"))
+    lib, data = _fake_wheel(tmp_path)
+    (tmp_path / "cache" / "espeak").mkdir(parents=True)
+    os.chmod(tmp_path / "cache" / "espeak", 0o777)
+    with pytest.raises(PermissionError, match="writable by others"):
+        _private_copy(lib, data)

@@ -99,27 +99,56 @@ def _language_files(data_path: str) -> list[str]:
                   for folder, _, files in os.walk(lang) for name in files)
 
 
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _check_private(path: str) -> None:
+    """`path` must belong to this user and be writable by no one else (a library is loaded from under it)."""
+    st = os.lstat(path)
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise PermissionError(f"{path} belongs to uid {st.st_uid}, not to you ({os.getuid()}); eSpeak's library is "
+                              f"loaded from there: remove it, or set ENTROPY_ASR_CACHE to a directory of your own")
+    if st.st_mode & 0o022 or os.path.islink(path):
+        raise PermissionError(f"{path} is writable by others (mode {oct(st.st_mode & 0o777)}) or a link; eSpeak's "
+                              f"library is loaded from there: chmod 700 it, or set ENTROPY_ASR_CACHE elsewhere")
+
+
 def _private_copy(library: str, data_path: str) -> str:
-    """Directory with a private copy of `library` and a symlinked espeak-ng-data, made once per machine.
+    """Directory with a private copy of `library` and a symlinked espeak-ng-data, made once per user and wheel.
 
     A private file name, because dlopen of a path that other code in this process also loaded
-    would return that (stateful) instance. The directory is keyed by the library's content and
-    the data path, shared by all processes of the user, and published with an atomic rename.
+    would return that (stateful) instance. The directory lives in this user's cache
+    ($ENTROPY_ASR_CACHE or ~/.cache/entropy_asr, under espeak/, mode 700 and owned by the user: not
+    a predictable name in the shared temp dir, where another user could plant a library), is keyed
+    by the library's content and the data path, is published with an atomic rename, and is used
+    only if its library's checksum is the wheel library's.
     """
-    with open(library, "rb") as f:
-        key = hashlib.sha256(f.read() + data_path.encode()).hexdigest()[:16]
-    root = os.path.join(tempfile.gettempdir(), f"entropy-asr-espeak-{os.getuid()}-{key}")
+    from entropy_asr.data.synthetic import default_cache_dir
+
+    want = _sha256(library)
+    key = hashlib.sha256((want + data_path).encode()).hexdigest()[:16]
+    base = os.path.join(str(default_cache_dir()), "espeak")
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    _check_private(base)
+    root = os.path.join(base, key)
     name = "libespeak-ng-private" + os.path.splitext(library)[1]
+
     def complete() -> bool:
-        return os.path.isfile(os.path.join(root, name)) and os.path.exists(os.path.join(root, "espeak-ng-data", "phontab"))
+        lib = os.path.join(root, name)
+        if not (os.path.isfile(lib) and os.path.exists(os.path.join(root, "espeak-ng-data", "phontab"))):
+            return False
+        _check_private(root)
+        return _sha256(lib) == want  # what is loaded is the wheel's library, byte for byte
 
     if complete():
         return root
     # Re-checked right before removal: another process may have published it since the first
     # check, and a complete copy that others are loading must never be deleted.
-    if os.path.exists(root) and not complete():  # partly removed (e.g. by a tmp cleaner): rebuild
+    if os.path.exists(root) and not complete():  # partly removed, or not the wheel's library: rebuild
         shutil.rmtree(root, ignore_errors=True)
-    build = tempfile.mkdtemp(prefix="entropy-asr-espeak-build-")
+    build = tempfile.mkdtemp(prefix=".build-", dir=base)  # mode 700, same filesystem as root
     shutil.copyfile(library, os.path.join(build, name))
     data = os.path.join(build, "espeak-ng-data")
     os.makedirs(data)
@@ -133,6 +162,8 @@ def _private_copy(library: str, data_path: str) -> str:
         os.rename(build, root)
     except OSError:  # another process published it first; theirs is identical
         shutil.rmtree(build, ignore_errors=True)
+    if not complete():
+        raise RuntimeError(f"{root}: the private copy of eSpeak's library does not match {library}; remove {root}")
     return root
 
 
