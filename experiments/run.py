@@ -9,11 +9,13 @@ the resolved config (config.yaml), the checkpoints and the logs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
 import warnings
@@ -197,6 +199,77 @@ def build_cli(args: list[str] | None = None) -> EntropyCLI:
     )
 
 
+def _launch_rank() -> int:
+    """This process's global rank as its launcher set it (torchrun, SLURM, Lightning's own launcher), else 0."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """Hold run_dir/.lock while a run writes the dir: a second run on it is refused, naming the holder.
+
+    The lock file is created atomically (O_EXCL) with the holder's pid, host and start time. A lock
+    left by a process that is gone (same host, pid not running: a crash or kill -9) is taken over
+    with a warning; one from another host is refused (remove it by hand if no run is active there).
+    Only rank 0 locks (the other ranks of a run write nothing of their own).
+    """
+    if _launch_rank() != 0:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / ".lock"
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            alive = holder.get("host") == me["host"] and _pid_alive(holder.get("pid"))
+            if alive or holder.get("host") not in (None, me["host"]):
+                raise RunDirBusy(f"--run_dir {run_dir} is in use by pid {holder.get('pid')} on {holder.get('host')} "
+                                 f"(since {holder.get('started')}); wait for it, use another --run_dir, or remove "
+                                 f"{lock} if that run is gone") from None
+            logging.getLogger(__name__).warning("%s: taking over the lock of pid %s (no longer running)", run_dir,
+                                                holder.get("pid"))
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(me))
+        break
+    else:
+        raise RunDirBusy(f"--run_dir {run_dir}: could not take {lock}; another run is starting there")
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(lock.read_text()).get("pid") == me["pid"]:
+                lock.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+class RunDirBusy(RuntimeError):
+    """Another run holds the run dir."""
+
+
+def _pid_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
 def run(args: list[str] | None = None) -> dict:
     """Fit, export, test; returns (and writes to run_dir/results.json) what it measured."""
     cli = build_cli(args)
@@ -205,7 +278,8 @@ def run(args: list[str] | None = None) -> dict:
         trainer.callbacks.append(ThreadShare(os.environ[THREADS_FILE]))
     run_dir = Path(cli.config["run_dir"])
     try:
-        return _fit_and_test(cli, trainer, model, data, run_dir)
+        with run_dir_lock(run_dir):
+            return _fit_and_test(cli, trainer, model, data, run_dir)
     finally:  # one W&B run per stage, also when a pipeline runs the stages in one process
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and logger._experiment is not None:

@@ -161,3 +161,25 @@ def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(expor
         got, ref = load_file(tmp_path / "run" / "export" / name), load_file(tmp_path / "whole" / "export" / name)
         for k, v in ref.items():
             torch.testing.assert_close(got[k], v, rtol=1e-4, atol=1e-6)
+
+
+def test_a_run_dir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_path, caplog):
+    import socket
+
+    from experiments.run import RunDirBusy, run_dir_lock
+
+    lock = tmp_path / ".lock"
+    with run_dir_lock(tmp_path):
+        held = json.loads(lock.read_text())
+        assert held["pid"] == os.getpid()
+        with pytest.raises(RunDirBusy, match=f"in use by pid {os.getpid()}"), run_dir_lock(tmp_path):
+            pass
+    assert not lock.exists()  # released
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "started": "earlier"}))
+    with run_dir_lock(tmp_path):  # the holder is gone (a crash): taken over, with a warning
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert any("taking over the lock" in r.message for r in caplog.records)
+    lock.write_text(json.dumps({"pid": 1, "host": "another-node", "started": "earlier"}))
+    with pytest.raises(RunDirBusy, match="another-node"), run_dir_lock(tmp_path):
+        pass
