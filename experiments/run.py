@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
+from callbacks.checkpoint import SafeCheckpoint, verify_checkpoint
 from callbacks.common import MeasuredCallback
 from callbacks.progress import LineProgress
 from callbacks.thread_share import ThreadShare
@@ -49,9 +50,9 @@ class EntropyCLI(LightningCLI):
                             help="Weights & Biases mode beside metrics.csv: offline (the default; no account, "
                                  "`wandb sync` later), online, or disabled; unset = $WANDB_MODE, else offline")
         parser.add_argument("--wandb_project", type=str, default="entropy-asr", help="W&B project")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")  # finite states only, each with a checksum
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
-                             "checkpoint.every_n_train_steps": 500})
+                             "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
         parser.link_arguments("run_dir", "trainer.default_root_dir")
         parser.link_arguments("run_dir", "checkpoint.dirpath", compute_fn=lambda d: str(Path(d) / "checkpoints"))
 
@@ -288,7 +289,11 @@ def run(args: list[str] | None = None) -> dict:
 
 def _fit_and_test(cli, trainer, model, data, run_dir: Path) -> dict:
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=data, ckpt_path=cli.config["ckpt_path"])
+    ckpt = cli.config["ckpt_path"]
+    resolved = run_dir / "checkpoints" / "last.ckpt" if ckpt == "last" else Path(ckpt) if ckpt else None
+    if resolved is not None and resolved.is_file():
+        verify_checkpoint(resolved)  # a damaged file is refused before anything is loaded from it
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt)
     fit_seconds = time.perf_counter() - t0
     results: dict = {"stage": getattr(model, "stage", type(model).__name__), "run_dir": str(run_dir),
                      "global_step": int(trainer.global_step), "fit_seconds": round(fit_seconds, 1),

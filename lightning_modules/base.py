@@ -206,21 +206,39 @@ class SpeechLLMModule(L.LightningModule):
         if self.trainer.world_size > 1:  # every rank skips together, or DDP would wait on a missing backward
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if finite.item() < 1:
-            self.bad_in_row += 1
-            self.bad_total += 1
-            log.warning("%s: non-finite loss at step %d; batch skipped (%d in a row, %d in all)",
-                        self.stage, self.global_step, self.bad_in_row, self.bad_total)
-            if self.bad_in_row >= self.max_bad_steps:
-                raise RuntimeError(
-                    f"{self.stage}: {self.bad_in_row} consecutive batches had a NaN/inf loss (last at step "
-                    f"{self.global_step}); training stopped. Lower optim.lr, raise optim.warmup_steps, check the "
-                    f"data, or try trainer.precision=32 / gradient_clip_val")
-            return None
-        self.bad_in_row = 0
+            self._bad_batch("loss")
+            return None  # (no backward, no optimizer step; a good step resets the streak in on_before_optimizer_step)
         bs = self.batch_size(batch)
         self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         self.log("train/skipped_batches", float(self.bad_total), batch_size=bs)
         return loss
+
+    def _bad_batch(self, what: str) -> None:
+        """Count a skipped batch (a NaN/inf loss or gradient); stop after max_bad_steps in a row."""
+        self.bad_in_row += 1
+        self.bad_total += 1
+        log.warning("%s: non-finite %s at step %d; batch skipped (%d in a row, %d in all)",
+                    self.stage, what, self.global_step, self.bad_in_row, self.bad_total)
+        if self.bad_in_row >= self.max_bad_steps:
+            raise RuntimeError(
+                f"{self.stage}: {self.bad_in_row} consecutive batches had a NaN/inf loss or gradient (last at step "
+                f"{self.global_step}); training stopped. Lower optim.lr, raise optim.warmup_steps, check the "
+                f"data, or try trainer.precision=32 / gradient_clip_val")
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # a finite loss can still give NaN/inf gradients: then no update at all (the weights stay finite)
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads:  # a skipped batch (its loss was not finite): counted in training_step
+            return
+        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().float()  # one device sync
+        if self.trainer.world_size > 1:  # (DDP has averaged them: the same everywhere; FSDP shards: agree)
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if finite.item() < 1:
+            for p in self.parameters():
+                p.grad = None  # AdamW skips parameters without a gradient: this step changes nothing
+            self._bad_batch("gradient")
+        else:
+            self.bad_in_row = 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         loss = self.model_step(batch)
@@ -272,6 +290,12 @@ class SpeechLLMModule(L.LightningModule):
         checkpoint["entropy_asr"] = {"bad_total": self.bad_total, "bad_in_row": self.bad_in_row, "rng": rng}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
+               if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{self.stage}: the checkpoint to resume from holds NaN/inf weights ({bad[:3]}); resume "
+                             f"from an earlier checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'} "
+                             f"with --ckpt_path PATH")
         state = checkpoint.get("entropy_asr", {})
         self.bad_total, self.bad_in_row = state.get("bad_total", 0), state.get("bad_in_row", 0)
         rng = state.get("rng")
@@ -311,6 +335,14 @@ class SpeechLLMModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_end(self) -> None:
+        from callbacks.checkpoint import weights_finite
+
+        finite = torch.tensor(float(weights_finite(self)), device=self.device)  # this rank's (shard of the) weights
+        if self.trainer.world_size > 1:  # every rank decides alike (FSDP ranks hold different shards)
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
+        if finite.item() < 1:
+            raise RuntimeError(f"{self.stage}: the weights hold NaN/inf at step {self.global_step}; nothing exported. "
+                               f"Resume from the last good checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'}")
         with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes
             self.export(self.export_dir, final=True)
 

@@ -108,3 +108,24 @@ class KillAt(L.Callback):
 
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Poison(L.Callback):
+    """Test-only: at step `step`, make one gradient NaN (`what` "grad") or, after the step, one weight ("weight")."""
+
+    def __init__(self, step: int, what: str):
+        self.step, self.what = step, what
+
+    def _first(self, pl_module):
+        return next(p for p in pl_module.parameters() if p.requires_grad)
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if self.what == "grad" and trainer.global_step == self.step:
+            self._first(pl_module).grad.view(-1)[0] = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import torch
+
+        if self.what == "weight" and trainer.global_step == self.step:
+            with torch.no_grad():
+                self._first(pl_module).view(-1)[0] = float("nan")

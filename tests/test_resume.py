@@ -183,3 +183,56 @@ def test_a_run_dir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_p
     lock.write_text(json.dumps({"pid": 1, "host": "another-node", "started": "earlier"}))
     with pytest.raises(RunDirBusy, match="another-node"), run_dir_lock(tmp_path):
         pass
+
+
+def _pretrain_cmd(tiny_corpus, run_dir: Path, callbacks: list, *extra: str) -> list[str]:
+    syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
+    return [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+            "--run_dir", str(run_dir), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2",
+            "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0", "--test", "false",
+            "--trainer.enable_progress_bar", "false", "--wandb", "disabled", "--model.init_args.encoder", json.dumps(ENC),
+            "--model.init_args.max_bad_steps", "3", "--trainer.callbacks", json.dumps(callbacks),
+            "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0", *extra]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
+def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(tiny_corpus, tmp_path):
+    def poison(step: int, what: str) -> dict:
+        return {"class_path": "tests.ddp_helpers.Poison", "init_args": {"step": step, "what": what}}
+
+    # a NaN gradient at step 3: that update is skipped, the run goes on and ends with finite weights
+    grad = subprocess.run(_pretrain_cmd(tiny_corpus, tmp_path / "grad", [poison(3, "grad")]), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert grad.returncode == 0, grad.stderr[-3000:]
+    results = json.loads((tmp_path / "grad" / "results.json").read_text())
+    assert results["global_step"] == 8 and results["skipped_batches"] == 1
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "grad" / "export" / "encoder.safetensors").values())
+    # a weight turned NaN after step 4: the step-4 checkpoint is not written, the losses go NaN, the run stops;
+    # last.ckpt is still step 2's, checks out, and the run resumes from it to the end
+    run_dir = tmp_path / "weight"
+    died = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [poison(4, "weight")]), cwd=ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert died.returncode != 0 and "consecutive batches had a NaN/inf loss" in died.stderr
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+    resumed = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--ckpt_path", "last"), cwd=ROOT, env=_env(),
+                             capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == 8
+    # a damaged checkpoint is refused before it is loaded; one holding NaN weights is refused when read
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    flipped = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10", "--ckpt_path", "last"),
+                             cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert flipped.returncode != 0 and "does not match its checksum" in flipped.stderr
+    state["state_dict"][next(iter(state["state_dict"]))].view(-1)[0] = float("nan")
+    torch.save(state, run_dir / "checkpoints" / "bad.ckpt")
+    nan = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10", "--ckpt_path",
+                                       str(run_dir / "checkpoints" / "bad.ckpt")),
+                         cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
+    assert nan.returncode != 0 and "holds NaN/inf weights" in nan.stderr
