@@ -148,6 +148,14 @@ class SpeechDataModule(L.LightningDataModule):
             if not getattr(self, key):
                 raise ValueError(f"data.init_args.{key} is not set: point it at a shard dir (index.json + "
                                  "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set data.init_args.synthetic")
+        if stage == "fit":  # every dir the run will read, checked now: a typo must not surface after hours of training
+            for key, dirs in (("train_dir", [self.train_dir]), ("val_dir", [self.val_dir]),
+                              ("test_dirs", list(self.test_dirs or [])), ("nonspeech_dirs", list(self.nonspeech_dirs))):
+                for i, d in enumerate(dirs):
+                    if d and not (Path(d) / "index.json").is_file():
+                        where = f"data.init_args.{key}" + (f"[{i}]" if key.endswith("dirs") else "")
+                        raise FileNotFoundError(f"{where} = {d}: no index.json there; point it at a shard dir from "
+                                                "`python -m entropy_asr.data.prepare` (or fix the path)")
         path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
         if path is None:
             raise ValueError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")

@@ -39,3 +39,12 @@ def test_an_index_naming_shards_outside_its_dir_is_refused(tiny_corpus, tmp_path
     (d / "index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="shard names must be file names inside"):
         read_index(d)
+
+
+def test_a_missing_test_dir_is_reported_before_training_starts(tiny_corpus, tmp_path):
+    from datamodules.speech import SpeechDataModule
+
+    data = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "dev"),
+                            test_dirs=[str(tiny_corpus / "test"), str(tmp_path / "tset")], batches_per_epoch=1)
+    with pytest.raises(FileNotFoundError, match=r"data.init_args.test_dirs\[1\] = .*tset: no index.json"):
+        data.setup("fit")
