@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json, read_index
 from entropy_asr.metrics.error_rate import GROUPS
 from entropy_asr.metrics.scoring import (
     HallucinationParams,
@@ -138,9 +138,13 @@ def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], 
     if batch_size:
         overrides += ["--data.init_args.batch.max_batch_size", str(batch_size)]
     export = run_dir / "export"
+    if not ckpt and not (export.is_dir() and any(export.iterdir())):
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no export/ there, so the stage has not finished and has no "
+                                f"trained weights to evaluate; give {run_dir / 'checkpoints' / 'last.ckpt'} or finish "
+                                f"the run")
     if not ckpt:  # the stage's own exports over its starting points
         init = dict(args.get("init") or {})
-        init.update({c: str(export / f"{c}.safetensors") for c in ("encoder", "ctc_head", "adapter")
+        init.update({c: str(export / f"{c}.safetensors") for c in ("encoder", "ctc_head", "adapter", "phone_frames")
                      if (export / f"{c}.safetensors").is_file()})
         overrides += ["--model.init_args.init", json.dumps(init)]
         if (export / "llm").is_dir():
@@ -236,9 +240,19 @@ def main(argv: list[str] | None = None) -> dict:
         model, data = load_stage(a.checkpoint, a.batch_size, a.data, a.out, a.cmvn)
         decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
         metrics["checkpoint"] = str(a.checkpoint)
-        for name, rows in decoded.items():
+        for d in a.data:  # every utterance the set's index lists must be scored: a short read is said, none is an error
+            name, expected = d.name, int(read_index(d).get("utterances", 0))
+            rows = decoded.get(name, [])
+            if not rows:
+                raise ValueError(f"--data {d}: no utterance could be decoded (index.json lists {expected}); the set is "
+                                 f"empty or its shards are unreadable")
             metrics["sets"][name], records[name] = score_rows(rows, params, normalize)
-            metrics["sets"][name]["overall"]["rtfx"] = rtfx[name]
+            overall = metrics["sets"][name]["overall"]
+            overall.update(rtfx=rtfx[name], expected_utterances=expected, scored_utterances=len(rows),
+                           complete=len(rows) == expected)
+            if len(rows) != expected:
+                print(f"WARNING {name}: scored {len(rows)} of the {expected} utterances index.json lists (damaged or "
+                      f"truncated shards?); metrics.json marks the set incomplete", flush=True)
     else:
         for path in a.score:
             if not path.is_file():

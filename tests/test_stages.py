@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -455,6 +456,22 @@ def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(exp
         [h["hyp"] for h in hyps]
     with pytest.raises(SystemExit):  # --checkpoint without --data is a usage error
         evaluate.main(["--checkpoint", str(run_dir), "--out", str(tmp_path / "eval3")])
+    assert metrics["sets"]["test"]["overall"]["complete"] and again["sets"]["test"]["overall"]["complete"]
+    # a run dir whose stage never finished has no trained weights: refused, not scored with its starting weights
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    with pytest.raises(FileNotFoundError, match="no export/ there"):
+        evaluate.main(["--checkpoint", str(unfinished), *data, "--out", str(tmp_path / "eval4")])
+    # a set whose index lists more than its shards hold is scored and marked incomplete
+    short = tmp_path / "short"
+    shutil.copytree(tiny_corpus / "test", short)
+    index = json.loads((short / "index.json").read_text())
+    index["utterances"] += 5
+    (short / "index.json").write_text(json.dumps(index))
+    part = evaluate.main(["--checkpoint", str(run_dir), "--data", str(short), "--out", str(tmp_path / "eval5")])
+    overall = part["sets"]["short"]["overall"]
+    assert not overall["complete"] and overall["expected_utterances"] == overall["scored_utterances"] + 5
 
 
 def test_align_distill_with_a_fixed_phone_aligner_equals_the_own_head_path(exports):
