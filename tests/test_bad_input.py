@@ -48,3 +48,19 @@ def test_a_missing_test_dir_is_reported_before_training_starts(tiny_corpus, tmp_
                             test_dirs=[str(tiny_corpus / "test"), str(tmp_path / "tset")], batches_per_epoch=1)
     with pytest.raises(FileNotFoundError, match=r"data.init_args.test_dirs\[1\] = .*tset: no index.json"):
         data.setup("fit")
+
+
+def test_a_digits_only_transcript_without_a_language_is_skipped_and_counted_not_made_silent():
+    import numpy as np
+
+    from entropy_asr.data.shards import SkipCounter, prepare_utterance
+
+    skips = SkipCounter()
+    x = np.zeros(16000, np.float32)
+    for text in ("911", "3.14", "100%"):
+        assert prepare_utterance(f"k{text}", x, 16000, text, None, "s", "t", skips, max_duration=30.0) is None
+    assert skips["no_language"] == 3
+    kept = prepare_utterance("k4", x, 16000, "911", "en", "s", "t", skips, max_duration=30.0)
+    assert kept is not None and kept.language == "en" and kept.text == "911"  # a given language keeps it
+    silent = prepare_utterance("k5", x, 16000, "", None, "s", "t", skips, max_duration=30.0, allow_empty=True)
+    assert silent.language == "none"

@@ -143,6 +143,10 @@ def prepare_utterance(
         skips.add("empty_text", f"{key}: empty transcript outside a non-speech set; skipped")
         return None
     lang = (language or detect_language(text)) if text else "none"
+    if text and lang == "none":  # digits or symbols only ("911", "100%"): a transcript, but in which language?
+        skips.add("no_language", f"{key}: transcript {text[:30]!r} has no letters or Han characters to tell its "
+                                 "language (a number is read differently in zh and en); give \"language\"; skipped")
+        return None
     if lang not in LANGUAGES:
         raise ValueError(f"{key}: language {lang!r} is not one of {LANGUAGES}")
     return Utterance(safe_key(key), samples, text, lang, speaker, source, extra or {})
