@@ -283,7 +283,14 @@ class EncoderHotSwap(L.Callback):
                     raise RuntimeError(f"EncoderHotSwap: rank {pl_module.global_rank} reads {name} with checksum "
                                        f"{got[:12]}, not the {snap['sha256'][component][:12]} rank 0 swapped in "
                                        f"(was it rewritten meanwhile? is {self.snapshot_dir} the same on every node?)")
-        pl_module.swap_encoder(str(Path(self.snapshot_dir) / snap["files"]["encoder"]))  # this rank's view of the dir
+        try:  # (every rank reads the same files: they all fail alike, and all keep the current encoder)
+            pl_module.swap_encoder(str(Path(self.snapshot_dir) / snap["files"]["encoder"]))  # this rank's view
+        except (ValueError, FileNotFoundError) as e:  # intact but not this run's encoder (size, component): skip it
+            log.warning("hot-swap: skipping snapshot %s (%s)", snap["marker"], e)
+            marker = Path(self.snapshot_dir) / snap["marker"]
+            if marker.exists():
+                self._rejected.add((marker.name, marker.stat().st_mtime_ns))
+            return None
         self.current = {"step": snap["step"], "final": bool(snap.get("final")), "path": snap["path"],
                         "marker": snap["marker"], "sha256": snap["sha256"]["encoder"]}
         pl_module.print(f"[hot-swap] step {pl_module.global_step}: encoder <- {snap['marker']} (pretraining step "

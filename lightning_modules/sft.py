@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from entropy_asr.assets import check_if_asset
-from entropy_asr.model.export import load_component
+from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
@@ -203,13 +203,14 @@ class IASFT(SpeechSFT):
                   [k for k in source if k not in own]
             if bad:
                 raise ValueError(f"swap_encoder: state dict does not fit the encoder; mismatched keys {bad[:5]}")
-            enc.load_state_dict(source, strict=True)
-            label = "<state dict>"
+            tensors, label = source, "<state dict>"
         else:
-            load_component(enc, source, "encoder")
-            label = str(source)
-        if head is not None:  # the adapter reads this encoder's CTC head: the head comes with it
-            load_component(self.net.ctc_head, head, "ctc_head")
+            tensors, label = read_component(enc, source, "encoder"), str(source)
+        # both checked before either is loaded: a snapshot that does not fit leaves the current encoder whole
+        head_tensors = read_component(self.net.ctc_head, head, "ctc_head") if head is not None else None
+        enc.load_state_dict(tensors, strict=True)
+        if head_tensors is not None:  # the adapter reads this encoder's CTC head: the head comes with it
+            self.net.ctc_head.load_state_dict(head_tensors, strict=True)
             self.net.ctc_head.requires_grad_(False)
             self.net.ctc_head.eval()
         enc.requires_grad_(False)

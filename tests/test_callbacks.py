@@ -249,3 +249,17 @@ def test_markers_with_wrong_fields_or_paths_outside_the_dir_are_skipped(tmp_path
         (tmp_path / f"snapshot-step{step:08d}.json").write_text(json.dumps(meta))
     assert [m["step"] for m in complete_snapshots(tmp_path)] == [10]
     assert sum("skipping snapshot" in r.message for r in caplog.records) == len(cases)
+
+
+def test_an_intact_snapshot_of_another_encoder_size_is_skipped_and_the_current_one_kept(tmp_path, caplog):
+    write_snapshot(tmp_path, 10)
+    cb, module = EncoderHotSwap(str(tmp_path)), SwapStub()
+    assert cb.poll(module)["step"] == 10
+    big = save_component(ConformerEncoder(EncoderConfig(**{**ENC, "d_model": ENC["d_model"] * 2})),
+                         tmp_path / "encoder-step00000020.safetensors", "encoder")
+    atomic_write_json(tmp_path / "snapshot-step00000020.json",
+                      {"step": 20, "final": False, "files": {"encoder": big.name}, "sha256": {"encoder": sha256_file(big)}})
+    assert cb.poll(module) is None and cb.current["step"] == 10  # no crash, still on snapshot 10
+    assert cb.poll(module) is None  # and not tried again
+    assert sum("does not fit" in r.message for r in caplog.records) == 1
+    assert module.swapped == ["encoder-step00000010.safetensors"]

@@ -57,6 +57,11 @@ def read_component_meta(path: str | Path) -> dict:
 
 def load_component(module: nn.Module, path: str | Path, component: str) -> None:
     """Load an export into `module`, strictly: same component, same keys, same shapes, or an error saying which."""
+    module.load_state_dict(read_component(module, path, component), strict=True)
+
+
+def read_component(module: nn.Module, path: str | Path, component: str) -> dict[str, torch.Tensor]:
+    """An export's tensors after checking they fit `module` (component, keys, shapes); nothing is loaded yet."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{component}: export {path} not found; point the stage's `init.{component}` at "
@@ -83,4 +88,4 @@ def load_component(module: nn.Module, path: str | Path, component: str) -> None:
             parts.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
         raise ValueError(f"{component}: {path} does not fit the configured {component} ("
                          + "; ".join(parts) + f"); the {component} config must match the run that exported it")
-    module.load_state_dict(tensors, strict=True)
+    return tensors
