@@ -175,6 +175,13 @@ class EncoderHotSwap(L.Callback):
         # (on resume the checkpoint has restored the swapped encoder's weights and self.current already)
         if not hasattr(pl_module, "swap_encoder"):
             raise ValueError(f"EncoderHotSwap needs a stage with swap_encoder (IASFT), got {type(pl_module).__name__}")
+        d = Path(self.snapshot_dir)
+        # a live pretraining run makes export/snapshots at its first export, but its run dir exists from the start:
+        # nothing along the path means a wrong path, which would train on the configured encoder all run long
+        if not d.is_dir() and (self.replay_start is not None or not (d.parent.is_dir() or d.parent.parent.is_dir())):
+            raise FileNotFoundError(f"EncoderHotSwap: snapshot_dir {d} does not exist"
+                                    + ("" if self.replay_start is not None else " (nor its run dir)")
+                                    + "; point it at the pretraining run's export/snapshots")
         if self.current is None and self.wait_for_first_s > 0:
             self.wait_for_first(pl_module)
 

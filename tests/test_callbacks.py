@@ -263,3 +263,12 @@ def test_an_intact_snapshot_of_another_encoder_size_is_skipped_and_the_current_o
     assert cb.poll(module) is None  # and not tried again
     assert sum("does not fit" in r.message for r in caplog.records) == 1
     assert module.swapped == ["encoder-step00000010.safetensors"]
+
+
+def test_a_snapshot_dir_that_cannot_exist_is_refused_at_the_start(tmp_path):
+    with pytest.raises(FileNotFoundError, match="snapshot_dir .* does not exist"):
+        EncoderHotSwap(str(tmp_path / "pretrian_ctc" / "export" / "snapshots")).on_fit_start(None, SwapStub())
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # a replay needs the finished run's dir
+        EncoderHotSwap(str(tmp_path / "x"), replay_start=0).on_fit_start(None, SwapStub())
+    (tmp_path / "pretrain_ctc").mkdir()  # a pretraining run that has not exported yet: fine, snapshots will come
+    EncoderHotSwap(str(tmp_path / "pretrain_ctc" / "export" / "snapshots")).on_fit_start(None, SwapStub())
