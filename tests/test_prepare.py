@@ -347,3 +347,29 @@ def test_prepare_cli_subprocess_nonspeech(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.strip().splitlines()[-1])["languages"] == {"none": 1}
     assert read_index(tmp_path / "ok")["languages"] == {"none": 1}
+
+
+def test_duplicate_ids_are_refused_before_anything_is_written_and_a_fixed_rerun_works(tmp_path):
+    for name in ("a", "b"):
+        write_audio(tmp_path / f"{name}.wav", 1.0)
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u1"}\n')
+    out = tmp_path / "out"
+    with pytest.raises(ManifestError, match=r"utterance id 'u1' is used more than once .*a\.wav.*b\.wav"):
+        prepare(read_jsonl(m), out, source="t", num_workers=1)
+    assert not out.exists() or not any(out.iterdir())  # no plan.json, no *.tmp
+    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u2"}\n')
+    assert prepare(read_jsonl(m), out, source="t", num_workers=1)["utterances"] == 2
+
+
+def test_a_dir_with_shards_this_input_did_not_write_is_not_reused(tiny_corpus, tmp_path):
+    import shutil
+
+    write_audio(tmp_path / "a.wav", 1.0)
+    m = tmp_path / "m.jsonl"
+    m.write_text('{"audio": "a.wav", "text": "hello there"}\n')
+    foreign = tmp_path / "dev"
+    shutil.copytree(tiny_corpus / "dev", foreign)  # a synthetic split: shards, index.json, no plan.json
+    with pytest.raises(ManifestError, match="already holds shards that this input did not write"):
+        prepare(read_jsonl(m), foreign, source="t", num_workers=1)
+    assert (foreign / "index.json").read_text() == (tiny_corpus / "dev" / "index.json").read_text()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from entropy_asr.data.shards import (
     Utterance,
     atomic_write_json,
     prepare_utterance,
+    safe_key,
     shard_name,
     stats_path,
     write_shards,
@@ -213,7 +215,15 @@ def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     records = sorted(records, key=lambda r: r.key)
+    dups = [(a, b) for a, b in itertools.pairwise(records) if safe_key(a.key) == safe_key(b.key)]
+    if dups:  # checked before anything is written: a corrected rerun starts clean
+        a, b = dups[0]
+        raise ManifestError(f"utterance id {a.key!r} is used more than once ({a.audio} and {b.audio}; {len(dups)} "
+                            f"repeat(s) in all); ids must be unique: fix the manifest")
     out = Path(out)
+    if (out / "plan.json").exists() is False and ((out / "index.json").exists() or any(out.glob("shard-*.tar"))):
+        raise ManifestError(f"{out} already holds shards that this input did not write (no plan.json: another "
+                            f"corpus, or a synthetic split); use a new --out or delete {out}")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # The plan fingerprint guards resumption: finished shards are reused only for the same input.

@@ -179,24 +179,28 @@ def write_shard(path: Path, utterances: Iterable[Utterance], phonemizer: Phonemi
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
     cmvn, seconds, count, langs = CMVNStats.zeros(), 0.0, 0, Counter()
     seen: set[str] = set()
-    with open(tmp, "wb") as f:
-        # mtime/user fixed and members sorted per key: equal input gives byte-identical tars.
-        sink = wds.TarWriter(f, user="entropy-asr", group="entropy-asr", mtime=0.0, encoder=False)
-        for utt in utterances:
-            if utt.key in seen:
-                raise ValueError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
-            seen.add(utt.key)
-            meta = utt.metadata(phonemizer)
-            pcm = to_pcm16(utt.samples)
-            sink.write({"__key__": utt.key, "flac": encode_flac(utt.samples),
-                        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
-            cmvn.add(fbank(pcm / 32768.0))  # statistics of exactly what a reader decodes
-            seconds += meta["duration"]
-            count += 1
-            langs[meta["language"]] += 1
-        sink.close()
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            # mtime/user fixed and members sorted per key: equal input gives byte-identical tars.
+            sink = wds.TarWriter(f, user="entropy-asr", group="entropy-asr", mtime=0.0, encoder=False)
+            for utt in utterances:
+                if utt.key in seen:
+                    raise ValueError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
+                seen.add(utt.key)
+                meta = utt.metadata(phonemizer)
+                pcm = to_pcm16(utt.samples)
+                sink.write({"__key__": utt.key, "flac": encode_flac(utt.samples),
+                            "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
+                cmvn.add(fbank(pcm / 32768.0))  # statistics of exactly what a reader decodes
+                seconds += meta["duration"]
+                count += 1
+                langs[meta["language"]] += 1
+            sink.close()
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written stays behind (e.g. a duplicate key)
+        raise
     os.replace(tmp, path)
     if phonemizer.unk_counts:
         skips["unk_phone_tokens"] += sum(phonemizer.unk_counts.values())
