@@ -64,3 +64,17 @@ def test_a_digits_only_transcript_without_a_language_is_skipped_and_counted_not_
     assert kept is not None and kept.language == "en" and kept.text == "911"  # a given language keeps it
     silent = prepare_utterance("k5", x, 16000, "", None, "s", "t", skips, max_duration=30.0, allow_empty=True)
     assert silent.language == "none"
+
+
+def test_a_training_set_where_nothing_survives_loading_fails_instead_of_spinning(tiny_corpus, monkeypatch):
+    from datamodules.speech import SpeechDataModule
+    from entropy_asr.data import pipeline
+    from entropy_asr.data.pipeline import BatchConfig
+
+    monkeypatch.setattr(pipeline, "MAX_DROPPED_IN_ROW", 100)
+    # every clip is longer than max_duration: each is skipped, and the endless stream would never give a batch
+    data = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "dev"), num_workers=0,
+                            batches_per_epoch=2, batch=BatchConfig(max_batch_seconds=0.5, max_duration=0.5))
+    data.setup("fit")
+    with pytest.raises(RuntimeError, match=r"the last 100 samples were all skipped .*too_long.*max_duration \(0.5 s\)"):
+        next(iter(data.train_dataloader()))

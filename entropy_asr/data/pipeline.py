@@ -156,6 +156,10 @@ def _shard_handler(counts: DataCounts):
     return handler
 
 
+# a training stream that skips this many samples in a row has nothing usable: an error, not an endless loop
+MAX_DROPPED_IN_ROW = 5000
+
+
 class Featurizer:
     """Decode, validate, augment and featurize one raw WebDataset sample (None => skipped, counted)."""
 
@@ -166,8 +170,23 @@ class Featurizer:
         self.clock = clock or EpochClock()
         self.rng: np.random.Generator | None = None
         self._rng_key: tuple[int, int] | None = None
+        self.endless, self.dropped_in_row = False, 0  # endless: a training stream (build_pipeline sets it)
 
     def __call__(self, sample: dict) -> dict | None:
+        out = self._featurize(sample)
+        if out is not None:
+            self.dropped_in_row = 0
+        elif self.endless:  # training: the stream is endless, so a set where nothing survives would spin
+            self.dropped_in_row += 1
+            if self.dropped_in_row >= MAX_DROPPED_IN_ROW:
+                raise RuntimeError(
+                    f"training data: the last {self.dropped_in_row} samples were all skipped "
+                    f"({dict(self.counts.pending) or 'see the data_counts warnings'}); nothing survives loading: check "
+                    f"that the shards are readable and that batch.max_duration ({self.batch.max_duration} s) / "
+                    f"min_duration ({self.batch.min_duration} s) fit the clips")
+        return out
+
+    def _featurize(self, sample: dict) -> dict | None:
         key = sample.get("__key__", "?")
         where = f"{sample.get('__url__', '?')}:{key}"
         if "json" not in sample:
@@ -337,6 +356,7 @@ def build_pipeline(
     counts = DataCounts()
     clock = EpochClock()
     featurize = Featurizer(cmvn, batch, augment if train else None, seed, counts, clock)
+    featurize.endless = train
     if train:
         def samples(shards: TrainShards, tag: str) -> wds.DataPipeline:
             return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=_shard_handler(counts)),
