@@ -26,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -234,13 +236,18 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
         torch.cuda.reset_peak_memory_stats()
     warm = 2 if o.compile else 1  # the first step(s) warm up (and compile): not timed
     timer = _StepTimes(device)
-    trainer = L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
+    scratch = tempfile.mkdtemp(prefix="entropy-asr-bench-")  # the fit's exports and logs go here, then away
+    module.export_dir_arg = str(Path(scratch) / "export")
+    trainer = L.Trainer(default_root_dir=scratch, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if device.type == "cuda" else "32-true", max_steps=o.steps + warm,
                         gradient_clip_val=recipe["gradient_clip_val"], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, callbacks=[timer], use_distributed_sampler=False)
     cpu_batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
-    trainer.fit(module, train_dataloaders=DataLoader(_Repeat(cpu_batch, o.steps + warm), batch_size=None))
+    try:
+        trainer.fit(module, train_dataloaders=DataLoader(_Repeat(cpu_batch, o.steps + warm), batch_size=None))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
     timed = sorted(timer.times[warm:])
     step_s = timed[len(timed) // 2]  # median

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,11 @@ def test_every_stage_is_measured_with_its_own_work(result):
     assert all(rows[s]["dynamic_chunk"] for s in STAGES)
     assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"])
     assert rows["data"]["batches"] > 0 and rows["data"]["audio_s_per_s_per_worker"] > 0
+
+
+def test_the_benchmark_writes_nothing_where_it_runs(result):
+    # its Lightning fits export to a scratch dir that is removed, never to the working directory
+    assert not (Path.cwd() / "export").exists() and not (Path.cwd() / "lightning_logs").exists()
 
 
 def test_table_json_and_record(result):
