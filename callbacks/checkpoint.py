@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -17,16 +16,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from entropy_asr.data.shards import atomic_write_bytes
+from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_finite(module: torch.nn.Module) -> bool:
@@ -35,21 +27,26 @@ def weights_finite(module: torch.nn.Module) -> bool:
     return bool(torch.stack(checks).all()) if checks else True
 
 
+def finite_on_all_ranks(trainer, module: torch.nn.Module) -> bool:
+    """weights_finite on every rank (FSDP ranks hold different shards): every rank gets the same answer."""
+    finite = torch.tensor(float(weights_finite(module)), device=module.device)
+    if trainer.world_size > 1:
+        finite = trainer.strategy.reduce(finite, reduce_op="min")
+    return finite.item() >= 1
+
+
 class SafeCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that saves only finite states and writes a checksum beside each file (module docstring)."""
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
-        finite = torch.tensor(float(weights_finite(trainer.lightning_module)), device=trainer.lightning_module.device)
-        if trainer.world_size > 1:
-            finite = trainer.strategy.reduce(finite, reduce_op="min")
-        if finite.item() < 1:
+        if not finite_on_all_ranks(trainer, trainer.lightning_module):
             good = sorted(p.name for p in Path(filepath).parent.glob("*.ckpt"))
             log.warning("step %d: weights hold NaN/inf; %s not written (the last good checkpoints stay: %s)",
                         trainer.global_step, Path(filepath).name, good or "none")
             return
         super()._save_checkpoint(trainer, filepath)
         if trainer.is_global_zero and Path(filepath).is_file():
-            atomic_write_bytes(Path(filepath + ".sha256"), (_sha256(Path(filepath)) + "\n").encode())
+            atomic_write_bytes(Path(filepath + ".sha256"), (sha256_file(filepath) + "\n").encode())
 
 
 def verify_checkpoint(path: str | Path) -> None:
@@ -59,7 +56,7 @@ def verify_checkpoint(path: str | Path) -> None:
     if not side.is_file():
         log.warning("%s: no %s beside it (written by an older version?); resuming without checking it", path, side.name)
         return
-    if _sha256(path) != side.read_text().strip():
+    if sha256_file(path) != side.read_text().strip():
         others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
         raise ValueError(f"{path} does not match its checksum ({side.name}): the file is damaged; resume from another "
                          f"checkpoint ({', '.join(others) or 'none in ' + str(path.parent)}) with --ckpt_path PATH, or "

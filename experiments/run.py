@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from callbacks.checkpoint import SafeCheckpoint, verify_checkpoint
 from callbacks.common import MeasuredCallback
 from callbacks.progress import LineProgress
 from callbacks.thread_share import ThreadShare
-from entropy_asr.data.shards import atomic_write_json
+from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 
 THREADS_FILE = "ENTROPY_ASR_THREADS_FILE"
 
@@ -94,14 +95,12 @@ class _KeepingWriter(ExperimentWriter):
             # the resumed run redoes the steps from its first logged one on: the killed run's rows from there go
             first = min(int(m["step"]) for m in self.metrics)
             kept = [r for r in self._kept if r.get("step") not in (None, "") and int(float(r["step"])) < first]
-            keys = sorted(set().union(*self._kept, *self.metrics) if self._kept else set().union(*self.metrics))
-            self.metrics_keys = keys
-            tmp = Path(self.metrics_file_path).with_suffix(".csv.tmp")
-            with tmp.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=keys)
-                writer.writeheader()
-                writer.writerows(kept)
-            os.replace(tmp, self.metrics_file_path)
+            self.metrics_keys = sorted(set().union(*self._kept, *self.metrics))
+            buf = io.StringIO()
+            writer = csv.DictWriter(buf, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(kept)
+            atomic_write_bytes(Path(self.metrics_file_path), buf.getvalue().encode())
             self._kept = None
         super().save()
 

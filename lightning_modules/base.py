@@ -230,7 +230,8 @@ class SpeechLLMModule(L.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads:  # a skipped batch (its loss was not finite): counted in training_step
             return
-        finite = torch.stack([torch.isfinite(g).all() for g in grads]).all().float()  # one device sync
+        # one fused norm over all gradients (inf/NaN if any element is), one device sync
+        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)).float()
         if self.trainer.world_size > 1:  # (DDP has averaged them: the same everywhere; FSDP shards: agree)
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if finite.item() < 1:
@@ -335,12 +336,9 @@ class SpeechLLMModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_train_end(self) -> None:
-        from callbacks.checkpoint import weights_finite
+        from callbacks.checkpoint import finite_on_all_ranks
 
-        finite = torch.tensor(float(weights_finite(self)), device=self.device)  # this rank's (shard of the) weights
-        if self.trainer.world_size > 1:  # every rank decides alike (FSDP ranks hold different shards)
-            finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        if finite.item() < 1:
+        if not finite_on_all_ranks(self.trainer, self):
             raise RuntimeError(f"{self.stage}: the weights hold NaN/inf at step {self.global_step}; nothing exported. "
                                f"Resume from the last good checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'}")
         with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes

@@ -19,14 +19,13 @@ from entropy_asr.metrics.cka import LinearCKA
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate
 from tests.test_datamodule import keys_in
 from tests.test_stages import (
+    ENC,
+    ROOT,
     common,
     exports,  # noqa: F401 (a fixture)
     llm_stage_args,
     small_models,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 
 
 def test_two_ddp_ranks_train_on_different_shards_and_validate_every_utterance_once(tiny_corpus, tmp_path):

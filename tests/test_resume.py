@@ -20,14 +20,13 @@ from experiments.run import RunCSVLogger
 from tests.ddp_helpers import publish_snapshot
 from tests.test_callbacks import write_snapshot
 from tests.test_stages import (
+    ENC,
+    ROOT,
     common,
     exports,  # noqa: F401 (a fixture)
     llm_stage_args,
     small_models,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
-ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 
 
 def test_quarantine_moves_later_snapshots_and_drift_lines_aside_and_keeps_the_rest(tmp_path):
@@ -175,7 +174,8 @@ def test_a_run_dir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_p
         with pytest.raises(RunDirBusy, match=f"in use by pid {os.getpid()}"), run_dir_lock(tmp_path):
             pass
     assert not lock.exists()  # released
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
     lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname(), "started": "earlier"}))
     with run_dir_lock(tmp_path):  # the holder is gone (a crash): taken over, with a warning
         assert json.loads(lock.read_text())["pid"] == os.getpid()
@@ -217,7 +217,7 @@ def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(
                           capture_output=True, text=True, timeout=600, check=False)
     assert died.returncode != 0 and "consecutive batches had a NaN/inf loss" in died.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["global_step"] == 2 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
     resumed = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--ckpt_path", "last"), cwd=ROOT, env=_env(),
                              capture_output=True, text=True, timeout=600, check=False)

@@ -99,11 +99,6 @@ def _language_files(data_path: str) -> list[str]:
                   for folder, _, files in os.walk(lang) for name in files)
 
 
-def _sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _check_private(path: str) -> None:
     """`path` must belong to this user and be writable by no one else (a library is loaded from under it)."""
     st = os.lstat(path)
@@ -126,8 +121,9 @@ def _private_copy(library: str, data_path: str) -> str:
     only if its library's checksum is the wheel library's.
     """
     from entropy_asr.data.synthetic import default_cache_dir
+    from entropy_asr.model.export import sha256_file
 
-    want = _sha256(library)
+    want = sha256_file(library)
     key = hashlib.sha256((want + data_path).encode()).hexdigest()[:16]
     base = os.path.join(str(default_cache_dir()), "espeak")
     os.makedirs(base, mode=0o700, exist_ok=True)
@@ -140,7 +136,7 @@ def _private_copy(library: str, data_path: str) -> str:
         if not (os.path.isfile(lib) and os.path.exists(os.path.join(root, "espeak-ng-data", "phontab"))):
             return False
         _check_private(root)
-        return _sha256(lib) == want  # what is loaded is the wheel's library, byte for byte
+        return sha256_file(lib) == want  # what is loaded is the wheel's library, byte for byte
 
     if complete():
         return root

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from entropy_asr.data.audio import SAMPLE_RATE, decode_audio
-from entropy_asr.data.augment import colored_noise
 from entropy_asr.data.shards import (
     SkipCounter,
     prepare_utterance,
@@ -41,20 +40,10 @@ SHARD_SIZE = 60
 
 
 def pad_clip(rng: np.random.Generator, kind: str, seconds: float) -> np.ndarray:
-    """`seconds` of one PAD_KINDS kind at -60..-30 dBFS (silence: zeros)."""
-    n = int(seconds * SAMPLE_RATE)
-    if kind == "silence":
-        return np.zeros(n, np.float32)
-    if kind == "hum":
-        t = np.arange(n) / SAMPLE_RATE
-        f0 = float(rng.choice([50.0, 60.0]))
-        x = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 2 * np.pi)) / k for k in (1, 2, 3, 4))
-    else:
-        x = colored_noise(n, rng, {"near_silence": 0.0, "white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
-    db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(-60, -30)
-    x = np.asarray(x, np.float64)
-    x = x * 10 ** (db / 20) / max(1e-9, float(np.sqrt(np.mean(x ** 2))))
-    return x.clip(-1, 1).astype(np.float32)
+    """`seconds` of one PAD_KINDS kind at -60..-30 dBFS (near-silence -70..-60; silence: zeros)."""
+    from entropy_asr.data.synthetic import nonspeech_clip
+
+    return nonspeech_clip(rng, None, kind=kind, seconds=seconds, level_db=(-60.0, -30.0))[0]
 
 
 def _nonspeech_job(job: tuple[int, list[int]], skips: SkipCounter):

@@ -158,9 +158,11 @@ def _babble(n: int, rng: np.random.Generator, engine: ESpeak, pool: tuple[str, .
 
 
 def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[str, ...]] | None = None,
-                   kind: str | None = None) -> tuple[np.ndarray, str]:
-    """A 1-8 s clip with no speech of `kind` (default: drawn from NONSPEECH_KINDS); babble needs (engine, pool)."""
-    n = int(rng.uniform(1.0, 8.0) * SAMPLE_RATE)
+                   kind: str | None = None, seconds: float | None = None,
+                   level_db: tuple[float, float] = (-45.0, -12.0)) -> tuple[np.ndarray, str]:
+    """A clip with no speech of `kind` (default: drawn from NONSPEECH_KINDS), `seconds` long (default: drawn,
+    1-8 s), at a level drawn from `level_db` dBFS (near-silence: -70..-60); babble needs (engine, pool)."""
+    n = int((rng.uniform(1.0, 8.0) if seconds is None else seconds) * SAMPLE_RATE)
     if kind is None:
         kinds = NONSPEECH_KINDS if engine_pool is not None else NONSPEECH_KINDS[:-1]
         kind = str(rng.choice(kinds))
@@ -201,8 +203,8 @@ def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[st
         x = _babble(n, rng, *engine_pool)
     else:
         x = colored_noise(n, rng, {"near_silence": 0.0, "white": 0.0, "pink": 1.0, "brown": 2.0}[kind])
-    level_db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(-45, -12)
-    return _level(x, level_db).clip(-1, 1).astype(np.float32), kind
+    db = rng.uniform(-70, -60) if kind == "near_silence" else rng.uniform(*level_db)
+    return _level(x, db).clip(-1, 1).astype(np.float32), kind
 
 
 def render(specs: list[UttSpec], skips: SkipCounter) -> Iterator[Utterance]:
