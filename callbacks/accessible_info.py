@@ -39,6 +39,7 @@ from callbacks.common import (
     log_to_loggers,
     measured,
 )
+from entropy_asr.errors import UserError
 from entropy_asr.metrics import (
     TranscriptInformation,
     accessible_information,
@@ -79,11 +80,11 @@ class AccessibleInformationProbe(MeasuredCallback):
                  max_classes: int = 128, l2: float = 1e-3, max_iter: int = 50, encoder_metrics: bool = True,
                  llm_metrics: bool = True):
         if every_n_steps < 1 or probe_batches < 1 or test_every < 2 or max_frames < 2:
-            raise ValueError(f"AccessibleInformationProbe: every_n_steps, probe_batches must be >= 1, test_every >= 2"
-                             f" and max_frames >= 2, got {every_n_steps}, {probe_batches}, {test_every}, {max_frames}")
+            raise UserError(f"AccessibleInformationProbe: every_n_steps, probe_batches must be >= 1, test_every >= 2"
+                            f" and max_frames >= 2, got {every_n_steps}, {probe_batches}, {test_every}, {max_frames}")
         if aligner is not None and set(aligner) != {"encoder", "ctc_head"}:
-            raise ValueError(f"AccessibleInformationProbe.aligner: give exactly {{encoder: PATH, ctc_head: PATH}}, "
-                             f"got keys {sorted(aligner)}")
+            raise UserError(f"AccessibleInformationProbe.aligner: give exactly {{encoder: PATH, ctc_head: PATH}}, "
+                            f"got keys {sorted(aligner)}")
         self.every_n_steps, self.probe_batches, self.at_start = every_n_steps, probe_batches, at_start
         self.aligner_paths, self.max_frames, self.test_every = aligner, max_frames, test_every
         self.max_classes, self.probe_kw = max_classes, {"l2": l2, "max_iter": max_iter}
@@ -101,21 +102,21 @@ class AccessibleInformationProbe(MeasuredCallback):
         net = pl_module.net
         if self.encoder_metrics:
             if net.encoder is None:
-                raise ValueError("AccessibleInformationProbe: PAI/CSAI probe the encoder, and this stage has none; "
-                                 "set encoder_metrics: false")
+                raise UserError("AccessibleInformationProbe: PAI/CSAI probe the encoder, and this stage has none; "
+                                "set encoder_metrics: false")
             if self.aligner_paths is None and net.ctc_head is None:
-                raise ValueError(f"AccessibleInformationProbe: {type(pl_module).__name__} has no CTC head to label "
-                                 "frames with; set aligner: {encoder: .../encoder.safetensors, ctc_head: "
-                                 ".../ctc_head.safetensors} (a pretraining export or snapshot) or encoder_metrics: "
-                                 "false")
+                raise UserError(f"AccessibleInformationProbe: {type(pl_module).__name__} has no CTC head to label "
+                                "frames with; set aligner: {encoder: .../encoder.safetensors, ctc_head: "
+                                ".../ctc_head.safetensors} (a pretraining export or snapshot) or encoder_metrics: "
+                                "false")
         if self.llm_metrics and (net.adapter is None or net.llm is None):
             self.llm_metrics = False  # a stage without an LLM (pretraining) has no H0/H1 to measure
         if self.encoder_metrics:  # fail before training, not at its end
             utterances = sum(len(batch[4]) for batch in self.probe_set(trainer))
             if utterances < self.test_every:
-                raise ValueError(f"AccessibleInformationProbe: the probe set ({self.probe_batches} validation batches) "
-                                 f"has {utterances} utterance(s), too few to hold out every {self.test_every}th; raise "
-                                 f"probe_batches or lower test_every")
+                raise UserError(f"AccessibleInformationProbe: the probe set ({self.probe_batches} validation batches) "
+                                f"has {utterances} utterance(s), too few to hold out every {self.test_every}th; raise "
+                                f"probe_batches or lower test_every")
         if self.aligner_paths is not None and self.encoder_metrics:
             encoder = copy.deepcopy(net.encoder)
             load_component(encoder, self.aligner_paths["encoder"], "encoder")

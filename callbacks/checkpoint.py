@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from entropy_asr.data.shards import atomic_write_bytes
+from entropy_asr.errors import UserError
 from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,6 @@ def verify_checkpoint(path: str | Path) -> None:
         return
     if sha256_file(path) != side.read_text().strip():
         others = sorted(p.name for p in path.parent.glob("*.ckpt") if p != path)
-        raise ValueError(f"{path} does not match its checksum ({side.name}): the file is damaged; resume from another "
-                         f"checkpoint ({', '.join(others) or 'none in ' + str(path.parent)}) with --ckpt_path PATH, or "
-                         f"start the run afresh")
+        raise UserError(f"{path} does not match its checksum ({side.name}): the file is damaged; resume from another "
+                        f"checkpoint ({', '.join(others) or 'none in ' + str(path.parent)}) with --ckpt_path PATH, or "
+                        f"start the run afresh")

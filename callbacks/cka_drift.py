@@ -33,6 +33,7 @@ from callbacks.common import (
     measured,
 )
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.errors import UserError
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component, sha256_file
 from entropy_asr.plots import plot_drift
@@ -110,10 +111,10 @@ class CKADriftMonitor(MeasuredCallback):
                  probe_batches: int = 2, max_frames: int = 4096, snapshot_dir: str | None = None,
                  debiased: bool = False, export_reference: bool = True):
         if every_n_steps < 1 or probe_batches < 1 or max_frames < 4:
-            raise ValueError(f"CKADriftMonitor: every_n_steps and probe_batches must be >= 1 and max_frames >= 4, got "
-                             f"{every_n_steps}, {probe_batches}, {max_frames}")
+            raise UserError(f"CKADriftMonitor: every_n_steps and probe_batches must be >= 1 and max_frames >= 4, got "
+                            f"{every_n_steps}, {probe_batches}, {max_frames}")
         if not 0 < threshold <= 1:
-            raise ValueError(f"CKADriftMonitor: threshold must be in (0, 1], got {threshold}")
+            raise UserError(f"CKADriftMonitor: threshold must be in (0, 1], got {threshold}")
         self.every_n_steps, self.threshold, self.warmup_steps = every_n_steps, threshold, warmup_steps
         self.probe_batches, self.max_frames, self.debiased = probe_batches, max_frames, debiased
         self.snapshot_dir_arg, self.export_reference = snapshot_dir, export_reference

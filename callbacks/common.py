@@ -11,6 +11,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from entropy_asr.errors import UserError
+
 
 def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
     """At most max_frames rows of (n, d), evenly spaced (deterministic subsampling)."""
@@ -34,7 +36,7 @@ def first_validation_batches(trainer, n: int, who: str, fields: tuple[str, ...] 
             break
         probe.append(tuple(batch[f].cpu() if torch.is_tensor(batch[f]) else batch[f] for f in fields))
     if not probe:
-        raise ValueError(f"{who}: the validation loader gave no batch to probe with; set data.val_dir")
+        raise UserError(f"{who}: the validation loader gave no batch to probe with; set data.val_dir")
     return probe
 
 

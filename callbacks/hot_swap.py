@@ -37,6 +37,7 @@ from pathlib import Path
 import lightning as L
 
 from callbacks.common import append_jsonl, log_to_loggers
+from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,14 @@ def _check_marker(meta, step: int) -> None:
     """A marker's fields as the drift monitor writes them, or ValueError (a bad marker, of any kind, is skipped): its step (the file name's), its files
     (bare names inside the snapshot dir, an encoder among them) and a checksum for each."""
     if not isinstance(meta, dict) or type(meta.get("step")) is not int or meta["step"] != step:
-        raise ValueError(f"the marker's step {meta.get('step') if isinstance(meta, dict) else meta!r} is not the "
-                         f"file name's {step}")
+        raise UserError(f"the marker's step {meta.get('step') if isinstance(meta, dict) else meta!r} is not the "
+                        f"file name's {step}")
     files, sums = meta.get("files"), meta.get("sha256")
     if not isinstance(files, dict) or "encoder" not in files or not isinstance(sums, dict):
-        raise ValueError("the marker names no encoder file, or no checksums")
+        raise UserError("the marker names no encoder file, or no checksums")
     for component, name in files.items():
         if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or "\\" in name:
-            raise ValueError(f"files.{component} {name!r} is not a file name inside the snapshot dir")
+            raise UserError(f"files.{component} {name!r} is not a file name inside the snapshot dir")
         if not isinstance(sums.get(component), str):
             raise TypeError(f"no sha256 for files.{component}")
 
@@ -94,7 +95,7 @@ def complete_snapshots(directory: str | Path, after_step: int = -1, skip: set | 
             encoder = marker.parent / meta["files"]["encoder"]
             for component, name in meta["files"].items():  # the encoder and what goes with it (its CTC head)
                 if sha256_file(marker.parent / name) != meta["sha256"][component]:
-                    raise ValueError(f"checksum mismatch for {name}")
+                    raise UserError(f"checksum mismatch for {name}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("hot-swap: skipping snapshot %s (%s)", marker.name, e)
             if skip is not None:
@@ -146,14 +147,14 @@ class EncoderHotSwap(L.Callback):
                  wait_poll_s: float = 10.0, final_by_step: int | None = None, wait_for_final_s: float = 3600.0,
                  replay_start: int | None = None, replay_pace: float = 1.0):
         if poll_every_n_steps < 1 or wait_for_first_s < 0 or wait_poll_s <= 0 or wait_for_final_s < 0:
-            raise ValueError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s and wait_for_final_s "
-                             f">= 0 and wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, "
-                             f"{wait_for_final_s}, {wait_poll_s}")
+            raise UserError(f"EncoderHotSwap: poll_every_n_steps must be >= 1, wait_for_first_s and wait_for_final_s "
+                            f">= 0 and wait_poll_s > 0, got {poll_every_n_steps}, {wait_for_first_s}, "
+                            f"{wait_for_final_s}, {wait_poll_s}")
         if final_by_step is not None and final_by_step < 0:
-            raise ValueError(f"EncoderHotSwap: final_by_step must be >= 0, got {final_by_step}")
+            raise UserError(f"EncoderHotSwap: final_by_step must be >= 0, got {final_by_step}")
         if replay_start is not None and (replay_start < 0 or replay_pace <= 0):
-            raise ValueError(f"EncoderHotSwap: replay_start must be >= 0 and replay_pace > 0, got {replay_start}, "
-                             f"{replay_pace}")
+            raise UserError(f"EncoderHotSwap: replay_start must be >= 0 and replay_pace > 0, got {replay_start}, "
+                            f"{replay_pace}")
         self.replay_start, self.replay_pace = replay_start, replay_pace
         self.snapshot_dir, self.poll_every_n_steps = snapshot_dir, poll_every_n_steps
         self.wait_for_first_s, self.wait_poll_s = wait_for_first_s, wait_poll_s
@@ -174,14 +175,14 @@ class EncoderHotSwap(L.Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         # (on resume the checkpoint has restored the swapped encoder's weights and self.current already)
         if not hasattr(pl_module, "swap_encoder"):
-            raise ValueError(f"EncoderHotSwap needs a stage with swap_encoder (IASFT), got {type(pl_module).__name__}")
+            raise UserError(f"EncoderHotSwap needs a stage with swap_encoder (IASFT), got {type(pl_module).__name__}")
         d = Path(self.snapshot_dir)
         # a live pretraining run makes export/snapshots at its first export, but its run dir exists from the start:
         # nothing along the path means a wrong path, which would train on the configured encoder all run long
         if not d.is_dir() and (self.replay_start is not None or not (d.parent.is_dir() or d.parent.parent.is_dir())):
-            raise FileNotFoundError(f"EncoderHotSwap: snapshot_dir {d} does not exist"
-                                    + ("" if self.replay_start is not None else " (nor its run dir)")
-                                    + "; point it at the pretraining run's export/snapshots")
+            raise UserFileNotFound(f"EncoderHotSwap: snapshot_dir {d} does not exist"
+                                   + ("" if self.replay_start is not None else " (nor its run dir)")
+                                   + "; point it at the pretraining run's export/snapshots")
         if self.current is None and self.wait_for_first_s > 0:
             self.wait_for_first(pl_module)
 
@@ -208,8 +209,8 @@ class EncoderHotSwap(L.Callback):
             snap = self.poll(pl_module)
             if done(snap):
                 return snap or self.current
-            raise FileNotFoundError(f"EncoderHotSwap (replay): {message.split(' within ')[0]} (replay expects a "
-                                    f"finished pretraining run)")
+            raise UserFileNotFound(f"EncoderHotSwap (replay): {message.split(' within ')[0]} (replay expects a "
+                                   f"finished pretraining run)")
         deadline = time.monotonic() + seconds
         t0 = time.monotonic()
         WAITING.set()

@@ -25,6 +25,7 @@ from callbacks.common import (
     first_validation_batches,
     measured,
 )
+from entropy_asr.errors import UserError
 from entropy_asr.metrics import spectral_summary
 from entropy_asr.model.prompt import build_generation_inputs
 from entropy_asr.plots import plot_series, read_jsonl
@@ -74,8 +75,8 @@ class SpectralEntropyLogger(MeasuredCallback):
 
     def __init__(self, every_n_steps: int = 500, probe_batches: int = 2, max_frames: int = 4096):
         if every_n_steps < 1 or probe_batches < 1 or max_frames < 2:
-            raise ValueError(f"SpectralEntropyLogger: every_n_steps and probe_batches must be >= 1 and max_frames "
-                             f">= 2, got {every_n_steps}, {probe_batches}, {max_frames}")
+            raise UserError(f"SpectralEntropyLogger: every_n_steps and probe_batches must be >= 1 and max_frames "
+                            f">= 2, got {every_n_steps}, {probe_batches}, {max_frames}")
         self.every_n_steps, self.probe_batches, self.max_frames = every_n_steps, probe_batches, max_frames
         self._probe: list | None = None
 

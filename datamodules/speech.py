@@ -21,6 +21,7 @@ from entropy_asr.data.pipeline import (
     nonspeech_shard_urls,
     shard_urls,
 )
+from entropy_asr.errors import UserError, UserFileNotFound
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +108,10 @@ class SpeechDataModule(L.LightningDataModule):
             test_dirs = test_dirs or [str(root / s) for s in ("test", "test_unseen_voice", "nonspeech")]
             nonspeech_dirs = nonspeech_dirs if nonspeech_dirs is not None else [str(root / "train_nonspeech")]
         if not 0 <= nonspeech_share < 1:
-            raise ValueError(f"data.init_args.nonspeech_share must be in [0, 1), got {nonspeech_share}")
+            raise UserError(f"data.init_args.nonspeech_share must be in [0, 1), got {nonspeech_share}")
         if nonspeech_share > 0 and not nonspeech_dirs:
-            raise ValueError("data.init_args.nonspeech_share > 0 needs data.init_args.nonspeech_dirs: shard dirs of "
-                             "clips without speech (python -m entropy_asr.data.prepare jsonl ... --nonspeech)")
+            raise UserError("data.init_args.nonspeech_share > 0 needs data.init_args.nonspeech_dirs: shard dirs of "
+                            "clips without speech (python -m entropy_asr.data.prepare jsonl ... --nonspeech)")
         self.train_dir, self.val_dir, self.test_dirs = train_dir, val_dir, list(test_dirs or [])
         self.nonspeech_dirs, self.nonspeech_share = list(nonspeech_dirs or []), nonspeech_share
         self.cmvn_path = cmvn
@@ -138,7 +139,7 @@ class SpeechDataModule(L.LightningDataModule):
         else:
             rank, world = 0, 1
         if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is outside world_size {world}")
+            raise UserError(f"rank {rank} is outside world_size {world}")
         return rank, world
 
     def setup(self, stage: str | None = None) -> None:
@@ -146,24 +147,24 @@ class SpeechDataModule(L.LightningDataModule):
         need = {"fit": ["train_dir", "val_dir"], "validate": ["val_dir"], "test": ["test_dirs"]}.get(stage or "", [])
         for key in need:
             if not getattr(self, key):
-                raise ValueError(f"data.init_args.{key} is not set: point it at a shard dir (index.json + "
-                                 "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set data.init_args.synthetic")
+                raise UserError(f"data.init_args.{key} is not set: point it at a shard dir (index.json + "
+                                "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set data.init_args.synthetic")
         if stage == "fit":  # every dir the run will read, checked now: a typo must not surface after hours of training
             for key, dirs in (("train_dir", [self.train_dir]), ("val_dir", [self.val_dir]),
                               ("test_dirs", list(self.test_dirs or [])), ("nonspeech_dirs", list(self.nonspeech_dirs))):
                 for i, d in enumerate(dirs):
                     if d and not (Path(d) / "index.json").is_file():
                         where = f"data.init_args.{key}" + (f"[{i}]" if key.endswith("dirs") else "")
-                        raise FileNotFoundError(f"{where} = {d}: no index.json there; point it at a shard dir from "
-                                                "`python -m entropy_asr.data.prepare` (or fix the path)")
+                        raise UserFileNotFound(f"{where} = {d}: no index.json there; point it at a shard dir from "
+                                               "`python -m entropy_asr.data.prepare` (or fix the path)")
         path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
         if path is None:
-            raise ValueError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
+            raise UserError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
         self._cmvn = load_cmvn(path)
 
     def _loader(self, data_dir: str | None, name: str, train: bool, whole: bool = False) -> DataLoader:
         if not data_dir:
-            raise ValueError(f"data.{name} is not set; point it at a shard dir (index.json + shard-*.tar)")
+            raise UserError(f"data.{name} is not set; point it at a shard dir (index.json + shard-*.tar)")
         urls = shard_urls(data_dir)
         if self._cmvn is None:
             self.setup()
@@ -206,7 +207,7 @@ class SpeechDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per test dir, each read exactly once."""
         if not self.test_dirs:
-            raise ValueError("data.test_dirs is not set; give a list of shard dirs (index.json + shard-*.tar)")
+            raise UserError("data.test_dirs is not set; give a list of shard dirs (index.json + shard-*.tar)")
         return [self._loader(d, f"test_dirs[{i}]", train=False) for i, d in enumerate(self.test_dirs)]
 
     def account(self, batch: dict) -> dict:

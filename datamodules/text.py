@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from entropy_asr.data.sentences import SentenceGenerator
 from entropy_asr.data.shards import read_transcripts
 from entropy_asr.data.synthetic import LANGUAGE_SHARE
+from entropy_asr.errors import UserError
 from entropy_asr.text import Phonemizer, normalize_text, phones_to_ids
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,10 @@ class LengthBucketBatches(Sampler[list[int]]):
     def __init__(self, lengths: list[int], batch_size: int, pool: int = 50, seed: int = 0, rank: int = 0,
                  world: int = 1):
         if batch_size < 1 or pool < 1:
-            raise ValueError(f"batch_size and bucket pool must be >= 1, got {batch_size}, {pool}")
+            raise UserError(f"batch_size and bucket pool must be >= 1, got {batch_size}, {pool}")
         if len(lengths) < batch_size * world:
-            raise ValueError(f"{len(lengths)} training items cannot fill one batch of {batch_size} per rank "
-                             f"({world} ranks); lower data.batch_size or add text")
+            raise UserError(f"{len(lengths)} training items cannot fill one batch of {batch_size} per rank "
+                            f"({world} ranks); lower data.batch_size or add text")
         self.lengths, self.batch_size, self.pool = list(lengths), batch_size, pool
         self.seed, self.rank, self.world, self.epoch = seed, rank, world, 0
 
@@ -105,11 +106,11 @@ class TextDataModule(L.LightningDataModule):
             val_dir = val_dir or str(root / "dev")
             exclude_dirs = exclude_dirs or [str(root / s) for s in ("test", "test_unseen_voice")]
         if not train_dir:
-            raise ValueError("data.train_dir is not set; point it at a shard dir, or set data.synthetic")
+            raise UserError("data.train_dir is not set; point it at a shard dir, or set data.synthetic")
         if extra_sentences < 0:
-            raise ValueError(f"data.extra_sentences must be >= 0, got {extra_sentences}")
+            raise UserError(f"data.extra_sentences must be >= 0, got {extra_sentences}")
         if not 0 <= nonspeech_share < 1:
-            raise ValueError(f"data.nonspeech_share must be in [0, 1), got {nonspeech_share}")
+            raise UserError(f"data.nonspeech_share must be in [0, 1), got {nonspeech_share}")
         self.train_dir, self.val_dir, self.exclude_dirs = train_dir, val_dir, list(exclude_dirs or [])
         self.synthetic, self.extra_sentences, self.vocab_size = synthetic, extra_sentences, vocab_size
         self.nonspeech_share = nonspeech_share
@@ -139,8 +140,8 @@ class TextDataModule(L.LightningDataModule):
                     for t, lang, _ in speech(d)}
         leaked = sum(normalize_text(t, lang) in held_out for t, lang, _ in train)
         if leaked:
-            raise ValueError(f"{self.train_dir}: {leaked} training transcripts also occur in the held-out dirs "
-                             f"{[self.val_dir, *self.exclude_dirs]}; the LLM would see evaluation sentences")
+            raise UserError(f"{self.train_dir}: {leaked} training transcripts also occur in the held-out dirs "
+                            f"{[self.val_dir, *self.exclude_dirs]}; the LLM would see evaluation sentences")
         rng = random.Random(f"entropy-asr-text/{self.seed}")
         gen = SentenceGenerator(self.vocab_size) if self.vocab_size else SentenceGenerator()
         phonemize = Phonemizer()

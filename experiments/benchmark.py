@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.errors import run_main
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.llm import LLMConfig
 from entropy_asr.model.prompt import generate
@@ -431,4 +432,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -32,7 +32,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json, read_index
+from entropy_asr.data.shards import (
+    atomic_write_bytes,
+    atomic_write_json,
+    read_index,
+    read_text,
+)
+from entropy_asr.errors import UserError, UserFileNotFound, run_main
 from entropy_asr.metrics.error_rate import GROUPS
 from entropy_asr.metrics.scoring import (
     HallucinationParams,
@@ -49,23 +55,35 @@ REPORT_COLUMNS = [("utterances", "utts", "{:d}"), ("error_rate", "error rate", "
 
 def read_hyps(path: Path) -> list[dict]:
     """The lines of a hypotheses file, checked: each has ref, hyp and a known language."""
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    rows, lines_of = [], {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg}); write one JSON object per line") from None
+            raise UserError(f"{path}:{n}: not JSON ({e.msg}); write one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: expected a JSON object with ref, hyp and language, got {type(row).__name__}")
         missing = [k for k in ("ref", "hyp", "language") if k not in row]
         if missing:
-            raise ValueError(f"{path}:{n}: missing {missing}; each line needs ref, hyp and language (id optional)")
+            raise UserError(f"{path}:{n}: missing {missing}; each line needs ref, hyp and language (id optional)")
+        for k in ("ref", "hyp"):
+            if not isinstance(row[k], str):
+                raise UserError(f"{path}:{n}: {k} must be a string, got {json.dumps(row[k])}; write \"\" for "
+                                + ("no output" if k == "hyp" else "a clip without speech (language none)"))
         if row["language"] not in GROUPS:
-            raise ValueError(f"{path}:{n}: language {row['language']!r} is not one of {GROUPS} (none = non-speech)")
-        rows.append({"id": row.get("id", f"{path.stem}-{n}"), "ref": row["ref"], "hyp": row["hyp"],
-                     "language": row["language"]})
+            raise UserError(f"{path}:{n}: language {row['language']!r} is not one of {GROUPS} (none = non-speech)")
+        if row["language"] == "none" and row["ref"].strip():
+            raise UserError(f"{path}:{n}: language none (a clip without speech) has the reference {row['ref'][:40]!r}; "
+                            "give the clip its language, or empty ref")
+        uid = str(row.get("id", f"{path.stem}-{n}"))
+        if uid in lines_of:
+            raise UserError(f"{path}:{n}: id {uid!r} repeats line {lines_of[uid]}; each utterance is scored once")
+        lines_of[uid] = n
+        rows.append({"id": uid, "ref": row["ref"], "hyp": row["hyp"], "language": row["language"]})
     if not rows:
-        raise ValueError(f"{path}: no hypotheses in it")
+        raise UserError(f"{path}: no hypotheses in it")
     return rows
 
 
@@ -119,13 +137,13 @@ def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], 
     run_dir = checkpoint.parent.parent if ckpt else checkpoint
     config = run_dir / "config.yaml"
     if not config.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no {config}; give a stage's run dir (config.yaml, "
-                                f"export/) or a .ckpt under its checkpoints/")
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no {config}; give a stage's run dir (config.yaml, "
+                               f"export/) or a .ckpt under its checkpoints/")
     model_cfg = yaml.safe_load(config.read_text())["model"]
     args = model_cfg.get("init_args", {})
     if "llm" not in args or not args.get("adapter"):
-        raise ValueError(f"--checkpoint {checkpoint}: {model_cfg.get('class_path')} has no adapter and LLM to "
-                         f"transcribe with; evaluate a speech stage (align, ia_sft, joint_sft)")
+        raise UserError(f"--checkpoint {checkpoint}: {model_cfg.get('class_path')} has no adapter and LLM to "
+                        f"transcribe with; evaluate a speech stage (align, ia_sft, joint_sft)")
     # the data config stays the training run's: its CMVN statistics are the ones the model learned with
     overrides = ["--trainer.callbacks", "[]", "--trainer.logger", "false", "--wandb", "disabled",
                  "--trainer.enable_progress_bar", "false",
@@ -139,9 +157,9 @@ def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], 
         overrides += ["--data.init_args.batch.max_batch_size", str(batch_size)]
     export = run_dir / "export"
     if not ckpt and not (export.is_dir() and any(export.iterdir())):
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no export/ there, so the stage has not finished and has no "
-                                f"trained weights to evaluate; give {run_dir / 'checkpoints' / 'last.ckpt'} or finish "
-                                f"the run")
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no export/ there, so the stage has not finished and has no "
+                               f"trained weights to evaluate; give {run_dir / 'checkpoints' / 'last.ckpt'} or finish "
+                               f"the run")
     if not ckpt:  # the stage's own exports over its starting points
         init = dict(args.get("init") or {})
         init.update({c: str(export / f"{c}.safetensors") for c in ("encoder", "ctc_head", "adapter", "phone_frames")
@@ -157,8 +175,8 @@ def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], 
         result = model.load_state_dict(state, strict=False)
         unexpected = [k for k in result.unexpected_keys if not k.startswith("teacher.")]  # training-only parts
         if result.missing_keys or unexpected:
-            raise ValueError(f"--checkpoint {ckpt} does not fit {run_dir / 'config.yaml'}'s model: missing "
-                             f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
+            raise UserError(f"--checkpoint {ckpt} does not fit {run_dir / 'config.yaml'}'s model: missing "
+                            f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), data
 
 
@@ -244,8 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
             name, expected = d.name, int(read_index(d).get("utterances", 0))
             rows = decoded.get(name, [])
             if not rows:
-                raise ValueError(f"--data {d}: no utterance could be decoded (index.json lists {expected}); the set is "
-                                 f"empty or its shards are unreadable")
+                raise UserError(f"--data {d}: no utterance could be decoded (index.json lists {expected}); the set is "
+                                f"empty or its shards are unreadable")
             metrics["sets"][name], records[name] = score_rows(rows, params, normalize)
             overall = metrics["sets"][name]["overall"]
             overall.update(rtfx=rtfx[name], expected_utterances=expected, scored_utterances=len(rows),
@@ -256,10 +274,10 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         for path in a.score:
             if not path.is_file():
-                raise FileNotFoundError(f"--score {path}: no such file")
+                raise UserFileNotFound(f"--score {path}: no such file")
             name = path.stem
             if name in metrics["sets"]:
-                raise ValueError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
+                raise UserError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
             metrics["sets"][name], records[name] = score_rows(read_hyps(path), params, normalize)
     a.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out / "metrics.json", metrics)
@@ -277,4 +295,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -40,8 +40,8 @@ import torch
 import yaml
 
 from callbacks import hot_swap
-from entropy_asr.assets import AssetError
 from entropy_asr.data.shards import atomic_write_json
+from entropy_asr.errors import UserError, UserFileNotFound, run_main
 from entropy_asr.plots import plot_drift, read_jsonl
 from experiments.run import THREADS_FILE, run
 
@@ -69,7 +69,7 @@ def llm_source(config: dict, run_dir: str, retrain: bool) -> str:
     spec = config.get("llm") or {}
     if retrain:
         if not spec.get("stage"):
-            raise ValueError("--retrain-llm: the pipeline config has no `llm.stage` (the stage that trains the LLM)")
+            raise UserError("--retrain-llm: the pipeline config has no `llm.stage` (the stage that trains the LLM)")
         return f"{run_dir}/{spec['stage']}/export"
     if not spec.get("asset"):
         return "{llm}"
@@ -82,7 +82,7 @@ def stage_args(stage: dict, run_dir: str, extra: list[str], llm: str = "{llm}") 
     """run.py arguments of one stage: its config, its run dir, the pipeline's overrides, then `extra`."""
     for key in ("name", "config"):
         if key not in stage:
-            raise ValueError(f"pipeline stage {stage} has no `{key}`")
+            raise UserError(f"pipeline stage {stage} has no `{key}`")
     args = ["--config", stage["config"], "--run_dir", f"{run_dir}/{stage['name']}"]
     for key, value in (stage.get("overrides") or {}).items():
         value = _fill(value, run_dir, llm)
@@ -136,20 +136,26 @@ class Background:
         print(f"== {self.name} (background): {time.perf_counter() - self.started:.0f} s"
               + ("" if rc == 0 else f", exit code {rc}; its log is {self.log_path}"), flush=True)
 
-    def failed(self) -> str | None:
-        """A message if the process ended with an error, else None (still running or succeeded)."""
+    def failed(self) -> Exception | None:
+        """The error if the process ended with one, else None (still running or succeeded): a UserError with
+        the stage's own one line for bad input (exit code 2), else the log's tail."""
         rc = self.proc.poll()
         if rc in (None, 0):
             return None
         self._tee.join(timeout=5)
-        tail = "".join(self.log_path.read_text().splitlines(keepends=True)[-15:])
-        return f"background stage {self.name} failed (exit code {rc}); its log is {self.log_path}:\n{tail}"
+        lines = self.log_path.read_text().splitlines(keepends=True)
+        # its one-line error: run_main's "error: ..." or an argument parser's "PROG: error: ..."
+        said = [ln.split("error: ", 1)[1].strip() for ln in lines if ln.startswith("error: ") or ": error: " in ln]
+        if rc == 2 and said:
+            return UserError(f"background stage {self.name}: {said[-1]} (its log: {self.log_path})")
+        return RuntimeError(f"background stage {self.name} failed (exit code {rc}); its log is {self.log_path}:\n"
+                            + "".join(lines[-15:]))
 
     def join(self, stage_dir: Path) -> dict:
         self.proc.wait()
         self._tee.join()
-        if msg := self.failed():
-            raise RuntimeError(msg)
+        if err := self.failed():
+            raise err
         return json.loads((stage_dir / "results.json").read_text())
 
     def stop(self) -> None:
@@ -169,14 +175,14 @@ def wait_for(path: Path, timeout_s: float, background: dict[str, Background], st
     t0 = time.monotonic()
     while not path.exists():
         for bg in background.values():
-            if msg := bg.failed():
-                raise RuntimeError(f"{stage} waits for {path}, but {msg}")
+            if err := bg.failed():
+                raise type(err)(f"{stage} waits for {path}, but {err}")
         if background and all(bg.proc.poll() == 0 for bg in background.values()) and not path.exists():
             raise RuntimeError(f"{stage} waits for {path}, but the background stages ended without writing it; "
                                f"check the pipeline's wait_for against their snapshot steps")
         if not background:
-            raise FileNotFoundError(f"{stage} waits for {path}, which does not exist and no background stage "
-                                    f"is running to write it")
+            raise UserFileNotFound(f"{stage} waits for {path}, which does not exist and no background stage "
+                                   f"is running to write it")
         if time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"{stage}: {path} did not appear within {timeout_s:g} s (wait_timeout_s)")
         time.sleep(1.0)
@@ -214,8 +220,8 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
         granted = None
         while not stop.is_set():
             for b in running:
-                if msg := b.failed():  # a hot-swap waiting on it would wait in vain: tell it
-                    hot_swap.PRODUCER_FAILED["message"] = msg
+                if err := b.failed():  # a hot-swap waiting on it would wait in vain: tell it
+                    hot_swap.PRODUCER_FAILED["message"] = str(err)
             want = budget()
             if want != granted:
                 atomic_write_json(mine, want[0])
@@ -260,7 +266,7 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     run_dir = str(config.get("run_dir") or "runs/pipeline")
     stages = [s for s in config.get("stages") or [] if s.get("when") != "retrain_llm" or retrain_llm]
     if not stages:
-        raise ValueError("pipeline config has no `stages` list")
+        raise UserError("pipeline config has no `stages` list")
     llm = llm_source(config, run_dir, retrain_llm)
     summary: dict = {"stages": {}}
     background: dict[str, Background] = {}
@@ -313,7 +319,7 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     return summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """CLI: --config PIPELINE.yaml [--force] [any run.py override applied to every stage]."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, required=True)
@@ -322,19 +328,17 @@ def main() -> None:
     p.add_argument("--retrain-llm", action="store_true",
                    help="train the tiny LLM from scratch (the config's llm.stage) instead of starting from the shipped "
                         "asset (docs/tiny_llm.md)")
-    a, extra = p.parse_known_args()
+    a, extra = p.parse_known_args(argv)
     # run.py's LightningCLI gets each stage's arguments explicitly, not this command line
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not a.config.is_file():
+        raise UserFileNotFound(f"--config {a.config}: no such file")
     config = yaml.safe_load(a.config.read_text())
     if a.run_dir:
         config["run_dir"] = a.run_dir
-    try:
-        run_pipeline(config, extra, a.force, a.retrain_llm)
-    except AssetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_pipeline(config, extra, a.force, a.retrain_llm)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -34,6 +34,7 @@ from callbacks.common import MeasuredCallback
 from callbacks.progress import LineProgress
 from callbacks.thread_share import ThreadShare
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
+from entropy_asr.errors import UserError, run_main
 
 THREADS_FILE = "ENTROPY_ASR_THREADS_FILE"
 
@@ -130,7 +131,7 @@ def default_loggers(run_dir: str, wandb_mode: str | None, project: str, resume: 
     """
     mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
     if mode not in ("offline", "online", "disabled", "dryrun", "run"):
-        raise ValueError(f"W&B mode {mode!r} (from --wandb or $WANDB_MODE): use offline, online or disabled")
+        raise UserError(f"W&B mode {mode!r} (from --wandb or $WANDB_MODE): use offline, online or disabled")
     # metrics.csv is kept (RunCSVLogger), whatever Lightning's warning about the dir says
     here = re.escape(str(run_dir).rstrip("/"))
     warnings.filterwarnings("ignore", message=rf"Experiment logs directory {here}/? exists")
@@ -254,7 +255,7 @@ def run_dir_lock(run_dir: Path):
             pass
 
 
-class RunDirBusy(RuntimeError):
+class RunDirBusy(UserError, RuntimeError):
     """Another run holds the run dir."""
 
 
@@ -315,12 +316,12 @@ def _fit_and_test(cli, trainer, model, data, run_dir: Path) -> dict:
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """CLI entry: prints the results as one JSON line last."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    results = run()
+    results = run(argv)
     print(json.dumps(results))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

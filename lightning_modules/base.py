@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from entropy_asr.assets import check_if_asset
+from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import ErrorRates
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
@@ -56,15 +57,15 @@ class OptimConfig:
 
     def __post_init__(self):
         if not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"optim.lr must be a finite number > 0, got {self.lr}")
+            raise UserError(f"optim.lr must be a finite number > 0, got {self.lr}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
-            raise ValueError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+            raise UserError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas) or not (math.isfinite(self.eps) and self.eps > 0):
-            raise ValueError(f"optim.betas must be two numbers in [0, 1) and optim.eps > 0, got {self.betas}, {self.eps}")
+            raise UserError(f"optim.betas must be two numbers in [0, 1) and optim.eps > 0, got {self.betas}, {self.eps}")
         if self.warmup_steps < 0:
-            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+            raise UserError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+            raise UserError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -118,17 +119,17 @@ class SpeechLLMModule(L.LightningModule):
         extra = [c for c, v in given.items() if v is not None and c not in self.components]
         missing = [c for c in self.components if given[c] is None and c not in self.optional_components]
         if extra:
-            raise ValueError(f"{type(self).__name__} does not use model.{extra[0]}; remove it from the config "
-                             f"(this stage uses {list(self.components)})")
+            raise UserError(f"{type(self).__name__} does not use model.{extra[0]}; remove it from the config "
+                            f"(this stage uses {list(self.components)})")
         if missing:
-            raise ValueError(f"{type(self).__name__} needs model.{missing[0]}; add it to the config")
+            raise UserError(f"{type(self).__name__} needs model.{missing[0]}; add it to the config")
         unknown = sorted(set(init or {}) - set(COMPONENTS))
         if unknown:
-            raise ValueError(f"model.init has unknown component(s) {unknown}; use {list(COMPONENTS)}")
+            raise UserError(f"model.init has unknown component(s) {unknown}; use {list(COMPONENTS)}")
         if "llm" in (init or {}):
-            raise ValueError("model.init.llm: start the LLM from an exported dir with model.llm.name_or_path instead")
+            raise UserError("model.init.llm: start the LLM from an exported dir with model.llm.name_or_path instead")
         if max_bad_steps < 1:
-            raise ValueError(f"model.max_bad_steps must be >= 1, got {max_bad_steps}")
+            raise UserError(f"model.max_bad_steps must be >= 1, got {max_bad_steps}")
         self.configs = {**given, "prompt": prompt or PromptConfig()}
         self.init_from = dict(init or {})
         self.trainable_patterns = list(trainable) if trainable is not None else list(self.default_trainable)
@@ -181,7 +182,7 @@ class SpeechLLMModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]  # frozen ones never reach AdamW
         if not params:
-            raise ValueError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
+            raise UserError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
         decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norm gains
         no_decay = [p for p in params if p.ndim < 2]
         o = self.optim
@@ -294,9 +295,9 @@ class SpeechLLMModule(L.LightningModule):
         bad = [k for k, v in checkpoint.get("state_dict", {}).items()
                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
-            raise ValueError(f"{self.stage}: the checkpoint to resume from holds NaN/inf weights ({bad[:3]}); resume "
-                             f"from an earlier checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'} "
-                             f"with --ckpt_path PATH")
+            raise UserError(f"{self.stage}: the checkpoint to resume from holds NaN/inf weights ({bad[:3]}); resume "
+                            f"from an earlier checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'} "
+                            f"with --ckpt_path PATH")
         state = checkpoint.get("entropy_asr", {})
         self.bad_total, self.bad_in_row = state.get("bad_total", 0), state.get("bad_in_row", 0)
         rng = state.get("rng")

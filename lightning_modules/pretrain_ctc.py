@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_only
 
+from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import CharCTCErrorRate, PhoneErrorRate, ctc_greedy
 from entropy_asr.model.export import save_component
 from lightning_modules.base import SpeechLLMModule
@@ -56,7 +57,7 @@ class PretrainCTC(SpeechLLMModule):
     def __init__(self, *, consistency_weight: float = 0.0, snapshot_steps: list[int] | None = None, **kwargs):
         super().__init__(**kwargs)
         if consistency_weight < 0:
-            raise ValueError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
+            raise UserError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
         self.consistency_weight = consistency_weight
         self.snapshot_steps = sorted(snapshot_steps or [])
         self.char_inventory = self.configs["ctc_head"].char_inventory() if self.configs["ctc_head"] else None
@@ -79,8 +80,8 @@ class PretrainCTC(SpeechLLMModule):
         two_views = self.training and self.consistency_weight > 0
         if two_views:
             if "feats2" not in batch:
-                raise ValueError("model.consistency_weight > 0 needs two augmented views per utterance: "
-                                 "set data.augment.views: 2")
+                raise UserError("model.consistency_weight > 0 needs two augmented views per utterance: "
+                                "set data.augment.views: 2")
             feats = torch.cat([feats, batch["feats2"]])  # (2B, T, 80): one forward for both views
             lens = torch.cat([lens, lens])
         frames, frame_lens = self.net.encode(feats, lens)

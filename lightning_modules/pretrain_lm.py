@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from entropy_asr.errors import UserError
 from entropy_asr.model.tokenizer import SPEECH_TOKEN, train_bpe_tokenizer
 from lightning_modules.base import SpeechLLMModule
 
@@ -53,13 +54,13 @@ class PretrainLM(SpeechLLMModule):
         reading = [c for c in ("adapter", "phone_frames") if self.configs[c] is not None]
         if len(reading) == 1:
             other = {"adapter", "phone_frames"} - set(reading)
-            raise ValueError(f"pretrain_lm: model.{reading[0]} is set but model.{other.pop()} is not; reading pseudo "
-                             f"speech needs both (or neither, for a text-only LLM)")
+            raise UserError(f"pretrain_lm: model.{reading[0]} is set but model.{other.pop()} is not; reading pseudo "
+                            f"speech needs both (or neither, for a text-only LLM)")
         self.reading = bool(reading)
         if self.reading and kwargs.get("trainable") is None:
             self.trainable_patterns += ["adapter.*", "phone_frames.*"]
         if not 0 <= read_share <= 1:
-            raise ValueError(f"model.read_share must be in [0, 1], got {read_share}")
+            raise UserError(f"model.read_share must be in [0, 1], got {read_share}")
         self.tokenizer_vocab_size, self.read_share, self.seed = tokenizer_vocab_size, read_share, seed
 
     def prepare_data(self) -> None:
@@ -67,8 +68,8 @@ class PretrainLM(SpeechLLMModule):
         llm = self.configs["llm"]
         if llm.name_or_path is None and llm.tokenizer is None:
             if not self.tokenizer_vocab_size:
-                raise ValueError("pretrain_lm with the tiny LLM: set model.tokenizer_vocab_size (a tokenizer is "
-                                 "trained on the text) or model.llm.tokenizer (an existing tokenizer dir)")
+                raise UserError("pretrain_lm with the tiny LLM: set model.tokenizer_vocab_size (a tokenizer is "
+                                "trained on the text) or model.llm.tokenizer (an existing tokenizer dir)")
             path = self.tokenizer_dir
             if not (path / "tokenizer.json").exists():
                 p = self.configs["prompt"]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from entropy_asr.assets import check_if_asset
+from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.pseudo_speech import (
@@ -47,11 +48,11 @@ class DistillConfig:
 
     def __post_init__(self):
         if self.weight < 0 or self.max_frames_per_phone < 1:
-            raise ValueError(f"distill.weight must be >= 0 and max_frames_per_phone >= 1, got {self.weight}, "
-                             f"{self.max_frames_per_phone}")
+            raise UserError(f"distill.weight must be >= 0 and max_frames_per_phone >= 1, got {self.weight}, "
+                            f"{self.max_frames_per_phone}")
         if self.aligner is not None and set(self.aligner) != {"encoder", "ctc_head"}:
-            raise ValueError(f"distill.aligner: give exactly {{encoder: PATH, ctc_head: PATH}} (phone CTC exports), "
-                             f"got keys {sorted(self.aligner)}")
+            raise UserError(f"distill.aligner: give exactly {{encoder: PATH, ctc_head: PATH}} (phone CTC exports), "
+                            f"got keys {sorted(self.aligner)}")
 
 
 class SpeechSFT(SpeechLLMModule):
@@ -68,22 +69,22 @@ class SpeechSFT(SpeechLLMModule):
         super().__init__(**kwargs)
         own_head = self.configs["ctc_head"] is not None and "ctc_head" in self.init_from
         if distill is not None and distill.aligner is None and not own_head:
-            raise ValueError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
-                             f"model.init.ctc_head (the pretraining export or snapshot that matches the encoder), "
-                             f"or model.distill.aligner")
+            raise UserError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
+                            f"model.init.ctc_head (the pretraining export or snapshot that matches the encoder), "
+                            f"or model.distill.aligner")
         if distill is not None and distill.aligner is None and self.configs["ctc_head"].units != "phones":
-            raise ValueError(f"{self.stage}: model.distill lays out phones, and model.ctc_head has units "
-                             f"{self.configs['ctc_head'].units!r}; set model.distill.aligner to phone CTC exports")
+            raise UserError(f"{self.stage}: model.distill lays out phones, and model.ctc_head has units "
+                            f"{self.configs['ctc_head'].units!r}; set model.distill.aligner to phone CTC exports")
         a = self.configs["adapter"]
         # (a CTC head that trains here, e.g. with a fresh encoder in single-stage training, may start fresh)
         head_trains = any(fnmatch.fnmatchcase("ctc_head.weight", p) for p in self.trainable_patterns)
         missing = [c for c in ("ctc_head", "phone_frames") if c not in self.init_from
                    and not (c == "ctc_head" and head_trains)]
         if a is not None and a.input == "phone_posteriors" and missing:
-            raise ValueError(f"{self.stage}: model.adapter.input 'phone_posteriors' reads through a trained CTC head "
-                             f"and phone table; set model.init.{missing[0]} (ctc_head: the pretraining export or "
-                             f"snapshot of this encoder; phone_frames: the tiny LLM's, "
-                             f"${{asset:tiny_llm}}/phone_frames.safetensors)")
+            raise UserError(f"{self.stage}: model.adapter.input 'phone_posteriors' reads through a trained CTC head "
+                            f"and phone table; set model.init.{missing[0]} (ctc_head: the pretraining export or "
+                            f"snapshot of this encoder; phone_frames: the tiny LLM's, "
+                            f"${{asset:tiny_llm}}/phone_frames.safetensors)")
         self.distill = distill
         self.teacher: nn.ModuleDict | None = None
 
@@ -171,16 +172,16 @@ class IASFT(SpeechSFT):
     def __init__(self, *, encoder_snapshots: list[Snapshot] | None = None, **kwargs):
         super().__init__(**kwargs)
         if self.distill is not None and encoder_snapshots:
-            raise ValueError("ia_sft: model.distill's CTC head would not follow the swapped encoders; use distill in "
-                             "align only, or drop model.encoder_snapshots")
+            raise UserError("ia_sft: model.distill's CTC head would not follow the swapped encoders; use distill in "
+                            "align only, or drop model.encoder_snapshots")
         self.snapshots = sorted(encoder_snapshots or [], key=lambda s: s.step)
         self.swaps: list[dict] = []  # [{step, path}] already applied (kept in checkpoints)
 
     def configure_model(self) -> None:
         super().configure_model()
         if any(p.requires_grad for p in self.net.encoder.parameters()):
-            raise ValueError("ia_sft keeps the encoder frozen (it is swapped, not trained): drop encoder "
-                             "patterns from model.trainable")
+            raise UserError("ia_sft keeps the encoder frozen (it is swapped, not trained): drop encoder "
+                            "patterns from model.trainable")
 
     def swap_encoder(self, source: str | Path | dict[str, torch.Tensor]) -> None:
         """Replace the encoder's weights (an export path or a state dict) at a step boundary; strict.
@@ -191,18 +192,18 @@ class IASFT(SpeechSFT):
         enc, head = self.net.encoder, None
         if self.net.reads_posteriors:  # checked before anything is loaded: never an encoder without its head
             if isinstance(source, dict):
-                raise ValueError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
-                                 "ctc_head-*.safetensors sibling is swapped in with it")
+                raise UserError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
+                                "ctc_head-*.safetensors sibling is swapped in with it")
             head = Path(source).with_name(Path(source).name.replace("encoder", "ctc_head", 1))
             if not head.is_file():
-                raise FileNotFoundError(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "
-                                        f"reads through) is missing")
+                raise UserFileNotFound(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "
+                                       f"reads through) is missing")
         if isinstance(source, dict):
             own = enc.state_dict()
             bad = [k for k in own if k not in source or source[k].shape != own[k].shape] + \
                   [k for k in source if k not in own]
             if bad:
-                raise ValueError(f"swap_encoder: state dict does not fit the encoder; mismatched keys {bad[:5]}")
+                raise UserError(f"swap_encoder: state dict does not fit the encoder; mismatched keys {bad[:5]}")
             tensors, label = source, "<state dict>"
         else:
             tensors, label = read_component(enc, source, "encoder"), str(source)

@@ -14,6 +14,8 @@ import functools
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
+from entropy_asr.errors import UserError
+
 # the repeated blocks of this project's encoder and of the Qwen2/Qwen3 LLM families
 DEFAULT_WRAP = ("ConformerBlock", "Qwen3DecoderLayer", "Qwen2DecoderLayer")
 
@@ -33,7 +35,7 @@ class SpeechFSDP(FSDPStrategy):
 
     def __init__(self, wrap: list[str] | tuple[str, ...] = DEFAULT_WRAP, **kwargs):
         if not wrap:
-            raise ValueError("SpeechFSDP.wrap: name at least one block class to shard (e.g. ConformerBlock)")
+            raise UserError("SpeechFSDP.wrap: name at least one block class to shard (e.g. ConformerBlock)")
         kwargs.setdefault("auto_wrap_policy", functools.partial(_by_class_name, names=frozenset(wrap)))
         kwargs.setdefault("use_orig_params", True)
         super().__init__(**kwargs)

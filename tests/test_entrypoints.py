@@ -194,6 +194,7 @@ def test_benchmark_prints_json_last(tiny_corpus):
 
 
 def test_a_stage_waiting_on_a_dead_or_missing_background_stage_fails_clearly(tmp_path):
+    from entropy_asr.errors import UserError
     from experiments.pipeline import Background, wait_for
 
     marker = tmp_path / "snapshots" / "snapshot-step00000400.json"
@@ -201,7 +202,8 @@ def test_a_stage_waiting_on_a_dead_or_missing_background_stage_fails_clearly(tmp
         wait_for(marker, 60, {}, "align")
     bad = Background("pretrain_ctc", ["--config", str(tmp_path / "missing.yaml"), "--run_dir", str(tmp_path / "r")],
                      tmp_path / "pretrain_ctc", threads=1)
-    with pytest.raises(RuntimeError, match=r"background stage pretrain_ctc failed \(exit code [1-9]"):
+    with pytest.raises(UserError, match=r"align waits for .*, but background stage pretrain_ctc: .*missing\.yaml.* "
+                                        r"\(its log: "):  # bad input: the stage's own one line, exit code 2
         wait_for(marker, 120, {"pretrain_ctc": bad}, "align")
     assert (tmp_path / "pretrain_ctc" / "stdout.log").read_text()  # its output was kept
     assert (tmp_path / "pretrain_ctc" / "threads").read_text().strip() == "1"  # the thread budget it follows

@@ -23,6 +23,7 @@ from entropy_asr.data.prepare import (
     read_librispeech,
 )
 from entropy_asr.data.shards import SkipCounter, read_index
+from entropy_asr.errors import run_main
 from tests.conftest import tone, write_audio
 
 
@@ -162,8 +163,9 @@ def test_cli_missing_file_exits_with_message(tmp_path, capsys):
     m = tmp_path / "m.jsonl"
     m.write_text('{"audio": "gone.flac", "text": "x"}\n')
     with pytest.raises(SystemExit) as e:
-        main(["jsonl", str(m), "--out", str(tmp_path / "o")])
-    assert e.value.code == 2 and "m.jsonl:1" in capsys.readouterr().err
+        run_main(main, ["jsonl", str(m), "--out", str(tmp_path / "o")])  # as `python -m entropy_asr.data.prepare` runs
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and "m.jsonl:1" in err and "Traceback" not in err
 
 
 def test_bad_inputs_are_skipped_and_counted(tmp_path):
@@ -266,7 +268,7 @@ def test_nonspeech_flag_rejects_a_transcript_naming_file_and_line(tmp_path):
     with pytest.raises(ManifestError, match=r"noise\.jsonl:2: .*without speech.*--nonspeech.*'hello'"):
         read_jsonl(m, nonspeech=True)
     with pytest.raises(SystemExit) as e:
-        main(["jsonl", str(m), "--nonspeech", "--out", str(tmp_path / "o"), "--workers", "1"])
+        run_main(main, ["jsonl", str(m), "--nonspeech", "--out", str(tmp_path / "o"), "--workers", "1"])
     assert e.value.code == 2 and not (tmp_path / "o").exists()
 
 
@@ -303,7 +305,7 @@ def test_all_inputs_skipped_is_one_clear_error_and_leaves_no_dir(tmp_path, capsy
     m = write_manifest(tmp_path / "m.jsonl", [{"audio": "n.wav", "text": "", "id": f"e{i}"} for i in range(2)])
     out = tmp_path / "made" / "out"
     with pytest.raises(SystemExit) as e:
-        main(["jsonl", str(m), "--out", str(out), "--workers", "1"])
+        run_main(main, ["jsonl", str(m), "--out", str(out), "--workers", "1"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2
     assert len(err) == 1 and err[0].startswith("error: ")

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from entropy_asr.errors import UserError
+
 ROOT = Path(__file__).resolve().parent
 CARD = "card.json"
 
 
-class AssetError(ValueError):
+class AssetError(UserError):
     """An asset is missing, damaged or was made for other data; the message says which and the fix."""
 
 

@@ -6,6 +6,8 @@ import functools
 import io
 import json
 import math
+import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import torch
 from torchaudio.compliance import kaldi
+
+from entropy_asr.errors import UserError, UserFileNotFound
 
 SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 80
@@ -55,14 +59,60 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     return to_mono(x), int(sr)
 
 
+# how far a segment's end may run past the end of its file (Kaldi's extract-segments --max-overshoot)
+MAX_OVERSHOOT_S = 0.5
+
+
+class TruncatedAudioError(UserError):
+    """A file holds less audio than its header or its segment says: its transcript would not match."""
+
+
+def _riff_data_shortfall(path: str | Path) -> tuple[int, int] | None:
+    """(declared, present) bytes of a RIFF/WAVE file's data chunk when fewer are present than declared.
+
+    libsndfile reads a cut WAV without complaint (it trims the length to the bytes there), so the
+    header is read here. Streamed WAVs that leave the length at 0 or 0xFFFFFFFF are not judged.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        size, pos = os.fstat(fh.fileno()).st_size, 12
+        while pos + 8 <= size:
+            fh.seek(pos)
+            chunk, n = struct.unpack("<4sI", fh.read(8))
+            if chunk == b"data":
+                present = size - pos - 8
+                return (n, present) if n not in (0, 0xFFFFFFFF) and present < n else None
+            pos += 8 + n + (n & 1)
+    return None
+
+
 def read_audio(path: str | Path, start: float = 0.0, end: float | None = None) -> tuple[np.ndarray, int]:
-    """Read a file (or the [start, end) seconds segment of it) -> (mono float32, rate)."""
+    """Read a file (or the [start, end) seconds segment of it) -> (mono float32, rate).
+
+    A file cut short (fewer samples than its header declares) or a segment ending more than
+    MAX_OVERSHOOT_S past the audio raises TruncatedAudioError: its transcript covers audio that is not there.
+    """
+    short = _riff_data_shortfall(path)
     with sf.SoundFile(str(path)) as f:
         sr = f.samplerate
+        if short is not None:
+            declared, present = short
+            raise TruncatedAudioError(f"{path}: truncated: its header declares {declared} bytes of audio "
+                                      f"({declared / max(present, 1) * f.frames / sr:.2f} s), the file holds {present} "
+                                      f"({f.frames / sr:.2f} s); re-copy or re-export it")
         first = int(round(start * sr))
-        last = f.frames if end is None else min(f.frames, int(round(end * sr)))
+        last = f.frames if end is None else int(round(end * sr))
+        if last > f.frames + MAX_OVERSHOOT_S * sr:
+            raise TruncatedAudioError(f"{path}: the segment [{start:g}, {end:g}] s ends past the audio "
+                                      f"({f.frames / sr:.2f} s); fix its times or the file")
+        last = min(last, f.frames)
         f.seek(first)
         x = f.read(max(0, last - first), dtype="float32", always_2d=False)
+    if len(x) < last - first:  # a header (e.g. FLAC's STREAMINFO) promising more than decodes
+        raise TruncatedAudioError(f"{path}: truncated: {(last - first) / sr:.2f} s declared, {len(x) / sr:.2f} s "
+                                  "decode; re-copy or re-export it")
     return to_mono(x), int(sr)
 
 
@@ -142,7 +192,7 @@ class CMVNStats:
     def mean_std(self, floor: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation per bin; var = E[x^2] - E[x]^2, floored."""
         if self.count == 0:
-            raise ValueError("CMVN statistics are empty: no audio frames were accumulated")
+            raise UserError("CMVN statistics are empty: no audio frames were accumulated")
         mean = self.sum / self.count
         var = np.maximum(self.sum_sq / self.count - mean * mean, floor)
         return mean, np.sqrt(var)
@@ -174,20 +224,20 @@ def load_cmvn(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         d = json.loads(path.read_text())
         version = d.get("feature", {}).get("version", 1)
         if version != FEATURE_VERSION:
-            raise ValueError(f"{path}: statistics of feature version {version}, but this code computes version "
-                             f"{FEATURE_VERSION} (log-Mel floored at the dither level); rebuild the shard dir "
-                             "(entropy_asr.data.prepare / entropy_asr.data.synthetic)")
+            raise UserError(f"{path}: statistics of feature version {version}, but this code computes version "
+                            f"{FEATURE_VERSION} (log-Mel floored at the dither level); rebuild the shard dir "
+                            "(entropy_asr.data.prepare / entropy_asr.data.synthetic)")
         stats = CMVNStats.from_json(d)
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise UserFileNotFound(
             f"{path}: CMVN statistics not found; shard dirs written by entropy_asr.data.prepare "
             "or entropy_asr.data.synthetic contain cmvn.json, or set cmvn to an existing file"
         ) from None
     except (KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a valid cmvn.json ({e}); re-run entropy_asr.data.prepare") from None
+        raise UserError(f"{path}: not a valid cmvn.json ({e}); re-run entropy_asr.data.prepare") from None
     mean, std = stats.mean_std()
     if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-        raise ValueError(f"{path}: the CMVN statistics hold NaN, inf or a zero deviation (count "
-                         f"{getattr(stats, 'count', '?')}); rebuild the shard dir (entropy_asr.data.prepare) or point "
-                         "data.cmvn at a good cmvn.json")
+        raise UserError(f"{path}: the CMVN statistics hold NaN, inf or a zero deviation (count "
+                        f"{getattr(stats, 'count', '?')}); rebuild the shard dir (entropy_asr.data.prepare) or point "
+                        "data.cmvn at a good cmvn.json")
     return torch.from_numpy(mean).float(), torch.from_numpy(1.0 / std).float()

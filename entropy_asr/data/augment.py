@@ -12,6 +12,7 @@ import torch
 import torchaudio.transforms as T
 
 from entropy_asr.data.audio import SAMPLE_RATE
+from entropy_asr.errors import UserError
 
 
 @dataclass
@@ -39,26 +40,26 @@ class AugmentConfig:
     def __post_init__(self):
         for f in self.speed_factors:
             if not 0.5 <= f <= 2.0:
-                raise ValueError(f"augment.speed_factors: {f} is outside [0.5, 2.0]; use factors like 0.9, 1.0, 1.1")
+                raise UserError(f"augment.speed_factors: {f} is outside [0.5, 2.0]; use factors like 0.9, 1.0, 1.1")
         if not 0.0 <= self.noise_prob <= 1.0:
-            raise ValueError(f"augment.noise_prob must be in [0, 1], got {self.noise_prob}")
+            raise UserError(f"augment.noise_prob must be in [0, 1], got {self.noise_prob}")
         for name in ("lowpass_prob", "reverb_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         for name, (lo, hi), top in (("lowpass_hz", self.lowpass_hz, SAMPLE_RATE / 2),
                                     ("reverb_rt60", self.reverb_rt60, 5.0)):
             if not 0 < lo <= hi <= top:
-                raise ValueError(f"augment.{name} must be [low, high] with 0 < low <= high <= {top:g}, got {[lo, hi]}")
+                raise UserError(f"augment.{name} must be [low, high] with 0 < low <= high <= {top:g}, got {[lo, hi]}")
         if not 0.0 <= self.vtlp < 0.5:
-            raise ValueError(f"augment.vtlp must be in [0, 0.5) (a warp factor 1 +- vtlp), got {self.vtlp}")
+            raise UserError(f"augment.vtlp must be in [0, 0.5) (a warp factor 1 +- vtlp), got {self.vtlp}")
         for name in ("pad_silence_max", "noise_snr_std", "spec_freq_masks", "spec_freq_width",
                      "spec_time_masks", "spec_time_width", "gain_db"):
             if getattr(self, name) < 0:
-                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+                raise UserError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if self.views not in (1, 2):
-            raise ValueError(f"augment.views must be 1 or 2 (2 for consistency-regularized CTC), got {self.views}")
+            raise UserError(f"augment.views must be 1 or 2 (2 for consistency-regularized CTC), got {self.views}")
         if not 0.0 <= self.spec_time_max_ratio <= 1.0:
-            raise ValueError(f"augment.spec_time_max_ratio must be in [0, 1], got {self.spec_time_max_ratio}")
+            raise UserError(f"augment.spec_time_max_ratio must be in [0, 1], got {self.spec_time_max_ratio}")
 
     @classmethod
     def off(cls) -> AugmentConfig:

@@ -19,6 +19,7 @@ import torch
 from entropy_asr.data.audio import load_cmvn
 from entropy_asr.data.augment import AugmentConfig
 from entropy_asr.data.pipeline import BatchConfig, build_pipeline, shard_urls
+from entropy_asr.errors import run_main
 
 
 def measure(data: str | Path, seconds: float = 20.0, augment: bool = True, warmup_batches: int = 2) -> dict:
@@ -71,4 +72,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from entropy_asr.errors import UserError
 from entropy_asr.text.script import split_by_script
 
 # speak_lib.h: espeak_AUDIO_OUTPUT, espeak_POSITION_TYPE, espeak_PARAMETER, flags, espeak_ERROR.
@@ -246,7 +247,7 @@ class ESpeak:
             runtime = _get_runtime()
             # eSpeak silently ignores an unknown variant, so check the variant folder ourselves.
             if plus and variant not in runtime.variants:
-                raise ValueError(f"eSpeak voice {voice!r}: no variant {variant!r} in {self.data_path}/voices/!v")
+                raise UserError(f"eSpeak voice {voice!r}: no variant {variant!r} in {self.data_path}/voices/!v")
             data = text.encode("utf-8") + b"\0"
             # A known language file is named by its path (fast); anything else goes to eSpeak's search.
             name = (runtime.paths.get(language.lower(), language) + plus + variant).encode()
@@ -254,10 +255,10 @@ class ESpeak:
             def body(lib: ctypes.CDLL) -> None:
                 status = lib.espeak_SetVoiceByName(name)
                 if status != EE_OK:
-                    raise ValueError(f"eSpeak rejected voice {voice!r} (status {status})")
+                    raise UserError(f"eSpeak rejected voice {voice!r} (status {status})")
                 for param, value in ((espeakRATE, rate), (espeakPITCH, pitch), (espeakRANGE, pitch_range)):
                     if lib.espeak_SetParameter(param, int(value), 0) != EE_OK:
-                        raise ValueError(f"eSpeak rejected parameter {param}={value} for voice {voice!r}")
+                        raise UserError(f"eSpeak rejected parameter {param}={value} for voice {voice!r}")
                 # Breath and Klatt noise use eSpeak's PRNG; a seed from the input keeps it fixed.
                 lib.espeak_ng_SetRandSeed(zlib.crc32(f"{voice}|{text}".encode()))
                 status = lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, espeakCHARS_UTF8, None, None)

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from entropy_asr.errors import UserError, UserFileNotFound
+
 WEIGHT_EXPONENT = 0.4  # p(word) ~ frequency^0.4: zipf 6 vs zipf 3 -> 16x, not 1000x
 _SEARCH_DEPTH = 40_000  # how far down the frequency lists to look
 _EN_WORD = re.compile(r"[a-z]+")
@@ -101,8 +103,8 @@ def _package_file(package: str, *parts: str) -> Path:
         raise ModuleNotFoundError(f"the sentence generator needs the package {package!r}; pip install -e . installs it")
     path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the data file the sentence generator reads from {package!r} is missing; "
-                                f"reinstall {package}")
+        raise UserFileNotFound(f"{path}: the data file the sentence generator reads from {package!r} is missing; "
+                               f"reinstall {package}")
     return path
 
 
@@ -173,7 +175,7 @@ def english_lexicon(nouns: int, verbs: int, adjectives: int, adverbs: int) -> En
             break
     for kind, n in want.items():
         if len(found[kind]) < n:
-            raise ValueError(f"english_lexicon: asked for {n} {kind}, only {len(found[kind])} pass the filters")
+            raise UserError(f"english_lexicon: asked for {n} {kind}, only {len(found[kind])} pass the filters")
     keys = {"nouns": lambda x: x[0], "verbs": lambda x: x.base, "adjectives": str, "adverbs": str}
     degree = {}
     for adj in found["adjectives"]:  # "better", "biggest": kept where both forms are in CMUdict and in use
@@ -211,5 +213,5 @@ def mandarin_lexicon(nouns: int, verbs: int, adjectives: int, places: int) -> Ma
             break
     for kind, n in want.items():
         if len(found[kind]) < n:
-            raise ValueError(f"mandarin_lexicon: asked for {n} {kind}, only {len(found[kind])} pass the filters")
+            raise UserError(f"mandarin_lexicon: asked for {n} {kind}, only {len(found[kind])} pass the filters")
     return MandarinLexicon(**{k: Words(tuple(v), _weights(v, "zh")) for k, v in found.items()})

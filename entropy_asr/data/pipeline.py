@@ -26,6 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from entropy_asr.data.audio import SAMPLE_RATE, decode_audio, fbank, resample
 from entropy_asr.data.augment import AugmentConfig, augment_waveform, spec_augment, vtlp
 from entropy_asr.data.shards import read_index
+from entropy_asr.errors import UserError
 from entropy_asr.text import inventory_fingerprint, phones_to_ids
 
 log = logging.getLogger(__name__)
@@ -45,12 +46,12 @@ class BatchConfig:
 
     def __post_init__(self):
         if self.max_duration > self.max_batch_seconds:
-            raise ValueError(f"batch.max_duration ({self.max_duration} s) exceeds batch.max_batch_seconds "
-                             f"({self.max_batch_seconds} s): a maximal clip would not fit a batch; raise the cap")
+            raise UserError(f"batch.max_duration ({self.max_duration} s) exceeds batch.max_batch_seconds "
+                            f"({self.max_batch_seconds} s): a maximal clip would not fit a batch; raise the cap")
         if self.max_batch_size < 1:
-            raise ValueError(f"batch.max_batch_size must be >= 1, got {self.max_batch_size}")
+            raise UserError(f"batch.max_batch_size must be >= 1, got {self.max_batch_size}")
         if list(self.bucket_boundaries) != sorted(self.bucket_boundaries):
-            raise ValueError(f"batch.bucket_boundaries must be increasing, got {self.bucket_boundaries}")
+            raise UserError(f"batch.bucket_boundaries must be increasing, got {self.bucket_boundaries}")
 
 
 def worker_position() -> tuple[int, int]:
@@ -66,9 +67,9 @@ class EvalShards(IterableDataset):
 
     def __init__(self, urls: list[str], rank: int, world_size: int):
         if 0 < len(urls) < world_size:
-            raise ValueError(f"{len(urls)} evaluation shard(s) ({urls[0].rsplit('/', 2)[-2]}) for {world_size} ranks: "
-                             f"a rank without a shard has nothing to validate and the ranks would hang at the "
-                             f"epoch-end sync; write the set with a smaller --shard-size (>= {world_size} shards)")
+            raise UserError(f"{len(urls)} evaluation shard(s) ({urls[0].rsplit('/', 2)[-2]}) for {world_size} ranks: "
+                            f"a rank without a shard has nothing to validate and the ranks would hang at the "
+                            f"epoch-end sync; write the set with a smaller --shard-size (>= {world_size} shards)")
         self.urls, self.rank, self.world_size = list(urls), rank, world_size
 
     def __iter__(self) -> Iterator[dict]:
@@ -97,8 +98,8 @@ class TrainShards(IterableDataset):
     def __init__(self, urls: list[str], rank: int, world_size: int, seed: int, shared: bool = False,
                  clock: EpochClock | None = None):
         if not shared and len(urls) < world_size:
-            raise ValueError(f"{len(urls)} training shards for {world_size} ranks: each rank needs its own shard; "
-                             "re-shard with a smaller --shard-size")
+            raise UserError(f"{len(urls)} training shards for {world_size} ranks: each rank needs its own shard; "
+                            "re-shard with a smaller --shard-size")
         # explicit node split: ranks read disjoint shards
         self.urls = list(urls) if shared else list(urls)[rank::world_size]
         self.rank, self.seed, self.clock = rank, seed, clock or EpochClock()
@@ -118,6 +119,7 @@ class DataCounts:
     def __init__(self):
         self.pending: Counter = Counter()
         self.examples: dict[str, str] = {}
+        self.failed_shards_in_row = 0  # unreadable shards since the last sample (reset by the Featurizer)
 
     def add(self, kind: str, detail: str) -> None:
         """Count one case of `kind`, keeping the first detail to show in the warning."""
@@ -137,7 +139,7 @@ class MixedSamples(IterableDataset):
 
     def __init__(self, primary, secondary, share: float, seed: str, clock: EpochClock | None = None):
         if not 0 <= share < 1:
-            raise ValueError(f"the share of mixed-in samples must be in [0, 1), got {share}")
+            raise UserError(f"the share of mixed-in samples must be in [0, 1), got {share}")
         self.primary, self.secondary, self.share, self.seed = primary, secondary, share, seed
         self.clock = clock or EpochClock()
 
@@ -149,15 +151,21 @@ class MixedSamples(IterableDataset):
             yield next(secondary if rng.random() < self.share else primary)
 
 
-def _shard_handler(counts: DataCounts):
+def _shard_handler(counts: DataCounts, endless: bool = False):
     def handler(exn: Exception) -> bool:
         counts.add("corrupt_shard", f"unreadable tar member or shard ({exn!r}); rest of shard skipped")
+        counts.failed_shards_in_row += 1
+        if endless and counts.failed_shards_in_row >= MAX_FAILED_SHARDS_IN_ROW:  # it would draw them forever
+            raise UserError(f"training data: the last {counts.failed_shards_in_row} shards read were all unreadable "
+                            f"(the first: {counts.examples['corrupt_shard']}); re-copy or re-prepare the shard dir")
         return True  # keep going with the next shard
     return handler
 
 
-# a training stream that skips this many samples in a row has nothing usable: an error, not an endless loop
+# a training stream that skips this many samples, or fails on this many shards, in a row has nothing usable:
+# an error, not an endless loop
 MAX_DROPPED_IN_ROW = 5000
+MAX_FAILED_SHARDS_IN_ROW = 100
 
 
 class Featurizer:
@@ -173,13 +181,14 @@ class Featurizer:
         self.endless, self.dropped_in_row = False, 0  # endless: a training stream (build_pipeline sets it)
 
     def __call__(self, sample: dict) -> dict | None:
+        self.counts.failed_shards_in_row = 0  # a sample came: its shard was readable
         out = self._featurize(sample)
         if out is not None:
             self.dropped_in_row = 0
         elif self.endless:  # training: the stream is endless, so a set where nothing survives would spin
             self.dropped_in_row += 1
             if self.dropped_in_row >= MAX_DROPPED_IN_ROW:
-                raise RuntimeError(
+                raise UserError(
                     f"training data: the last {self.dropped_in_row} samples were all skipped "
                     f"({dict(self.counts.pending) or 'see the data_counts warnings'}); nothing survives loading: check "
                     f"that the shards are readable and that batch.max_duration ({self.batch.max_duration} s) / "
@@ -313,10 +322,13 @@ def shard_urls(data_dir: str | Path) -> list[str]:
     index = read_index(data_dir)
     inv = index.get("phone_inventory", {})
     if inv.get("fingerprint") != inventory_fingerprint():
-        raise ValueError(
+        raise UserError(
             f"{data_dir}: shards were labelled with phone inventory {inv} but this code uses version "
             f"fingerprint {inventory_fingerprint()}; rebuild the shards with entropy_asr.data.prepare/synthetic"
         )
+    if not index["shards"]:
+        raise UserError(f"{data_dir}: index.json lists no shards (a set where nothing was usable?); prepare the set "
+                        "again (entropy_asr.data.prepare) or point at another dir")
     return [str(Path(data_dir) / s["name"]) for s in index["shards"]]
 
 
@@ -326,9 +338,9 @@ def nonspeech_shard_urls(data_dir: str | Path) -> list[str]:
     languages = read_index(data_dir).get("languages", {})
     speech = {k: v for k, v in languages.items() if k != "none"}
     if speech or not languages:
-        raise ValueError(f"{data_dir}: data.nonspeech_dirs must hold only clips without speech (language 'none'), "
-                         f"but its index.json counts {languages or 'no languages'}; write it with "
-                         f"`python -m entropy_asr.data.prepare ... --nonspeech`")
+        raise UserError(f"{data_dir}: data.nonspeech_dirs must hold only clips without speech (language 'none'), "
+                        f"but its index.json counts {languages or 'no languages'}; write it with "
+                        f"`python -m entropy_asr.data.prepare ... --nonspeech`")
     return urls
 
 
@@ -359,7 +371,7 @@ def build_pipeline(
     featurize.endless = train
     if train:
         def samples(shards: TrainShards, tag: str) -> wds.DataPipeline:
-            return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=_shard_handler(counts)),
+            return wds.DataPipeline(shards, wds.tarfile_to_samples(handler=_shard_handler(counts, endless=True)),
                                     lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}{tag}", clock))
 
         speech = samples(TrainShards(urls, rank, world_size, seed, clock=clock), "")
@@ -374,7 +386,7 @@ def build_pipeline(
     pipe = wds.DataPipeline(*stages)
     if train:
         if not batches_per_epoch:
-            raise ValueError("batches_per_epoch must be set for training (the shard stream is endless)")
+            raise UserError("batches_per_epoch must be set for training (the shard stream is endless)")
         pipe = pipe.with_epoch(-(-batches_per_epoch // max(1, num_workers)))  # per worker, rounded up
     pipe.clock = clock  # the loader sets the epoch before each pass
     return pipe

@@ -22,27 +22,29 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import soundfile as sf
 
-from entropy_asr.data.audio import read_audio
+from entropy_asr.data.audio import TruncatedAudioError, read_audio
 from entropy_asr.data.shards import (
     NoUtterancesError,
     SkipCounter,
     Utterance,
     atomic_write_json,
     prepare_utterance,
+    read_text,
     safe_key,
     shard_name,
     stats_path,
     write_shards,
 )
+from entropy_asr.errors import UserError, run_main
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Record:
     end: float | None = None
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError):
     """An input file is malformed; the message names the file, line and fix."""
 
 
@@ -75,7 +77,7 @@ def read_jsonl(path: Path, nonspeech: bool = False) -> list[Record]:
     line one ("text" may then be left out).
     """
     records = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -94,21 +96,37 @@ def read_jsonl(path: Path, nonspeech: bool = False) -> list[Record]:
             declared = " from --nonspeech" if nonspeech else ""
             raise ManifestError(f"{where}: a clip without speech (language \"none\"{declared}) "
                                 f"must have an empty \"text\", got {text[:40]!r}; give its language, or empty the text")
+        if not isinstance(d["audio"], str) or not d["audio"]:
+            raise ManifestError(f"{where}: \"audio\" must be a file path, got {d['audio']!r}")
         audio = d["audio"] if os.path.isabs(d["audio"]) else str(path.parent / d["audio"])
         _require_file(audio, where)
         key = str(d.get("id") or Path(d["audio"]).with_suffix("").as_posix().replace("/", "_"))
-        records.append(Record(key, audio, text, language, str(d.get("speaker", "unknown")),
-                              float(d.get("start", 0.0)), None if d.get("end") is None else float(d["end"])))
+        try:
+            start = float(d.get("start") or 0.0)
+            end = None if d.get("end") is None else float(d["end"])
+        except (TypeError, ValueError):
+            raise ManifestError(f"{where}: \"start\" and \"end\" must be seconds, got {d.get('start')!r} "
+                                f"{d.get('end')!r}") from None
+        if not (math.isfinite(start) and start >= 0.0 and (end is None or (math.isfinite(end) and end > start))):
+            raise ManifestError(f"{where}: needs 0 <= start < end, got {start} {end}")
+        records.append(Record(key, audio, text, language, str(d.get("speaker", "unknown")), start, end))
     return records
 
 
 def _kaldi_table(path: Path, min_fields: int = 2) -> Iterator[tuple[int, list[str]]]:
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    """(line number, fields) of a Kaldi table; a repeated first field (id) is refused, as Kaldi's
+    validate_data_dir.sh does: which of two lines is right cannot be guessed."""
+    seen: dict[str, int] = {}
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split(maxsplit=1) if min_fields == 2 else line.split()
         if len(parts) < min_fields:
             raise ManifestError(f"{path}:{n}: expected at least {min_fields} fields, got {line!r}")
+        if parts[0] in seen:
+            raise ManifestError(f"{path}:{n}: id {parts[0]!r} repeats line {seen[parts[0]]}; ids must be unique: "
+                                "keep one of the lines")
+        seen[parts[0]] = n
         yield n, parts
 
 
@@ -125,9 +143,9 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
             raise ManifestError(f"{data_dir / 'wav.scp'}:{n}: piped commands are not supported ({path!r}); "
                                 "convert the audio to files and list their paths")
         wavs[rec] = (path if os.path.isabs(path) else str(data_dir / path), f"{data_dir / 'wav.scp'}:{n}")
-    texts = {}
-    for _, parts in _kaldi_table(data_dir / "text", 1):
-        texts[parts[0]] = " ".join(parts[1:])
+    texts, text_lines = {}, {}
+    for n, parts in _kaldi_table(data_dir / "text", 1):
+        texts[parts[0]], text_lines[parts[0]] = " ".join(parts[1:]), n
     spk = {}
     if (data_dir / "utt2spk").exists():
         spk = {utt: s.strip() for _, (utt, s) in _kaldi_table(data_dir / "utt2spk")}
@@ -142,7 +160,13 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
                 skips.add("no_transcript", f"{where}: segment {utt!r} has no line in text; skipped")
                 continue
             _require_file(wavs[rec][0], wavs[rec][1])
-            records.append(Record(utt, wavs[rec][0], texts[utt], None, spk.get(utt, "unknown"), float(start), float(end)))
+            try:
+                t0, t1 = float(start), float(end)
+            except ValueError:
+                raise ManifestError(f"{where}: start and end must be seconds, got {start!r} {end!r}") from None
+            if not (math.isfinite(t1) and 0.0 <= t0 < t1):
+                raise ManifestError(f"{where}: segment {utt!r} needs 0 <= start < end, got {start} {end}")
+            records.append(Record(utt, wavs[rec][0], texts[utt], None, spk.get(utt, "unknown"), t0, t1))
     else:
         for utt, (path, where) in wavs.items():
             if utt not in texts:
@@ -150,6 +174,11 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
                 continue
             _require_file(path, where)
             records.append(Record(utt, path, texts[utt], None, spk.get(utt, "unknown")))
+    audio = {r.key for r in records} | ({parts[0] for _, parts in _kaldi_table(data_dir / "segments", 4)}
+                                        if (data_dir / "segments").exists() else set(wavs))
+    for utt in texts.keys() - audio:  # a transcript with no audio: counted, never a silent drop
+        skips.add("no_audio", f"{data_dir / 'text'}:{text_lines[utt]}: {utt!r} has no audio in "
+                              f"{'segments' if (data_dir / 'segments').exists() else 'wav.scp'}; skipped")
     return records
 
 
@@ -160,7 +189,7 @@ def read_librispeech(split_dir: Path) -> list[Record]:
         raise ManifestError(f"{split_dir}: no SPK/CHAPTER/*.trans.txt; point at a split dir such as LibriSpeech/dev-clean")
     records = []
     for t in trans:
-        for n, line in enumerate(t.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line in enumerate(read_text(t).splitlines(), 1):
             if not line.strip():
                 continue
             utt, _, text = line.partition(" ")
@@ -179,7 +208,7 @@ def read_aishell(root: Path, split: str | None, skips: SkipCounter | None = None
     if split is None or split not in splits:
         raise ManifestError(f"{root}: choose the split with --split (found: {', '.join(splits) or 'none'})")
     text = {}
-    for n, line in enumerate(transcript.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(transcript).splitlines(), 1):
         utt, _, words = line.strip().partition(" ")
         if utt:
             text[utt] = "".join(words.split())  # the transcript is word-segmented with spaces
@@ -198,6 +227,9 @@ def records_to_utterances(job: tuple[list[Record], str, float], skips: SkipCount
     for r in records:
         try:
             samples, sr = read_audio(r.audio, r.start, r.end)
+        except TruncatedAudioError as e:  # its transcript covers audio that is not there
+            skips.add("truncated_audio", f"{e}; skipped")
+            continue
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
             skips.add("corrupt_audio", f"{r.audio}: cannot decode ({e}); skipped")
             continue
@@ -213,7 +245,7 @@ def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: 
     if not records:
         raise ManifestError(f"no utterances found for {out}")
     if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise UserError(f"shard_size must be >= 1, got {shard_size}")
     records = sorted(records, key=lambda r: r.key)
     dups = [(a, b) for a, b in itertools.pairwise(records) if safe_key(a.key) == safe_key(b.key)]
     if dups:  # checked before anything is written: a corrected rerun starts clean
@@ -272,20 +304,16 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"{a.input} does not exist")
     if a.nonspeech and a.format != "jsonl":
         p.error("--nonspeech takes a jsonl manifest (one {\"audio\": path} per line)")
-    try:
-        skips = SkipCounter()
-        records = {"jsonl": lambda: read_jsonl(a.input, a.nonspeech), "kaldi": lambda: read_kaldi(a.input, skips),
-                   "librispeech": lambda: read_librispeech(a.input),
-                   "aishell": lambda: read_aishell(a.input, a.split, skips)}[a.format]()
-        source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")
-        index = prepare(records, a.out, source=source, shard_size=a.shard_size, num_workers=a.workers,
-                        max_duration=a.max_duration, pre_skipped=dict(skips))
-    except ManifestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    skips = SkipCounter()
+    records = {"jsonl": lambda: read_jsonl(a.input, a.nonspeech), "kaldi": lambda: read_kaldi(a.input, skips),
+               "librispeech": lambda: read_librispeech(a.input),
+               "aishell": lambda: read_aishell(a.input, a.split, skips)}[a.format]()
+    source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")
+    index = prepare(records, a.out, source=source, shard_size=a.shard_size, num_workers=a.workers,
+                    max_duration=a.max_duration, pre_skipped=dict(skips))
     print(json.dumps({k: index[k] for k in ("utterances", "hours", "languages", "skipped")}, ensure_ascii=False))
     return index
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

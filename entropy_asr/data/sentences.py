@@ -23,6 +23,7 @@ from entropy_asr.data.lexicon import (
     english_lexicon,
     mandarin_lexicon,
 )
+from entropy_asr.errors import UserError
 from entropy_asr.text.english import cmu
 
 LANGUAGES = ("zh", "en", "mix")
@@ -120,7 +121,7 @@ _CODE_SWITCH = {
 def _check_language(language: str) -> None:
     """Raise ValueError unless `language` is one this module generates."""
     if language not in LANGUAGES:
-        raise ValueError(f"language must be one of {LANGUAGES}, got {language!r}")
+        raise UserError(f"language must be one of {LANGUAGES}, got {language!r}")
 
 
 def _pick(rng: random.Random, words: Words):
@@ -141,7 +142,7 @@ class SentenceGenerator:
 
     def __init__(self, vocab_size: int = 6000) -> None:
         if vocab_size < 40:
-            raise ValueError(f"vocab_size must be >= 40 content words per language, got {vocab_size}")
+            raise UserError(f"vocab_size must be >= 40 content words per language, got {vocab_size}")
         self.vocab_size = vocab_size
         self.en: EnglishLexicon = english_lexicon(**_sizes(vocab_size, _EN_SHARE))
         zh = mandarin_lexicon(**_sizes(vocab_size, _ZH_SHARE))
@@ -156,7 +157,7 @@ class SentenceGenerator:
             return self.en.words()
         if language == "zh":
             return self.zh.words()
-        raise ValueError(f"vocabulary language must be 'zh' or 'en', got {language!r}")
+        raise UserError(f"vocabulary language must be 'zh' or 'en', got {language!r}")
 
     def sentence(self, rng: random.Random, language: str) -> str:
         """One written sentence in `language` ("zh", "en" or "mix"), drawn with `rng` only."""

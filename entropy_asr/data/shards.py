@@ -37,6 +37,7 @@ from entropy_asr.data.audio import (
     resample,
     to_pcm16,
 )
+from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.text import (
     INVENTORY_VERSION,
     Phonemizer,
@@ -102,6 +103,18 @@ class Utterance:
 _WARNED: set[str] = set()  # kinds already warned about in this process (counters are per shard)
 
 
+def read_text(path: Path) -> str:
+    """A transcript or manifest file as text: UTF-8 (a byte-order mark allowed), or one line naming where it is not."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UserError(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x} at column {col}); convert the file "
+                        "to UTF-8, e.g. iconv -f GB18030 -t UTF-8") from None
+
+
 class SkipCounter(Counter):
     """Counts skipped/adjusted inputs by kind, warning once per kind and process (never a silent drop)."""
 
@@ -148,7 +161,7 @@ def prepare_utterance(
                                  "language (a number is read differently in zh and en); give \"language\"; skipped")
         return None
     if lang not in LANGUAGES:
-        raise ValueError(f"{key}: language {lang!r} is not one of {LANGUAGES}")
+        raise UserError(f"{key}: language {lang!r} is not one of {LANGUAGES}")
     return Utterance(safe_key(key), samples, text, lang, speaker, source, extra or {})
 
 
@@ -185,7 +198,7 @@ def write_shard(path: Path, utterances: Iterable[Utterance], phonemizer: Phonemi
             sink = wds.TarWriter(f, user="entropy-asr", group="entropy-asr", mtime=0.0, encoder=False)
             for utt in utterances:
                 if utt.key in seen:
-                    raise ValueError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
+                    raise UserError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
                 seen.add(utt.key)
                 meta = utt.metadata(phonemizer)
                 pcm = to_pcm16(utt.samples)
@@ -287,7 +300,7 @@ def run_shard_jobs(items: list[tuple[Callable[..., Iterator[Utterance]], Path, A
             _run_job(item)
 
 
-class NoUtterancesError(ValueError):
+class NoUtterancesError(UserError):
     """Every input was skipped; `skipped` counts why."""
 
     def __init__(self, message: str, skipped: dict[str, int]):
@@ -332,7 +345,7 @@ def read_index(data_dir: str | Path) -> dict:
     """Load DIR/index.json with a clear error when DIR is not a prepared shard dir."""
     path = Path(data_dir) / "index.json"
     if not path.exists():
-        raise FileNotFoundError(
+        raise UserFileNotFound(
             f"{path} not found: {data_dir} is not a shard dir; build one with "
             "`python -m entropy_asr.data.prepare ...` or `python -m entropy_asr.data.synthetic ...`"
         )
@@ -340,11 +353,11 @@ def read_index(data_dir: str | Path) -> dict:
     outside = [s.get("name") for s in index.get("shards", [])
                if not isinstance(s.get("name"), str) or Path(s["name"]).name != s["name"] or s["name"] in ("", ".", "..")]
     if outside:
-        raise ValueError(f"{path}: shard names must be file names inside {data_dir}, got {outside[:3]}; "
-                         "rebuild the index (entropy_asr.data.prepare)")
+        raise UserError(f"{path}: shard names must be file names inside {data_dir}, got {outside[:3]}; "
+                        "rebuild the index (entropy_asr.data.prepare)")
     missing = [s["name"] for s in index["shards"] if not (Path(data_dir) / s["name"]).exists()]
     if missing:
-        raise FileNotFoundError(f"{data_dir}: index.json lists shards that are missing: {missing[:5]}")
+        raise UserFileNotFound(f"{data_dir}: index.json lists shards that are missing: {missing[:5]}")
     return index
 
 

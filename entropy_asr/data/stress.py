@@ -31,6 +31,7 @@ from entropy_asr.data.shards import (
     read_index,
     write_shards,
 )
+from entropy_asr.errors import UserError, UserFileNotFound, run_main
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _padded_job(job: tuple[int, list[tuple[int, dict, bytes]]], skips: SkipCount
     for i, meta, flac in items:
         x, sr = decode_audio(flac)
         if sr != SAMPLE_RATE:
-            raise ValueError(f"test_padded: {meta.get('key', i)} is {sr} Hz; the corpus is {SAMPLE_RATE} Hz")
+            raise UserError(f"test_padded: {meta.get('key', i)} is {sr} Hz; the corpus is {SAMPLE_RATE} Hz")
         rng = np.random.default_rng([seed, i, 0x9ADD])
         kinds = [str(k) for k in rng.choice(PAD_KINDS, 2)]
         before, after = (pad_clip(rng, k, float(rng.uniform(*PAD_SECONDS))) for k in kinds)
@@ -110,11 +111,11 @@ def build_stress_sets(corpus: str | Path, out: str | Path, *, nonspeech: int = 2
 
     corpus, out = Path(corpus), Path(out)
     if nonspeech < len(NONSPEECH_KINDS):
-        raise ValueError(f"--nonspeech {nonspeech}: give at least one clip of each of the {len(NONSPEECH_KINDS)} kinds")
+        raise UserError(f"--nonspeech {nonspeech}: give at least one clip of each of the {len(NONSPEECH_KINDS)} kinds")
     test = corpus / "test"
     if not (test / "index.json").is_file():
-        raise FileNotFoundError(f"--corpus {corpus}: no test/index.json; give a corpus dir with a test split "
-                                "(e.g. the synthetic corpus' cache dir)")
+        raise UserFileNotFound(f"--corpus {corpus}: no test/index.json; give a corpus dir with a test split "
+                               "(e.g. the synthetic corpus' cache dir)")
     dirs = {"nonspeech_wide": out / "nonspeech_wide", "test_padded": out / "test_padded"}
     for name, d in dirs.items():
         done = d / "index.json"
@@ -130,7 +131,7 @@ def build_stress_sets(corpus: str | Path, out: str | Path, *, nonspeech: int = 2
         else:
             items = _speech_items(test, padded)
             if len(items) < padded:
-                raise ValueError(f"--padded {padded}: {test} has only {len(items)} speech utterances")
+                raise UserError(f"--padded {padded}: {test} has only {len(items)} speech utterances")
             jobs = [(seed, items[i:i + SHARD_SIZE]) for i in range(0, padded, SHARD_SIZE)]
             write_shards(d, jobs, _padded_job, num_workers=num_workers, meta=meta)
         log.info("%s: built", d)
@@ -155,4 +156,4 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -57,6 +57,7 @@ from entropy_asr.data.shards import (
     shard_name,
     write_index,
 )
+from entropy_asr.errors import UserError, run_main
 from entropy_asr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class UttSpec:
 def split_counts(n: int) -> dict[str, int]:
     """Utterances per split for a corpus of n (>= 2 each; train takes the rounding)."""
     if n < 2 * len(SPLITS):
-        raise ValueError(f"--utterances {n} is too small: each of the {len(SPLITS)} splits needs at least 2")
+        raise UserError(f"--utterances {n} is too small: each of the {len(SPLITS)} splits needs at least 2")
     counts = {s: max(2, int(n * f)) for s, f in SPLIT_SHARE.items()}
     counts["train"] += n - sum(counts.values())
     return counts
@@ -99,7 +100,7 @@ def voice_pools() -> tuple[tuple[str, ...], tuple[str, ...]]:
     every = variants()
     missing = [v for v in UNSEEN_VARIANTS if v not in every]
     if missing:
-        raise ValueError(f"unseen-voice variants {missing} are not in this eSpeak NG wheel's voices/!v")
+        raise UserError(f"unseen-voice variants {missing} are not in this eSpeak NG wheel's voices/!v")
     return tuple(v for v in every if v not in UNSEEN_VARIANTS), UNSEEN_VARIANTS
 
 
@@ -167,7 +168,7 @@ def nonspeech_clip(rng: np.random.Generator, engine_pool: tuple[ESpeak, tuple[st
         kinds = NONSPEECH_KINDS if engine_pool is not None else NONSPEECH_KINDS[:-1]
         kind = str(rng.choice(kinds))
     elif kind not in NONSPEECH_KINDS or (kind == "babble" and engine_pool is None):
-        raise ValueError(f"nonspeech_clip: kind {kind!r} is not one of {NONSPEECH_KINDS} (babble needs engine_pool)")
+        raise UserError(f"nonspeech_clip: kind {kind!r} is not one of {NONSPEECH_KINDS} (babble needs engine_pool)")
     t = np.arange(n) / SAMPLE_RATE
     if kind == "silence":
         return np.zeros(n, np.float32), kind
@@ -248,11 +249,11 @@ def build_corpus(out: str | Path, utterances: int, seed: int = 0, *, shard_size:
         if info.get("fingerprint") == fp:
             log.info("%s: corpus already built", out)
             return info
-        raise ValueError(f"{out} holds a different synthetic corpus ({info.get('settings')}); use another --out or delete it")
+        raise UserError(f"{out} holds a different synthetic corpus ({info.get('settings')}); use another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "building.json"
     if partial.exists() and json.loads(partial.read_text()).get("fingerprint") != fp:
-        raise ValueError(f"{out} holds a partial build with other settings; use another --out or delete it")
+        raise UserError(f"{out} holds a partial build with other settings; use another --out or delete it")
     atomic_write_json(partial, {"fingerprint": fp})
     t0 = time.time()
     plan = plan_corpus(utterances, seed)
@@ -290,8 +291,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ENTROPY_ASR_CACHE", Path.home() / ".cache" / "entropy_asr"))
 
 
-def corpus_dir(root: str | None = None, utterances: int = 2000, seed: int = 0, **_) -> Path:
-    """`root`, or the cache dir named by the corpus settings."""
+def corpus_dir(root: str | None = None, utterances: int = 2000, seed: int = 0, **build) -> Path:
+    """`root`, or the cache dir named by the corpus settings (`build`: ensure_corpus's other settings, checked)."""
+    unknown = sorted(set(build) - {"shard_size", "num_workers"})
+    if unknown:
+        raise UserError(f"data.synthetic: unknown key(s) {unknown}; the keys are root, utterances, seed, shard_size, "
+                        "num_workers")
+    for key, value, low in (("utterances", utterances, 1), ("seed", seed, 0), ("shard_size", build.get("shard_size", 1), 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise UserError(f"data.synthetic.{key}: expected an integer >= {low}, got {value!r}")
     # the version is in the name, so a cache built by older code is never mistaken for this one
     return Path(root) if root else default_cache_dir() / f"synthetic-v{CORPUS_VERSION}-n{utterances}-s{seed}"
 
@@ -325,4 +333,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

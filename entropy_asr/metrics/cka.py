@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from entropy_asr.errors import UserError
+
 
 def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
@@ -94,7 +96,7 @@ class LinearCKA(Metric):
     def __init__(self, dim_x: int, dim_y: int, debiased: bool = False, stride: int = 1, **kw):
         super().__init__(**kw)
         if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+            raise UserError(f"stride must be >= 1, got {stride}")
         self.debiased, self.stride = debiased, stride
         f64 = torch.float64
         if debiased:

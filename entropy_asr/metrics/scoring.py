@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import jiwer
 
+from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import UNIT, score_units
 
 
@@ -34,8 +35,8 @@ class HallucinationParams:
 
     def __post_init__(self):
         if self.length_ratio < 1 or not 0 <= self.max_overlap <= 1 or self.max_ngram < 1 or self.min_repeats < 2:
-            raise ValueError(f"HallucinationParams: need length_ratio >= 1, 0 <= max_overlap <= 1, max_ngram >= 1 "
-                             f"and min_repeats >= 2, got {self}")
+            raise UserError(f"HallucinationParams: need length_ratio >= 1, 0 <= max_overlap <= 1, max_ngram >= 1 "
+                            f"and min_repeats >= 2, got {self}")
 
 
 @dataclass

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from entropy_asr.errors import UserError
 from entropy_asr.metrics.cka import valid_frames
 
 RANKME_EPS = 1e-7
@@ -71,7 +72,7 @@ class SpectralEntropy(Metric):
     def __init__(self, dim: int, stride: int = 1, **kw):
         super().__init__(**kw)
         if stride < 1:
-            raise ValueError(f"stride must be >= 1, got {stride}")
+            raise UserError(f"stride must be >= 1, got {stride}")
         self.stride = stride
         self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("s", torch.zeros(dim, dtype=torch.float64), dist_reduce_fx="sum")

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from entropy_asr.errors import UserError
+
 MIN_INPUT_FRAMES = 7  # the smallest T two no-padding 3x3/stride-2 convs turn into one output frame
 
 
@@ -51,29 +53,29 @@ class EncoderConfig:
         for name in ("input_dim", "d_model", "num_layers", "num_heads", "ffn_dim", "conv_kernel",
                      "subsampling_channels", "max_chunk"):
             if getattr(self, name) < 1:
-                raise ValueError(f"EncoderConfig.{name} must be a positive integer, got {getattr(self, name)}")
+                raise UserError(f"EncoderConfig.{name} must be a positive integer, got {getattr(self, name)}")
         if self.input_dim < MIN_INPUT_FRAMES:
-            raise ValueError(f"EncoderConfig.input_dim must be >= {MIN_INPUT_FRAMES} (the subsampler also "
-                             f"shrinks the feature axis 4x), got {self.input_dim}; use 80 fbank bins")
+            raise UserError(f"EncoderConfig.input_dim must be >= {MIN_INPUT_FRAMES} (the subsampler also "
+                            f"shrinks the feature axis 4x), got {self.input_dim}; use 80 fbank bins")
         if self.d_model % self.num_heads:
-            raise ValueError(f"EncoderConfig.d_model ({self.d_model}) must be divisible by num_heads "
-                             f"({self.num_heads}); pick num_heads from the divisors of d_model")
+            raise UserError(f"EncoderConfig.d_model ({self.d_model}) must be divisible by num_heads "
+                            f"({self.num_heads}); pick num_heads from the divisors of d_model")
         if (self.d_model // self.num_heads) % 2:
-            raise ValueError(f"EncoderConfig.d_model // num_heads = {self.d_model // self.num_heads} must be even "
-                             "for rotary position embeddings; change d_model or num_heads")
+            raise UserError(f"EncoderConfig.d_model // num_heads = {self.d_model // self.num_heads} must be even "
+                            "for rotary position embeddings; change d_model or num_heads")
         if self.conv_kernel % 2 == 0:
-            raise ValueError(f"EncoderConfig.conv_kernel must be odd so the depthwise conv keeps frames aligned, "
-                             f"got {self.conv_kernel}; use {self.conv_kernel - 1} or {self.conv_kernel + 1}")
+            raise UserError(f"EncoderConfig.conv_kernel must be odd so the depthwise conv keeps frames aligned, "
+                            f"got {self.conv_kernel}; use {self.conv_kernel - 1} or {self.conv_kernel + 1}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
+            raise UserError(f"EncoderConfig.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.full_context_prob <= 1.0:
-            raise ValueError(f"EncoderConfig.full_context_prob must be a probability in [0, 1], "
-                             f"got {self.full_context_prob}")
+            raise UserError(f"EncoderConfig.full_context_prob must be a probability in [0, 1], "
+                            f"got {self.full_context_prob}")
         if self.max_left_chunks < -1:
-            raise ValueError(f"EncoderConfig.max_left_chunks must be -1 (all previous chunks) or >= 0, "
-                             f"got {self.max_left_chunks}")
+            raise UserError(f"EncoderConfig.max_left_chunks must be -1 (all previous chunks) or >= 0, "
+                            f"got {self.max_left_chunks}")
         if self.rope_base <= 1.0:
-            raise ValueError(f"EncoderConfig.rope_base must be > 1, got {self.rope_base}; the usual value is 10000")
+            raise UserError(f"EncoderConfig.rope_base must be > 1, got {self.rope_base}; the usual value is 10000")
 
 
 def subsampled_lengths(lens: Tensor | int) -> Tensor | int:
@@ -100,8 +102,8 @@ class Conv2dSubsampling4(nn.Module):
     def forward(self, x: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
         """Subsample features `x` (B, T, F) with valid lengths `lens` (B,)."""
         if x.size(1) < MIN_INPUT_FRAMES:
-            raise ValueError(f"Conv2dSubsampling4 needs at least {MIN_INPUT_FRAMES} input frames (70 ms), "
-                             f"got T={x.size(1)}; drop or pad such short utterances")
+            raise UserError(f"Conv2dSubsampling4 needs at least {MIN_INPUT_FRAMES} input frames (70 ms), "
+                            f"got T={x.size(1)}; drop or pad such short utterances")
         x = self.conv(x.unsqueeze(1))  # (B, C, T', F')
         B, C, T, Fq = x.shape
         x = x.transpose(1, 2).reshape(B, T, C * Fq)  # (B, T', C*F')
@@ -128,7 +130,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def chunk_attention_mask(num_frames: int, chunk_size: int, left_chunks: int, device=None) -> Tensor:
     """(T, T) bool mask, True = may attend: own chunk plus `left_chunks` previous ones (< 0: all previous)."""
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 frame, got {chunk_size}; use None for full context")
+        raise UserError(f"chunk_size must be >= 1 frame, got {chunk_size}; use None for full context")
     chunk = torch.arange(num_frames, device=device) // chunk_size  # chunk index of every frame
     query, key = chunk[:, None], chunk[None, :]
     mask = key <= query  # (T, T): never a later chunk
@@ -256,13 +258,13 @@ class ConformerEncoder(nn.Module):
         without it, training with config.dynamic_chunk samples one per call, otherwise full context.
         """
         if feats.dim() != 3 or feats.size(-1) != self.config.input_dim:
-            raise ValueError(f"feats must be (B, T, {self.config.input_dim}), got {tuple(feats.shape)}")
+            raise UserError(f"feats must be (B, T, {self.config.input_dim}), got {tuple(feats.shape)}")
         if feat_lens.shape != feats.shape[:1]:
-            raise ValueError(f"feat_lens must be (B,) = ({feats.size(0)},), got {tuple(feat_lens.shape)}")
+            raise UserError(f"feat_lens must be (B,) = ({feats.size(0)},), got {tuple(feat_lens.shape)}")
         shortest = int(feat_lens.min())
         if shortest < MIN_INPUT_FRAMES:
-            raise ValueError(f"every utterance needs at least {MIN_INPUT_FRAMES} input frames (70 ms) to give "
-                             f"one encoder frame, got a length of {shortest}; drop such utterances")
+            raise UserError(f"every utterance needs at least {MIN_INPUT_FRAMES} input frames (70 ms) to give "
+                            f"one encoder frame, got a length of {shortest}; drop such utterances")
 
         x, out_lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
         T = x.size(1)
@@ -314,6 +316,6 @@ ENCODERS = {"tiny": tiny_conformer, "paper": paper_conformer}
 def build_encoder(name: str, **overrides) -> ConformerEncoder:
     """Build the encoder registered as `name` in ENCODERS, with EncoderConfig field overrides."""
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+        raise UserError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
     return ENCODERS[name](**overrides)
 

@@ -10,9 +10,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+
+from entropy_asr.errors import UserError, UserFileNotFound
 
 
 def sha256_file(path: str | Path) -> str:
@@ -48,11 +50,23 @@ def save_component(module: nn.Module, path: str | Path, component: str, meta: di
     return path
 
 
-def read_component_meta(path: str | Path) -> dict:
-    """The metadata stored with an export: {"component": ..., "meta": {...}}."""
-    with safe_open(str(path), framework="pt") as f:
-        md = f.metadata() or {}
-    return {"component": md.get("component"), "meta": json.loads(md.get("meta", "{}"))}
+def _unreadable(path: Path, component: str | None, e: Exception) -> UserError:
+    what = f"{component}: " if component else ""
+    fix = f"; re-export it or point `init.{component}` at another export" if component else "; re-export it"
+    return UserError(f"{what}{path} is not a readable safetensors file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else 'damaged'}){fix}")
+
+
+def read_component_meta(path: str | Path, component: str | None = None) -> dict:
+    """The metadata stored with an export: {"component": ..., "meta": {...}}; a damaged file is a UserError."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+        return {"component": md.get("component"), "meta": json.loads(md.get("meta", "{}"))}
+    except (SafetensorError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise _unreadable(Path(path), component, e) from e
 
 
 def load_component(module: nn.Module, path: str | Path, component: str) -> None:
@@ -64,15 +78,18 @@ def read_component(module: nn.Module, path: str | Path, component: str) -> dict[
     """An export's tensors after checking they fit `module` (component, keys, shapes); nothing is loaded yet."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{component}: export {path} not found; point the stage's `init.{component}` at "
-                                f"the {component}.safetensors an earlier stage wrote (its export dir)")
-    stored = read_component_meta(path)["component"]
+        raise UserFileNotFound(f"{component}: export {path} not found; point the stage's `init.{component}` at "
+                               f"the {component}.safetensors an earlier stage wrote (its export dir)")
+    stored = read_component_meta(path, component)["component"]
     if stored not in (None, component):
-        raise ValueError(f"{path} holds component {stored!r}, not {component!r}; check `init.{component}`")
+        raise UserError(f"{path} holds component {stored!r}, not {component!r}; check `init.{component}`")
     tensors: dict[str, torch.Tensor] = {}
-    with safe_open(str(path), framework="pt") as f:
-        for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-            tensors[k] = f.get_tensor(k)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                tensors[k] = f.get_tensor(k)
+    except (SafetensorError, OSError, ValueError) as e:  # cut short or overwritten after its header was read
+        raise _unreadable(path, component, e) from e
     own = module.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
@@ -86,6 +103,6 @@ def read_component(module: nn.Module, path: str | Path, component: str) -> dict[
             parts.append(f"{len(missing)} missing key(s) {missing[:5]}")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected key(s) {unexpected[:5]}")
-        raise ValueError(f"{component}: {path} does not fit the configured {component} ("
-                         + "; ".join(parts) + f"); the {component} config must match the run that exported it")
+        raise UserError(f"{component}: {path} does not fit the configured {component} ("
+                        + "; ".join(parts) + f"); the {component} config must match the run that exported it")
     return tensors

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from entropy_asr.errors import UserError
+
 
 class CTCHead(nn.Module):
     """Phone CTC head, a 3-layer MLP over encoder frames: (B, T, D) -> raw logits (B, T, V), blank = id 0.
@@ -42,7 +44,7 @@ class Adapter(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, k: int = 4, hidden_dim: int | None = None, dropout: float = 0.0):
         super().__init__()
         if k < 1:
-            raise ValueError(f"Adapter k (frames stacked per token) must be >= 1, got {k}; the paper uses 4")
+            raise UserError(f"Adapter k (frames stacked per token) must be >= 1, got {k}; the paper uses 4")
         # hidden defaults to out_dim, as FireRedASR-LLM's adapter (Linear(k*D, llm) -> act -> Linear(llm, llm)).
         hidden_dim = hidden_dim or out_dim
         self.k = k

@@ -14,6 +14,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from entropy_asr.errors import UserError
+
 # The from-config model for CPU runs and tests: Qwen3's architecture at ~5M parameters.
 TINY_QWEN3 = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
               "head_dim": 64, "intermediate_size": 768, "max_position_embeddings": 1024, "tie_word_embeddings": True}
@@ -38,32 +40,32 @@ class LLMConfig:
 
     def __post_init__(self):
         if self.name_or_path is not None and not (isinstance(self.name_or_path, str) and self.name_or_path.strip()):
-            raise ValueError(f"llm.name_or_path must be a hub name or a local directory, or null for the tiny model; "
-                             f"got {self.name_or_path!r}")
+            raise UserError(f"llm.name_or_path must be a hub name or a local directory, or null for the tiny model; "
+                            f"got {self.name_or_path!r}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"llm.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"llm.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if not isinstance(self.attn_implementation, str) or not self.attn_implementation:
-            raise ValueError(f"llm.attn_implementation must name an attention kernel such as 'sdpa' or 'eager', "
-                             f"got {self.attn_implementation!r}")
+            raise UserError(f"llm.attn_implementation must name an attention kernel such as 'sdpa' or 'eager', "
+                            f"got {self.attn_implementation!r}")
         known = set(Qwen3Config().to_dict())
         unknown = sorted(set(self.tiny) - known)
         if unknown:
-            raise ValueError(f"llm.tiny has keys that are not Qwen3Config fields: {unknown}; fix their spelling "
-                             f"(e.g. hidden_size, num_hidden_layers)")
+            raise UserError(f"llm.tiny has keys that are not Qwen3Config fields: {unknown}; fix their spelling "
+                            f"(e.g. hidden_size, num_hidden_layers)")
         tiny = {**TINY_QWEN3, **self.tiny}
         if tiny["num_attention_heads"] % tiny["num_key_value_heads"]:
-            raise ValueError(f"llm.tiny: num_attention_heads={tiny['num_attention_heads']} must be a multiple of "
-                             f"num_key_value_heads={tiny['num_key_value_heads']}")
+            raise UserError(f"llm.tiny: num_attention_heads={tiny['num_attention_heads']} must be a multiple of "
+                            f"num_key_value_heads={tiny['num_key_value_heads']}")
         for name in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id"):
             if name in self.tiny:
-                raise ValueError(f"llm.tiny.{name} is taken from the tokenizer; remove it from the config")
+                raise UserError(f"llm.tiny.{name} is taken from the tokenizer; remove it from the config")
         if self.lora is not None:
             self._lora_kwargs()  # raises on unknown keys
         if self.loss_chunk_tokens < 1:
-            raise ValueError(f"llm.loss_chunk_tokens must be >= 1, got {self.loss_chunk_tokens}")
+            raise UserError(f"llm.loss_chunk_tokens must be >= 1, got {self.loss_chunk_tokens}")
         if self.vocab_rows is not None and (self.vocab_rows < 1 or self.name_or_path is not None):
-            raise ValueError(f"llm.vocab_rows pads the from-config LLM's vocabulary (name_or_path null); got "
-                             f"{self.vocab_rows} with name_or_path {self.name_or_path!r}")
+            raise UserError(f"llm.vocab_rows pads the from-config LLM's vocabulary (name_or_path null); got "
+                            f"{self.vocab_rows} with name_or_path {self.name_or_path!r}")
 
     @property
     def tokenizer_name_or_path(self) -> str | None:
@@ -79,10 +81,10 @@ class LLMConfig:
         fields = {f.name for f in dataclasses.fields(LoraConfig)}
         unknown = sorted(set(kwargs) - fields)
         if unknown:
-            raise ValueError(f"llm.lora has keys that are not peft LoraConfig fields: {unknown}; use e.g. r, alpha "
-                             f"(lora_alpha), dropout (lora_dropout), target_modules")
+            raise UserError(f"llm.lora has keys that are not peft LoraConfig fields: {unknown}; use e.g. r, alpha "
+                            f"(lora_alpha), dropout (lora_dropout), target_modules")
         if kwargs.get("r", 8) <= 0:
-            raise ValueError(f"llm.lora.r must be > 0, got {kwargs['r']}")
+            raise UserError(f"llm.lora.r must be > 0, got {kwargs['r']}")
         return kwargs
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from entropy_asr.errors import UserError
 from entropy_asr.model.prompt import IGNORE_INDEX
 
 
@@ -30,7 +31,7 @@ def chunked_lm_loss(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor
     Position t predicts labels[:, t + 1]; labels equal to IGNORE_INDEX (-100) are skipped.
     """
     if chunk < 1:
-        raise ValueError(f"chunk must be >= 1 positions, got {chunk}")
+        raise UserError(f"chunk must be >= 1 positions, got {chunk}")
     target = labels[:, 1:]  # (B, L-1)
     keep = target != IGNORE_INDEX
     h, y = hidden[:, :-1][keep], target[keep]  # (N, H), (N,)

@@ -6,6 +6,8 @@ from fnmatch import fnmatchcase
 
 from torch import nn
 
+from entropy_asr.errors import UserError
+
 
 def set_trainable(model: nn.Module, patterns: list[str], *, where: str = "trainable") -> None:
     """Freeze every parameter, then unfreeze those whose name matches a glob in `patterns`.
@@ -16,8 +18,8 @@ def set_trainable(model: nn.Module, patterns: list[str], *, where: str = "traina
     unmatched = [p for p in patterns if not any(fnmatchcase(n, p) for n in names)]
     if unmatched:
         tops = sorted({n.split(".")[0] for n in names})
-        raise ValueError(f"{where}: pattern(s) {unmatched} match no parameter; parameter names start with "
-                         f"{tops} (e.g. {names[0]!r}); fix the pattern or drop it")
+        raise UserError(f"{where}: pattern(s) {unmatched} match no parameter; parameter names start with "
+                        f"{tops} (e.g. {names[0]!r}); fix the pattern or drop it")
     for n, p in model.named_parameters():
         p.requires_grad_(any(fnmatchcase(n, pat) for pat in patterns))
 

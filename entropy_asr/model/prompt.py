@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from entropy_asr.errors import UserError
 from entropy_asr.model.tokenizer import IM_END, SPEECH_TOKEN, speech_token_id
 
 DEFAULT_SYSTEM = "You are a Multilingual Speech Recognition Model."
@@ -40,8 +41,8 @@ class SpeechPrompt:
         ids = tokenizer.encode(self.text, add_special_tokens=False)
         speech_id = speech_token_id(tokenizer)
         if ids.count(speech_id) != 1:
-            raise ValueError(f"SpeechPrompt: the rendered prompt must contain {SPEECH_TOKEN} exactly once, found it "
-                             f"{ids.count(speech_id)} times in {self.text!r}; put one {SPEECH_TOKEN} in the user prompt")
+            raise UserError(f"SpeechPrompt: the rendered prompt must contain {SPEECH_TOKEN} exactly once, found it "
+                            f"{ids.count(speech_id)} times in {self.text!r}; put one {SPEECH_TOKEN} in the user prompt")
         k = ids.index(speech_id)
         self.prefix_ids: list[int] = ids[:k]
         self.suffix_ids: list[int] = ids[k + 1:]  # through the assistant header
@@ -59,15 +60,15 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
             targets: list[list[int]] | None, left_pad: bool) -> dict:
     """Lay out [prefix][speech][suffix][targets] per sample, padded on one side, with one embedding lookup."""
     if speech.dim() != 3:
-        raise ValueError(f"speech must be (B, N, H), got {tuple(speech.shape)}")
+        raise UserError(f"speech must be (B, N, H), got {tuple(speech.shape)}")
     B, P, S = speech.shape[0], len(prompt.prefix_ids), len(prompt.suffix_ids)
     device = speech.device
     template = torch.tensor(prompt.prefix_ids + prompt.suffix_ids, device=device)  # (P+S,)
     n = torch.as_tensor(speech_lens).to(device=device, dtype=torch.long)  # (B,)
     if n.shape != (B,) or (n < 0).any() or (n > speech.shape[1]).any():
-        raise ValueError(f"speech_lens must be (B={B},) with values in [0, N={speech.shape[1]}], got {n.tolist()}")
+        raise UserError(f"speech_lens must be (B={B},) with values in [0, N={speech.shape[1]}], got {n.tolist()}")
     if targets is not None and len(targets) != B:
-        raise ValueError(f"got {len(targets)} transcripts for a batch of {B} speech sequences")
+        raise UserError(f"got {len(targets)} transcripts for a batch of {B} speech sequences")
     targets = targets if targets is not None else [[] for _ in range(B)]
     T = torch.tensor([len(t) for t in targets], device=device)  # (B,)
     text = torch.full((B, max(1, int(T.max()))), prompt.pad_id)  # (B, Tmax), filled on the CPU, copied once
@@ -93,7 +94,7 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
     embeds = embed(ids)  # (B, L, H): one lookup for the whole batch; speech slots hold pad rows until replaced
     if speech.shape[1] > 0:  # N = 0: the audio removed, nothing to place
         if speech.shape[-1] != embeds.shape[-1]:
-            raise ValueError(f"speech has width {speech.shape[-1]} but the LLM embeddings have {embeds.shape[-1]}")
+            raise UserError(f"speech has width {speech.shape[-1]} but the LLM embeddings have {embeds.shape[-1]}")
         speech_idx = (q - P).clamp(0, speech.shape[1] - 1)[..., None].expand(-1, -1, embeds.shape[-1])
         placed = speech.to(embeds.dtype).gather(1, speech_idx)  # (B, L, H): speech row q-P at each position
         embeds = torch.where(is_speech[..., None], placed, embeds)
@@ -133,7 +134,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     B = speech.shape[0]
     limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != B or min(limits) < 1:
-        raise ValueError(f"max_new_tokens must be a positive int or one per sample (B={B}), got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be a positive int or one per sample (B={B}), got {max_new_tokens}")
     inputs = build_generation_inputs(prompt, model.get_input_embeddings(), speech, speech_lens)
     options = {"max_new_tokens": max(limits), "num_beams": num_beams, "do_sample": False,
                "eos_token_id": prompt.eos_id, "pad_token_id": prompt.pad_id}

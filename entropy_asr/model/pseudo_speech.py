@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from entropy_asr.errors import UserError
 from entropy_asr.text import PHONE_TO_ID, PHONES
 
 SILENCE_ID = PHONE_TO_ID["<blank>"]  # the CTC blank doubles as "no phone here"
@@ -45,14 +46,14 @@ class PhoneFramesConfig:
         for name in ("frames_per_phone", "edge_silence", "pause_frames", "silence_frames"):
             lo, hi = getattr(self, name)
             if not 0 <= lo <= hi or (name == "frames_per_phone" and lo < 1):
-                raise ValueError(f"phone_frames.{name} must be [low, high] frames with 0 <= low <= high "
-                                 f"(low >= 1 for frames_per_phone), got {[lo, hi]}")
+                raise UserError(f"phone_frames.{name} must be [low, high] frames with 0 <= low <= high "
+                                f"(low >= 1 for frames_per_phone), got {[lo, hi]}")
             setattr(self, name, (int(lo), int(hi)))
         for name in ("pause_prob", "substitution", "deletion"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
+                raise UserError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise < 0 or self.dim < 1:
-            raise ValueError(f"phone_frames.noise must be >= 0 and dim >= 1, got noise={self.noise}, dim={self.dim}")
+            raise UserError(f"phone_frames.noise must be >= 0 and dim >= 1, got noise={self.noise}, dim={self.dim}")
 
 
 class PhoneFrames(nn.Module):

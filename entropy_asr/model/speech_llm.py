@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from entropy_asr.errors import UserError
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
@@ -46,12 +47,12 @@ class CTCHeadConfig:
 
     def __post_init__(self):
         if self.hidden_dim is not None and self.hidden_dim < 1:
-            raise ValueError(f"ctc_head.hidden_dim must be positive or null, got {self.hidden_dim}")
+            raise UserError(f"ctc_head.hidden_dim must be positive or null, got {self.hidden_dim}")
         if self.units not in ("phones", "chars"):
-            raise ValueError(f"ctc_head.units must be 'phones' or 'chars', got {self.units!r}")
+            raise UserError(f"ctc_head.units must be 'phones' or 'chars', got {self.units!r}")
         if self.units == "chars" and not self.inventory:
-            raise ValueError("ctc_head.units 'chars' needs ctc_head.inventory: the JSON built by "
-                             "`python -m entropy_asr.text.chars TRAIN_SHARD_DIR OUT.json`")
+            raise UserError("ctc_head.units 'chars' needs ctc_head.inventory: the JSON built by "
+                            "`python -m entropy_asr.text.chars TRAIN_SHARD_DIR OUT.json`")
 
     def char_inventory(self):
         """The CharInventory for units 'chars', else None."""
@@ -80,9 +81,9 @@ class AdapterConfig:
 
     def __post_init__(self):
         if self.k < 1:
-            raise ValueError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
+            raise UserError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
         if self.input not in ("encoder", "phone_posteriors"):
-            raise ValueError(f"adapter.input must be 'encoder' or 'phone_posteriors', got {self.input!r}")
+            raise UserError(f"adapter.input must be 'encoder' or 'phone_posteriors', got {self.input!r}")
 
 
 @dataclass
@@ -110,9 +111,9 @@ class DecodeConfig:
 
     def __post_init__(self):
         if self.num_beams < 1:
-            raise ValueError(f"decode.num_beams must be >= 1, got {self.num_beams}")
+            raise UserError(f"decode.num_beams must be >= 1, got {self.num_beams}")
         if self.tokens_per_second <= 0:
-            raise ValueError(f"decode.tokens_per_second must be > 0, got {self.tokens_per_second}")
+            raise UserError(f"decode.tokens_per_second must be > 0, got {self.tokens_per_second}")
 
 
 class SpeechLLM(nn.Module):
@@ -123,12 +124,12 @@ class SpeechLLM(nn.Module):
                  prompt: PromptConfig | None = None, phone_frames: PhoneFramesConfig | None = None):
         super().__init__()
         if ctc_head and encoder is None:
-            raise ValueError("a CTC head needs an encoder: set model.encoder")
+            raise UserError("a CTC head needs an encoder: set model.encoder")
         if adapter and encoder is None and phone_frames is None:
-            raise ValueError("an adapter reads encoder frames: set model.encoder (or model.phone_frames in the "
-                             "text step)")
+            raise UserError("an adapter reads encoder frames: set model.encoder (or model.phone_frames in the "
+                            "text step)")
         if adapter is not None and llm is None:
-            raise ValueError("the adapter maps into an LLM: set model.llm")
+            raise UserError("the adapter maps into an LLM: set model.llm")
         self.encoder = ConformerEncoder(encoder) if encoder is not None else None
         self.phone_frames = PhoneFrames(phone_frames) if phone_frames is not None else None
         self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
@@ -138,16 +139,16 @@ class SpeechLLM(nn.Module):
         if llm is not None:
             source = llm.tokenizer_name_or_path
             if source is None:
-                raise ValueError("model.llm: set name_or_path (a hub name or an exported LLM dir) or tokenizer "
-                                 "(a tokenizer dir) for the tiny from-config LLM")
+                raise UserError("model.llm: set name_or_path (a hub name or an exported LLM dir) or tokenizer "
+                                "(a tokenizer dir) for the tiny from-config LLM")
             self.tokenizer = load_tokenizer(source)
             self.llm = build_llm(llm, self.tokenizer)
             p = prompt or PromptConfig()
             self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user)
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
         if self.reads_posteriors and (ctc_head is None or ctc_head.units != "phones" or phone_frames is None):
-            raise ValueError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
-                             "table: set model.ctc_head (units: phones) and model.phone_frames, and init both")
+            raise UserError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
+                            "table: set model.ctc_head (units: phones) and model.phone_frames, and init both")
         if adapter is not None:
             width = self.llm.get_input_embeddings().embedding_dim
             in_dim = phone_frames.dim if self.encoder is None or self.reads_posteriors else self.encoder.output_dim

@@ -15,6 +15,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import replace_dir
 
 SPEECH_TOKEN = "<speech>"  # replaced by the adapter's speech embeddings (docs/method.md: the prompt)
@@ -40,8 +41,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
     encodes without an unknown token and decodes back exactly.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
-        raise ValueError(f"train_bpe_tokenizer: vocab_size={vocab_size} cannot hold the 256 byte tokens and "
-                         f"{len(SPECIAL_TOKENS)} special tokens; use vocab_size >= {256 + len(SPECIAL_TOKENS)}")
+        raise UserError(f"train_bpe_tokenizer: vocab_size={vocab_size} cannot hold the 256 byte tokens and "
+                        f"{len(SPECIAL_TOKENS)} special tokens; use vocab_size >= {256 + len(SPECIAL_TOKENS)}")
     tok = Tokenizer(models.BPE())
     # add_prefix_space=False: the transcript follows "assistant\n", and a leading space would
     # be a token the model must learn to emit and the decoder must strip.
@@ -86,13 +87,13 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     # must not be sent to the hub (no network at run time).
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if looks_local and not path.is_dir():
-        raise FileNotFoundError(f"load_tokenizer: no tokenizer directory at {name_or_path!r}; "
-                                "train one with train_bpe_tokenizer or fix the path")
+        raise UserFileNotFound(f"load_tokenizer: no tokenizer directory at {name_or_path!r}; "
+                               "train one with train_bpe_tokenizer or fix the path")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path) if path.is_dir() else name_or_path)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"load_tokenizer: cannot load a tokenizer from {name_or_path!r} (not a local "
-                                f"tokenizer directory, nor a hub model in the local cache): {e}") from e
+        raise UserFileNotFound(f"load_tokenizer: cannot load a tokenizer from {name_or_path!r} (not a local "
+                               f"tokenizer directory, nor a hub model in the local cache): {e}") from e
 
     if len(tokenizer.encode(SPEECH_TOKEN, add_special_tokens=False)) != 1 or SPEECH_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_tokens([AddedToken(SPEECH_TOKEN, special=True, normalized=False)], special_tokens=True)
@@ -108,5 +109,5 @@ def speech_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """The id of the `<speech>` placeholder (raises if the tokenizer lacks it)."""
     ids = tokenizer.encode(SPEECH_TOKEN, add_special_tokens=False)
     if len(ids) != 1:
-        raise ValueError(f"tokenizer encodes {SPEECH_TOKEN!r} as {ids}, not one token; load it with load_tokenizer")
+        raise UserError(f"tokenizer encodes {SPEECH_TOKEN!r} as {ids}, not one token; load it with load_tokenizer")
     return ids[0]

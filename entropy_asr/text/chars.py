@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from entropy_asr.errors import UserError, UserFileNotFound
+
 BLANK, UNK, SPACE = "<blank>", "<unk>", "▁"
 
 
@@ -34,7 +36,7 @@ class CharInventory:
     def __init__(self, units: Iterable[str]):
         units = [u for u in units if u not in (BLANK, UNK)]
         if len(set(units)) != len(units):
-            raise ValueError("CharInventory: duplicate units")
+            raise UserError("CharInventory: duplicate units")
         self.symbols: tuple[str, ...] = (BLANK, UNK, *units)
         self.index = {s: i for i, s in enumerate(self.symbols)}
 
@@ -58,12 +60,12 @@ class CharInventory:
             data = json.loads(path.read_text())
             symbols = data["symbols"]
         except FileNotFoundError:
-            raise FileNotFoundError(f"character inventory {path} not found; build it with "
-                                    f"`python -m entropy_asr.text.chars TRAIN_SHARD_DIR {path}`") from None
+            raise UserFileNotFound(f"character inventory {path} not found; build it with "
+                                   f"`python -m entropy_asr.text.chars TRAIN_SHARD_DIR {path}`") from None
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a character inventory (JSON with a `symbols` list): {e}") from None
+            raise UserError(f"{path} is not a character inventory (JSON with a `symbols` list): {e}") from None
         if symbols[:2] != [BLANK, UNK]:
-            raise ValueError(f"{path}: symbols must start with {BLANK!r}, {UNK!r}; got {symbols[:2]}")
+            raise UserError(f"{path}: symbols must start with {BLANK!r}, {UNK!r}; got {symbols[:2]}")
         return cls(symbols)
 
     def save(self, path: str | Path) -> Path:
@@ -79,7 +81,7 @@ def build_char_inventory(train_dir: str | Path, out: str | Path, min_count: int 
 
     texts = [m.get("norm_text", "") for m in read_transcripts(train_dir) if m.get("language") != "none"]
     if not any(texts):
-        raise ValueError(f"{train_dir}: no normalized transcripts (norm_text) to build a character inventory from")
+        raise UserError(f"{train_dir}: no normalized transcripts (norm_text) to build a character inventory from")
     inv = CharInventory.from_texts(texts, min_count)
     inv.save(out)
     return inv

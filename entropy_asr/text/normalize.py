@@ -14,6 +14,7 @@ import functools
 import re
 import unicodedata
 
+from entropy_asr.errors import UserError
 from entropy_asr.text.script import _HAN, has_han, has_latin, split_by_script
 
 _LANGUAGES = (None, "zh", "en", "mix", "none")
@@ -58,7 +59,7 @@ def _piece_tokens(piece: str) -> list[str]:
 def normalize_text(text: str, language: str | None = None, *, t2s: bool = False) -> str:
     """Normalized transcript for targets and scoring; `language` is a hint only (the script of each piece decides)."""
     if language not in _LANGUAGES:
-        raise ValueError(f"language={language!r}: use one of {_LANGUAGES}")
+        raise UserError(f"language={language!r}: use one of {_LANGUAGES}")
     text = unicodedata.normalize("NFKC", text)
     if t2s and has_han(text):
         text = _t2s().convert(text)

@@ -13,6 +13,7 @@ import collections
 import re
 import unicodedata
 
+from entropy_asr.errors import UserError
 from entropy_asr.text.english import latin_run_phones
 from entropy_asr.text.inventory import UNK
 from entropy_asr.text.mandarin import han_run_units
@@ -76,7 +77,7 @@ class Phonemizer:
 
     def units_with_unk(self, text: str, language: str | None = None) -> tuple[list[tuple[str, tuple[str, ...]]], int]:
         if language not in _LANGUAGES:
-            raise ValueError(f"language={language!r}: use one of {_LANGUAGES}")
+            raise UserError(f"language={language!r}: use one of {_LANGUAGES}")
         units: list[tuple[str, tuple[str, ...]]] = []
         unks: list[str] = []
         for lang, piece in self._pieces(text, language):

@@ -1,4 +1,7 @@
-"""Resume after a crash: metrics.csv keeps what was logged, snapshots from past the checkpoint are quarantined."""
+"""Faults end to end on tiny configs (issue 16's worst cases, through run.py as a user runs it): a run killed
+with SIGKILL resumes as the same run (metrics.csv keeps what was logged, snapshots from past the checkpoint are
+quarantined); NaN gradients and NaN weights never reach a checkpoint; a damaged or NaN checkpoint is refused; a
+second writer on a run dir is refused and a killed run's lock is taken over."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -118,6 +122,7 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
         torch.testing.assert_close(final[k], v, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # the module's default part stays under a minute (issue 16); pytest -m slow runs it
 def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(exports, tiny_corpus, tmp_path):  # noqa: F811
     # replayed snapshots at pretraining steps 10, 20, 30 (visible at IA-SFT steps 2, 4, 6); checkpoint at step 5,
     # killed at step 7: the resumed run keeps the step-4 swap, makes the step-6 one, and matches the whole run
@@ -199,6 +204,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.slow  # the module's default part stays under a minute (issue 16); pytest -m slow runs it
 def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(tiny_corpus, tmp_path):
     def poison(step: int, what: str) -> dict:
         return {"class_path": "tests.ddp_helpers.Poison", "init_args": {"step": step, "what": what}}
@@ -236,3 +242,34 @@ def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(
                                        str(run_dir / "checkpoints" / "bad.ckpt")),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert nan.returncode != 0 and "holds NaN/inf weights" in nan.stderr
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended (exit code {proc.returncode}) before {path.name} appeared"
+        assert time.monotonic() - t0 < timeout_s, f"{path} did not appear within {timeout_s:g} s"
+        time.sleep(0.2)
+
+
+def test_two_writers_on_one_run_dir_the_second_is_refused_and_a_killed_runs_lock_is_taken_over(tiny_corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "100000"), cwd=ROOT,
+                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(run_dir / "checkpoints" / "last.ckpt.sha256", first)  # training, with a checkpoint behind it
+        second = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, []), cwd=ROOT, env=_env(), capture_output=True,
+                                text=True, timeout=600, check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-3000:]
+        assert second.stderr.strip().splitlines()[-1].startswith("error: ") and f"pid {first.pid}" in second.stderr
+    finally:
+        first.kill()  # SIGKILL: no cleanup, its lock stays behind
+        first.wait()
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == first.pid
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+    resumed = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", str(step + 2),
+                                           "--ckpt_path", "last"), cwd=ROOT, env=_env(), capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "taking over the lock" in resumed.stderr and not (run_dir / ".lock").exists()
+    assert json.loads((run_dir / "results.json").read_text())["global_step"] == step + 2
