@@ -1,6 +1,6 @@
 """The paper's claims in miniature, one question per comparison: `python experiments/reproduce.py` (docs/reproduce.md).
 
-Five recipes on the synthetic corpus, each for several seeds, at equal data and equal optimizer
+Six recipes on the synthetic corpus, each for several seeds, at equal data and equal optimizer
 steps (pretraining counted):
   a  single-stage: a fresh encoder, the adapter and the pretrained LLM trained together;
   b  multi-stage without IA-SFT: phone-CTC pretraining; alignment on the final encoder; SFT in
@@ -9,16 +9,20 @@ steps (pretraining counted):
      (a deterministic replay of pretraining running beside it); joint SFT;
   d  as c, with character-CTC pretraining (entropy_asr.text.chars) instead of phones;
   e  as c without hot-swaps: alignment and IA-SFT on the final pretrained encoder, frozen and
-     never replaced.
+     never replaced;
+  f  as c, with the paper's frame adapter (d's pair: phone vs character CTC under one adapter).
 b, c and e give the adapter and the LLM the same learning-rate schedule over the same steps
 (alignment, then IA-SFT's, then joint SFT's); they differ only in what the encoder does: b
 trains it, c swaps it, e keeps one. Every speech stage draws the same share of clips without
 speech (empty transcripts) from the corpus' train_nonspeech (the tiny configs' nonspeech_share).
 Each stage is experiments/run.py on the tiny configs plus the overrides built here. The LLM and
 its pseudo-speech reader are the shipped asset (docs/tiny_llm.md), the same for every recipe and
-seed; a seed sets the speech stages' initialization and data order. By default the adapter reads
-encoder frames in every recipe (as in the paper); `--adapter posteriors` runs a, b, c and e with the
-tiny pipeline's adapter instead (a character head has no phone posteriors: no d there).
+seed; a seed sets the speech stages' initialization and data order. What the adapter reads
+(--adapter): by default (mixed) a, b, c and e read the CTC head's phone posteriors through the LLM
+asset's phone table (the tiny pipeline's bridge: at this size only that makes them recognizers),
+and d and f read encoder frames (the paper's adapter; a character head has no phone posteriors),
+so every comparison is between recipes with the same adapter. `--adapter frames` runs a-e on
+frames (the paper's setup, no recognizer at this size), `--adapter posteriors` a, b, c, e only.
 
 After each recipe: evaluate.py on test, test_unseen_voice and the two hallucination sets of
 entropy_asr.data.stress (nonspeech_wide: 240 non-speech clips of ten kinds; test_padded: test
@@ -33,15 +37,15 @@ two-level bootstrap 95% interval over seeds and utterances (entropy_asr.metrics.
 verdict: reproduces / does not / undecided (the interval spans 0).
 
 Per run: OUT/seed<s>/<recipe>/summary.json; finished runs are skipped, an interrupted stage
-resumes from its last checkpoint. At the end: OUT/table.md and OUT/results.json (every seed's
+resumes from its last checkpoint. --jobs N runs N pretraining runs or recipes at a time as their own
+processes, each pinned to its share of the cores (logs in OUT/logs/). At the end: OUT/table.md and OUT/results.json (every seed's
 value, the intervals and verdicts).
 
-  python experiments/reproduce.py                      # tiny: seeds 0 1 2, recipes a-e, this 2-core CPU
+  python experiments/reproduce.py --jobs 2             # tiny: seeds 0 1 2, recipes a-f, this 2-core CPU
   python experiments/reproduce.py --size gpu           # 4x the steps, bf16 on a GPU, 5 seeds
   python experiments/reproduce.py --size smoke         # every stage and measurement for a few steps
-  python experiments/reproduce.py --adapter posteriors --out runs/reproduce_posteriors
-      # a, b, c, e with the tiny pipeline's adapter: the CTC head's phone posteriors through the LLM asset's
-      # phone table (soft pseudo speech the asset reads from step 0), so the recipes are recognizers at this size
+  python experiments/reproduce.py --adapter frames --out runs/reproduce_frames
+      # a-e with the paper's frame adapter everywhere
 """
 
 from __future__ import annotations
@@ -50,7 +54,10 @@ import argparse
 import json
 import logging
 import math
+import os
 import platform
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -63,6 +70,7 @@ from entropy_asr.assets import asset_dir
 from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.data.stress import build_stress_sets
 from entropy_asr.data.synthetic import corpus_dir, ensure_corpus
+from entropy_asr.errors import UserError, run_main
 from entropy_asr.metrics.bootstrap import paired_difference, verdict
 from entropy_asr.metrics.cka import linear_cka
 from entropy_asr.metrics.spectral import normalized_spectral_entropy
@@ -74,12 +82,18 @@ RECIPES = {
     "c": "the method (IA-SFT with hot-swaps)",
     "d": "as c, character-CTC pretraining",
     "e": "as c, no hot-swaps (IA-SFT on the final encoder)",
+    "f": "as c, the paper's frame adapter (d's pair)",
 }
 CONFIGS = Path(__file__).resolve().parent / "tiny"
 # what the adapter reads: encoder frames (the paper's adapter; every recipe), or the CTC head's phone posteriors
 # through the LLM asset's phone table (the tiny pipeline's bridge; recipes a, b, c, e: a character head has none)
+# `mixed` (the default) runs a, b, c, e with posteriors (recognizers at this size) and the phone-vs-character pair
+# f, d with frames (the only adapter a character head can feed)
 ADAPTERS = {"frames": "encoder frames (the paper's adapter)",
-            "posteriors": "phone posteriors through the asset's phone table (the tiny pipeline's bridge)"}
+            "posteriors": "phone posteriors through the asset's phone table (the tiny pipeline's bridge)",
+            "mixed": "phone posteriors in a, b, c, e; encoder frames in d and its pair f"}
+# the recipes each mode runs by default (f is c with frames: in frames mode c is already that)
+MODE_RECIPES = {"frames": "abcde", "posteriors": "abce", "mixed": "abcdef"}
 EVAL_SETS = ("test", "test_unseen_voice", "nonspeech_wide", "test_padded")
 
 
@@ -146,9 +160,9 @@ def _snapshot(pretrain: Path, component: str, step: int) -> str:
 class Study:
     """The stage lists of every recipe for one seed, and the measurements after them."""
 
-    def __init__(self, out: Path, size: Size, seed: int, adapter: str = "frames"):
+    def __init__(self, out: Path, size: Size, seed: int, adapter: str = "mixed"):
         if adapter not in ADAPTERS:
-            raise ValueError(f"--adapter {adapter!r}: choose from {sorted(ADAPTERS)}")
+            raise UserError(f"--adapter {adapter!r}: choose from {sorted(ADAPTERS)}")
         self.out, self.size, self.seed, self.adapter = out, size, seed, adapter
         self.dir = out / f"seed{seed}"
         self.lm = asset_dir("tiny_llm")  # the pretrained LLM and its reader, checked against this code's corpus
@@ -188,16 +202,24 @@ class Study:
                               "aligner": {"encoder": str(aligner / "encoder.safetensors"),
                                           "ctc_head": str(aligner / "ctc_head.safetensors")}}}
 
+    def adapter_of(self, name: str) -> str:
+        """What recipe `name`'s adapter reads in this study: 'frames' or 'posteriors'."""
+        if name not in RECIPES:
+            raise UserError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        if name not in MODE_RECIPES[self.adapter]:
+            raise UserError(f"recipe {name} with --adapter {self.adapter}: "
+                            + ("a character CTC head gives no phone posteriors to read; compare phone and character "
+                                "CTC with --adapter mixed or frames" if name == "d" else
+                                f"choose from {' '.join(MODE_RECIPES[self.adapter])}"))
+        if self.adapter == "mixed":
+            return "frames" if name in "df" else "posteriors"
+        return self.adapter
+
     def recipe(self, name: str) -> list[dict]:
         """The stages of recipe `name` in order, run dir OUT/seed<s>/<name>; the last is always joint_sft."""
-        if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; choose from {sorted(RECIPES)}")
+        bridged = self.adapter_of(name) == "posteriors"
         s, lm, run = self.size, self.lm, self.dir / name
         phone = self.pretrain_dir("phones")
-        bridged = self.adapter == "posteriors"
-        if bridged and name == "d":
-            raise ValueError("recipe d with --adapter posteriors: a character CTC head gives no phone posteriors to "
-                             "read; compare phone and character CTC with --adapter frames")
         table = str(lm / "phone_frames.safetensors")
         if bridged:  # the tiny configs' adapter: the CTC head's phone posteriors through the asset's phone table
             frames, no_head = {}, {}
@@ -224,7 +246,7 @@ class Study:
                 "trainer.callbacks": [self.probe(s.total)]}}]
         pre = self.pretrain_dir("chars" if name == "d" else "phones")
         final_enc = str(pre / "export" / "encoder.safetensors")
-        swaps = name in ("c", "d")
+        swaps = name in ("c", "d", "f")  # f is c with the frame adapter
         # c and d align on pretraining's first snapshot (the method); b and e on its final encoder
         align_enc = _snapshot(pre, "encoder", s.reference_step) if swaps else final_enc
         align_init = {"encoder": align_enc, "adapter": str(lm / "adapter.safetensors")}
@@ -271,8 +293,8 @@ class Study:
         return self.pretrain_dir("chars" if name == "d" else "phones") / "export" / "encoder.safetensors"
 
 
-def schedules(size: Size) -> str:
-    """Markdown: each recipe's stages, steps, learning rates and what the encoder does."""
+def schedules(size: Size, adapters: dict[str, str]) -> str:
+    """Markdown: each recipe's stages, steps, learning rates, what the encoder does and what the adapter reads."""
     s = size
     pre = f"CTC pretraining {s.pretrain} @ {s.pretrain_lr:g}"
     align = f"alignment {s.align} @ {s.align_lr:g}"
@@ -287,9 +309,13 @@ def schedules(size: Size) -> str:
         "d": f"character {pre} → as c | as c",
         "e": f"phone {pre} → {align} (final encoder) → IA-SFT {sft}, no swaps → {joint} | frozen (final); trains in "
              "joint SFT",
+        "f": "as c | as c",
     }
-    lines = ["| recipe | stages: optimizer steps @ peak learning rate | the encoder |", "|---|---|---|"]
-    lines += [f"| {r}: {RECIPES[r].split(' (')[0]} | {row} |" for r, row in rows.items()]
+    rows = {r: row for r, row in rows.items() if r in adapters}
+    lines = ["| recipe | stages: optimizer steps @ peak learning rate | the encoder | the adapter reads |",
+             "|---|---|---|---|"]
+    lines += [f"| {r}: {RECIPES[r].split(' (')[0]} | {row} | {ADAPTERS[adapters[r]].split(' (')[0]} |"
+              for r, row in rows.items()]
     return "\n".join(lines)
 
 
@@ -505,7 +531,7 @@ class Evidence:
                 got = [utterance_arrays(recs, row) for recs in per_seed]
                 ids = {tuple(g[0]) for g in got}
                 if len(ids) > 1:
-                    raise ValueError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
+                    raise UserError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
                 if got and got[0][0]:
                     self.arrays[recipe][row[0]] = (got[0][0], np.stack([g[1] for g in got]), np.stack([g[2] for g in got]))
 
@@ -536,7 +562,7 @@ class Evidence:
         if label in self.arrays.get(x, {}) and label in self.arrays.get(y, {}):
             (idx, ex, ux), (idy, ey, uy) = self.arrays[x][label], self.arrays[y][label]
             if idx != idy:
-                raise ValueError(f"{label}: recipes {x} and {y} decoded different utterances; rerun their eval")
+                raise UserError(f"{label}: recipes {x} and {y} decoded different utterances; rerun their eval")
             return paired_difference(ex[ix], ux[ix], ey[iy], uy[iy], reps=reps)
         if any(label == lab for lab, *_ in UTTERANCE_ROWS):
             return None  # a set or language one of them did not decode
@@ -550,6 +576,8 @@ class Evidence:
     def claims(self) -> list[dict]:
         out = []
         for claim, x, y, rows, expect in CLAIMS:
+            if y == "d" and "f" in self.summaries:  # d's pair is the phone recipe with d's (frame) adapter
+                x = "f"
             tests = []
             for label in rows:
                 d = self.compare(x, y, label)
@@ -642,54 +670,155 @@ def _records(run: Path) -> list[dict]:
     return _read_jsonl(run / "eval" / "hyps.jsonl")
 
 
-def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra: list[str],
-              adapter: str = "frames") -> dict:
-    from experiments.pipeline import run_pipeline
-
-    t0 = time.perf_counter()
+def prepare_study(out: Path, size: Size, recipes: list[str]) -> dict[str, Path]:
+    """The corpus, the character inventory (if d runs) and the hallucination sets; returns the latter."""
     out.mkdir(parents=True, exist_ok=True)
     root = ensure_corpus(utterances=size.utterances, seed=0)
     if "d" in recipes and not (out / "chars.json").exists():
         inv = build_char_inventory(root / "train", out / "chars.json")
         print(f"== character inventory: {len(inv)} symbols -> {out / 'chars.json'}", flush=True)
-    stress = build_stress_sets(root, out / "stress", nonspeech=size.nonspeech, padded=size.padded)
+    return build_stress_sets(root, out / "stress", nonspeech=size.nonspeech, padded=size.padded)
+
+
+class _Probe:
+    """The probe batches (the same for every seed and recipe), read once when first needed."""
+
+    def __init__(self):
+        self.data: list | None = None
+
+    def get(self, study: Study) -> list:
+        self.data = self.data or _study_data(study)
+        return self.data
+
+
+def pretrain(study: Study, units: str, extra: list[str], probe: _Probe) -> dict:
+    """One seed's CTC pretraining on `units` and its measurements (skipped when done)."""
+    from experiments.pipeline import run_pipeline
+
+    done = study.pretrain_dir(units) / "measured.json"
+    if not done.exists():
+        run_pipeline({"run_dir": str(study.dir), "stages": [study.pretraining(units)]}, study.common() + extra)
+        atomic_write_json(done, measure_pretraining(study, units, probe.get(study)))
+    return json.loads(done.read_text())
+
+
+def run_recipe(study: Study, name: str, stress: dict[str, Path], extra: list[str], probe: _Probe) -> dict:
+    """One seed's recipe, evaluated and measured (skipped when done); needs the seed's pretraining."""
+    from experiments.pipeline import run_pipeline
+
+    done = study.dir / name / "summary.json"
+    if not done.exists():
+        t = time.perf_counter()
+        run_pipeline({"run_dir": str(study.dir / name), "stages": study.recipe(name)}, study.common() + extra)
+        summary = measure(study, name, stress, probe.get(study))
+        summary["wall_seconds"] = round(time.perf_counter() - t, 1)
+        atomic_write_json(done, summary)
+        print(f"== seed {study.seed} recipe {name}: done in {summary['wall_seconds']:.0f} s", flush=True)
+    return json.loads(done.read_text())
+
+
+def _units(recipes: list[str]) -> list[str]:
+    return ["phones"] + (["chars"] if "d" in recipes else [])
+
+
+def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapter: str, jobs: int,
+              argv: list[str]) -> None:
+    """Every seed's pretraining runs and recipes as their own processes, `jobs` at a time, each pinned to its
+    share of this process's cores (a recipe starts once its seed's pretraining is done). On 2 cores two
+    1-core runs train 1.5x as fast together as one 2-core run (measured on the tiny pretraining)."""
+    cores = sorted(os.sched_getaffinity(0))
+    if not 1 <= jobs <= len(cores):
+        raise UserError(f"--jobs {jobs}: choose 1 to {len(cores)} (the cores this process may use)")
+    slots = [cores[i::jobs] for i in range(jobs)]
+    tasks: list[tuple[str, str, list[str], Path]] = []  # (name, --task value, dependencies, done file)
+    for s in seeds:
+        study = Study(out, size, s, adapter)
+        tasks += [(f"seed{s}/pretrain_{u}", f"pretrain:{s}:{u}", [], study.pretrain_dir(u) / "measured.json")
+                  for u in _units(recipes)]
+        for r in sorted(recipes, key=lambda r: r != "a"):  # the single-stage recipe is the longest: first
+            deps = [f"seed{s}/pretrain_phones"] + ([f"seed{s}/pretrain_chars"] if r == "d" else [])
+            tasks.append((f"seed{s}/{r}", f"recipe:{s}:{r}", deps, study.dir / r / "summary.json"))
+    done = {name for name, _, _, file in tasks if file.exists()}
+    pending = [t for t in tasks if t[0] not in done]
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict[int, tuple[str, subprocess.Popen, float]] = {}
+    failed: dict[str, str] = {}
+    print(f"== {len(pending)} of {len(tasks)} runs to do, {jobs} at a time on cores {slots}; logs in {out / 'logs'}",
+          flush=True)
+    try:
+        while pending or running:
+            for slot, (name, proc, t) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[slot]
+                log = out / "logs" / f"{name.replace('/', '_')}.log"
+                if proc.returncode == 0:
+                    done.add(name)
+                    print(f"== {name}: done in {time.perf_counter() - t:.0f} s", flush=True)
+                else:
+                    failed[name] = f"exit code {proc.returncode}, log {log}"
+                    print(f"== {name}: FAILED ({failed[name]})", flush=True)
+            for t in [t for t in pending if any(d in failed for d in t[2])]:
+                pending.remove(t)
+                failed[t[0]] = "its pretraining failed"
+            for slot in [i for i in range(jobs) if i not in running]:
+                ready = next((t for t in pending if all(d in done for d in t[2])), None)
+                if ready is None:
+                    break
+                pending.remove(ready)
+                log = (out / "logs" / f"{ready[0].replace('/', '_')}.log").open("a")
+                cores_arg = ",".join(map(str, slots[slot]))
+                # OpenMP sizes its pool when torch loads, before the child pins itself: without this its idle
+                # threads spin on the one core and a smoke pretraining takes 7.8 min instead of 24 s (measured)
+                env = {**os.environ, "OMP_NUM_THREADS": str(len(slots[slot])), "MKL_NUM_THREADS": str(len(slots[slot]))}
+                proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv, "--task", ready[1],
+                                         "--task-cores", cores_arg], stdout=log, stderr=subprocess.STDOUT, env=env)
+                log.close()  # the child holds its own handle
+                running[slot] = (ready[0], proc, time.perf_counter())
+                print(f"== {ready[0]}: started on cores {slots[slot]}", flush=True)
+            time.sleep(1.0)
+    finally:
+        for _, proc, _ in running.values():  # interrupted: no orphan keeps training
+            proc.terminate()
+    if failed:
+        raise RuntimeError("reproduce: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+
+def run_task(out: Path, size: Size, adapter: str, task: str, extra: list[str]) -> None:
+    """--task pretrain:SEED:UNITS or recipe:SEED:NAME (one process of run_tasks)."""
+    kind, seed, what = task.split(":")
+    study = Study(out, size, int(seed), adapter)
+    if kind == "pretrain":
+        pretrain(study, what, extra, _Probe())
+    else:
+        run_recipe(study, what, prepare_study(out, size, [what]), extra, _Probe())
+
+
+def run_study(out: Path, size: Size, seeds: list[int], recipes: list[str], extra: list[str],
+              adapter: str = "mixed", t0: float | None = None) -> dict:
+    t0 = time.perf_counter() if t0 is None else t0
+    stress = prepare_study(out, size, recipes)
     summaries: dict[str, list[dict]] = {r: [] for r in recipes}
     records: dict[str, list[list[dict]]] = {r: [] for r in recipes}
     pretraining: dict[str, list[dict]] = {}
-    probe: list | None = None
+    probe = _Probe()
     for seed in seeds:
         study = Study(out, size, seed, adapter)
-        units = ["phones"] + (["chars"] if "d" in recipes else [])
-        run_pipeline({"run_dir": str(study.dir), "stages": [study.pretraining(u) for u in units]},
-                     study.common() + extra)
-        for u in units:
-            done = study.pretrain_dir(u) / "measured.json"
-            if not done.exists():
-                probe = probe or _study_data(study)
-                atomic_write_json(done, measure_pretraining(study, u, probe))
-            pretraining.setdefault(u, []).append(json.loads(done.read_text()))
+        for u in _units(recipes):
+            pretraining.setdefault(u, []).append(pretrain(study, u, extra, probe))
         for name in recipes:
-            done = study.dir / name / "summary.json"
-            if not done.exists():
-                t = time.perf_counter()
-                run_pipeline({"run_dir": str(study.dir / name), "stages": study.recipe(name)},
-                             study.common() + extra)
-                probe = probe or _study_data(study)
-                summary = measure(study, name, stress, probe)
-                summary["wall_seconds"] = round(time.perf_counter() - t, 1)
-                atomic_write_json(done, summary)
-                print(f"== seed {seed} recipe {name}: done in {summary['wall_seconds']:.0f} s", flush=True)
-            summaries[name].append(json.loads(done.read_text()))
+            summaries[name].append(run_recipe(study, name, stress, extra, probe))
             records[name].append(_records(study.dir / name))
     evidence = Evidence(summaries, records)
     table, claims = evidence.table(), evidence.claims()
-    sections = [(f"Schedules (the adapter reads {ADAPTERS[adapter]})", schedules(size)), ("Results: mean ± sample sd over seeds", format_table(table)),
+    adapters = {r: Study(out, size, seeds[0], adapter).adapter_of(r) for r in recipes}
+    sections = [("Schedules", schedules(size, adapters)), ("Results: mean ± sample sd over seeds", format_table(table)),
                 ("Claims: paired differences x − y, two-level bootstrap 95% intervals", format_claims(claims)),
                 ("NSE per encoder layer (mean over seeds)", format_nse(pretraining, summaries)),
                 ("NSE of the encoder output over pretraining steps (mean over seeds)", format_nse_steps(pretraining))]
     markdown = "\n\n".join(f"## {title}\n\n{body}" for title, body in sections if body)
     results = {"size": {**asdict(size), "total_steps": size.total}, "seeds": seeds, "recipes": recipes,
-               "adapter": adapter,
+               "adapter": adapter, "adapters": adapters,
                "table": table, "claims": claims, "pretraining": pretraining,
                "per_run": {r: [{k: s.get(k) for k in ("seed", "swaps", "nse_by_layer", "cka_to_pretrained",
                                                          "fit_seconds", "wall_seconds")} for s in runs]
@@ -713,23 +842,42 @@ def main(argv: list[str] | None = None) -> dict:
                         "smoke: every stage for a few steps (checks the script)")
     p.add_argument("--seeds", type=int, nargs="+", help="default: the size's (tiny 0 1 2, gpu 0-4, smoke 0)")
     p.add_argument("--recipes", nargs="+", choices=sorted(RECIPES),
-                   help="default: a b c d e (frames), a b c e (posteriors)")
-    p.add_argument("--adapter", choices=sorted(ADAPTERS), default="frames",
-                   help="what the adapter reads: encoder frames (the paper's; every recipe) or the CTC head's phone "
-                        "posteriors through the LLM asset's phone table (the tiny pipeline's; not recipe d); give "
-                        "each its own --out")
+                   help="default: a-f (mixed), a-e (frames), a b c e (posteriors)")
+    p.add_argument("--adapter", choices=sorted(ADAPTERS), default="mixed",
+                   help="what the adapter reads: mixed (default): the CTC head's phone posteriors through the LLM "
+                        "asset's phone table (the tiny pipeline's bridge) in a, b, c, e, and encoder frames in the "
+                        "phone-vs-character pair f, d; frames: encoder frames everywhere (the paper's adapter, "
+                        "a-e); posteriors: a, b, c, e only. Give each mode its own --out")
     p.add_argument("--wandb", choices=["offline", "online", "disabled"], default="disabled",
                    help="W&B for every stage (default disabled: the study's figures are the table; an offline "
                         "run costs ~7 s a stage)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs at a time, each on its own share of the cores (2 on a 2-core machine: about 1.5x the "
+                        "throughput of one run on both); logs in OUT/logs/")
+    p.add_argument("--task", help=argparse.SUPPRESS)  # one run of --jobs: pretrain:SEED:UNITS or recipe:SEED:NAME
+    p.add_argument("--task-cores", help=argparse.SUPPRESS)  # the cores it runs on (its stages inherit them)
     a, extra = p.parse_known_args(argv)
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     size = SIZES[a.size]
-    recipes = a.recipes or [r for r in sorted(RECIPES) if a.adapter == "frames" or r != "d"]
-    if a.adapter == "posteriors" and "d" in recipes:
-        p.error("--recipes d needs --adapter frames: a character CTC head gives no phone posteriors to read")
-    return run_study(a.out, size, list(a.seeds or size.seeds), recipes, ["--wandb", a.wandb, *extra], a.adapter)
+    recipes = a.recipes or list(MODE_RECIPES[a.adapter])
+    wrong = [r for r in recipes if r not in MODE_RECIPES[a.adapter]]
+    if wrong:
+        p.error(f"--recipes {' '.join(wrong)} with --adapter {a.adapter}: that mode runs "
+                f"{' '.join(MODE_RECIPES[a.adapter])} (d needs a frame adapter; f is c with frames, c itself in "
+                "frames mode)")
+    extra = ["--wandb", a.wandb, *extra]
+    if a.task:
+        if a.task_cores:  # before any stage starts a thread: they all inherit it
+            os.sched_setaffinity(0, {int(c) for c in a.task_cores.split(",")})
+        return run_task(a.out, size, a.adapter, a.task, extra)
+    seeds, t0 = list(a.seeds or size.seeds), time.perf_counter()
+    if a.jobs > 1:
+        prepare_study(a.out, size, recipes)
+        run_tasks(a.out, size, seeds, recipes, a.adapter, a.jobs,
+                  ["--out", str(a.out), "--size", a.size, "--adapter", a.adapter, *extra])
+    return run_study(a.out, size, seeds, recipes, extra, a.adapter, t0)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

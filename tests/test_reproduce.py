@@ -84,10 +84,36 @@ def test_d_swaps_its_own_snapshots_and_borrows_the_phone_aligner(tmp_path):
         study.recipe("z")
 
 
-def test_schedules_table_names_every_recipe_with_its_steps():
-    md = schedules(SIZES["tiny"])
+def test_schedules_table_names_every_recipe_with_its_steps_and_adapter(tmp_path):
+    study = Study(tmp_path, SIZES["tiny"], seed=0)
+    md = schedules(SIZES["tiny"], {r: study.adapter_of(r) for r in RECIPES})
     assert md.count("\n") == len(RECIPES) + 1
     assert "joint SFT of a fresh encoder 1800 @ 0.0005" in md and "IA-SFT 300 @ 0.0005, no swaps" in md
+    assert "| d: as c, character-CTC pretraining | character CTC pretraining 1200 @ 0.004 → as c | as c | encoder frames |" in md
+    assert md.count("| phone posteriors through the asset's phone table |") == 4  # a, b, c, e
+
+
+def test_mixed_mode_pairs_d_with_f_the_method_on_frames(tmp_path):
+    """Default study: a, b, c, e on the bridge; d and f (c's stages, frame adapter) on encoder frames."""
+    mixed, frames = Study(tmp_path, SIZES["tiny"], seed=0), Study(tmp_path, SIZES["tiny"], seed=0, adapter="frames")
+    assert [mixed.adapter_of(r) for r in "abcedf"] == ["posteriors"] * 4 + ["frames"] * 2
+    f, c_frames = mixed.recipe("f"), frames.recipe("c")
+    # f is c on frames, in its own run dir
+    assert json.dumps([st["overrides"] for st in f]).replace("seed0/f/", "seed0/c/") == json.dumps(
+        [st["overrides"] for st in c_frames])
+    assert mixed.recipe("d") == frames.recipe("d")
+    assert mixed.recipe("c") != c_frames and "model.init_args.adapter" not in mixed.recipe("c")[0]["overrides"]
+    with pytest.raises(ValueError, match="choose from a b c d e"):
+        frames.recipe("f")  # in frames mode c is already f
+    # the phone-vs-character claims compare d with f when f ran, with c otherwise (frames mode)
+    summaries = {r: [{"seed": s, "probe": {"nse_encoder": v + s}} for s in (0, 1)]
+                 for r, v in (("c", 0.9), ("d", 0.2), ("f", 0.5))}
+    claims = {c["claim"]: c for c in Evidence(summaries, {r: [[], []] for r in "cdf"}).claims()}
+    nse = claims["Phone CTC gives a lower-entropy encoder than character CTC (NSE)"]
+    assert (nse["x"], nse["y"]) == ("f", "d") and nse["tests"][0]["diff"] == pytest.approx(0.3)
+    del summaries["f"]
+    claims = {c["claim"]: c for c in Evidence(summaries, {r: [[], []] for r in "cd"}).claims()}
+    assert claims["Phone CTC gives a lower-entropy encoder than character CTC (NSE)"]["x"] == "c"
 
 
 def _records(errors_zh: list[int], emits: list[int]) -> list[dict]:
@@ -142,7 +168,12 @@ def test_smoke_study_runs_every_recipe_and_measures_it(tmp_path):
     from experiments.reproduce import main
 
     os.environ.setdefault("WANDB_MODE", "disabled")
-    res = main(["--size", "smoke", "--out", str(tmp_path)])
+    jobs = str(min(2, len(os.sched_getaffinity(0))))  # the runs as 2 processes, 1 core each
+    res = main(["--size", "smoke", "--out", str(tmp_path), "--jobs", jobs])
+    if jobs == "2":
+        logs = sorted(p.name for p in (Path(tmp_path) / "logs").iterdir())
+        assert logs == sorted(["seed0_pretrain_phones.log", "seed0_pretrain_chars.log"]
+                              + [f"seed0_{r}.log" for r in RECIPES])
     assert set(res["table"]) == set(RECIPES)
     for name in RECIPES:
         summary = json.loads((Path(tmp_path) / "seed0" / name / "summary.json").read_text())
@@ -153,7 +184,7 @@ def test_smoke_study_runs_every_recipe_and_measures_it(tmp_path):
     swaps = [json.loads(line) for line in (Path(tmp_path) / "seed0" / "c" / "ia_sft" / "swaps.jsonl").open()]
     assert swaps[-1]["final"] and swaps[-1]["step"] == SIZES["smoke"].final_by_step
     assert not (Path(tmp_path) / "seed0" / "e" / "ia_sft" / "swaps.jsonl").exists()
-    assert {c["x"] + c["y"] for c in res["claims"]} == {"ca", "cd", "eb", "ce", "cb"}
+    assert {c["x"] + c["y"] for c in res["claims"]} == {"ca", "fd", "eb", "ce", "cb"}
     assert res["pretraining"]["phones"][0]["nse_by_step"] and res["pretraining"]["chars"][0]["nse_by_layer"]
     table = (Path(tmp_path) / "table.md").read_text()
     assert "## Claims" in table and "## NSE per encoder layer" in table
@@ -178,5 +209,7 @@ def test_posteriors_mode_bridges_every_stage_and_refuses_the_character_recipe(tm
     assert "ctc_head.*" in a["overrides"]["model.init_args.trainable"]  # a fresh head trains with the fresh encoder
     with pytest.raises(ValueError, match="character CTC head gives no phone posteriors"):
         study.recipe("d")
+    with pytest.raises(ValueError, match="choose from a b c e"):
+        study.recipe("f")
     with pytest.raises(ValueError, match="--adapter 'bridge'"):
         Study(tmp_path, SIZES["tiny"], seed=0, adapter="bridge")
