@@ -721,6 +721,10 @@ def _units(recipes: list[str]) -> list[str]:
     return ["phones"] + (["chars"] if "d" in recipes else [])
 
 
+# rough relative run times for --jobs' order (tiny size): single-stage a > a pretraining run > d > the rest
+TASK_COST = {"a": 3.0, "phones": 2.0, "chars": 2.0, "d": 1.5}
+
+
 def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapter: str, jobs: int,
               argv: list[str]) -> None:
     """Every seed's pretraining runs and recipes as their own processes, `jobs` at a time, each pinned to its
@@ -735,7 +739,7 @@ def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapt
         study = Study(out, size, s, adapter)
         tasks += [(f"seed{s}/pretrain_{u}", f"pretrain:{s}:{u}", [], study.pretrain_dir(u) / "measured.json")
                   for u in _units(recipes)]
-        for r in sorted(recipes, key=lambda r: r != "a"):  # the single-stage recipe is the longest: first
+        for r in recipes:
             deps = [f"seed{s}/pretrain_phones"] + ([f"seed{s}/pretrain_chars"] if r == "d" else [])
             tasks.append((f"seed{s}/{r}", f"recipe:{s}:{r}", deps, study.dir / r / "summary.json"))
     done = {name for name, _, _, file in tasks if file.exists()}
@@ -762,9 +766,11 @@ def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapt
                 pending.remove(t)
                 failed[t[0]] = "its pretraining failed"
             for slot in [i for i in range(jobs) if i not in running]:
-                ready = next((t for t in pending if all(d in done for d in t[2])), None)
-                if ready is None:
+                ready = [t for t in pending if all(d in done for d in t[2])]
+                if not ready:
                     break
+                # the longest first (the last runs then end together), in seed order among equals
+                ready = max(ready, key=lambda t: TASK_COST.get(t[1].split(":")[2], 1.0))
                 pending.remove(ready)
                 log = (out / "logs" / f"{ready[0].replace('/', '_')}.log").open("a")
                 cores_arg = ",".join(map(str, slots[slot]))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from entropy_asr.errors import UserError
 from experiments.reproduce import (
     CLAIMS,
     RECIPES,
@@ -213,3 +214,41 @@ def test_posteriors_mode_bridges_every_stage_and_refuses_the_character_recipe(tm
         study.recipe("f")
     with pytest.raises(ValueError, match="--adapter 'bridge'"):
         Study(tmp_path, SIZES["tiny"], seed=0, adapter="bridge")
+
+
+def test_jobs_start_each_run_after_its_pretraining_the_longest_first(tmp_path, monkeypatch):
+    from experiments import reproduce
+
+    started, finished = [], []
+
+    class FakeRun:  # a run that ends at the second look
+        def __init__(self, argv, **kw):
+            self.task, self.looks, self.returncode = argv[argv.index("--task") + 1], 0, None
+            assert kw["env"]["OMP_NUM_THREADS"] == "1"  # one core each: OpenMP must not spin a second thread
+            started.append((self.task, argv[argv.index("--task-cores") + 1], list(finished)))
+
+        def poll(self):
+            self.looks += 1
+            if self.looks > 1:
+                self.returncode = 1 if self.task == "pretrain:1:chars" else 0
+                finished.append(self.task)
+            return self.returncode
+
+        def terminate(self):
+            pass
+
+    monkeypatch.setattr(reproduce.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(reproduce.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(reproduce.time, "sleep", lambda s: None)
+    with pytest.raises(RuntimeError, match=r"seed1/pretrain_chars: exit code 1.*seed1/d: its pretraining failed"):
+        reproduce.run_tasks(tmp_path, SIZES["smoke"], [0, 1], list("abcdef"), "mixed", 2, [])
+    order = [task for task, _, _ in started]
+    assert order[:4] == ["pretrain:0:phones", "pretrain:0:chars", "recipe:0:a", "pretrain:1:phones"]
+    for task, cores, before in started:
+        seed, what = task.split(":")[1:]
+        assert cores in ("0", "1")
+        if task.startswith("recipe"):
+            assert f"pretrain:{seed}:phones" in before and (what != "d" or f"pretrain:{seed}:chars" in before)
+    assert "recipe:1:d" not in order and len(order) == 15  # 2 x (2 pretraining runs + 6 recipes), less seed 1's d
+    with pytest.raises(UserError, match="--jobs 3: choose 1 to 2"):
+        reproduce.run_tasks(tmp_path, SIZES["smoke"], [0], ["a"], "mixed", 3, [])
