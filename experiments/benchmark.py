@@ -1,4 +1,4 @@
-"""Speed, per stage: `python experiments/benchmark.py --size paper` on a GPU (issue 6; docs/benchmarks.md).
+"""Speed, per stage: `python experiments/benchmark.py --size paper` on a GPU (docs/benchmarks.md).
 
 For each training stage, the step run.py trains with: the stage's LightningModule at the size, with the
 paper config's recipe (experiments/<stage>.yaml: dynamic-chunk attention, dropout, CR-CTC's two

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check in one call, run on the device machine from the repo root (wheels in .whl/, made by
-# ../shared/offline-gpu/wheels.sh wandb):
+# Every GPU check in one call, run on a GPU machine from the repo root (the wheels the machine lacks in .whl/,
+# installed first):
 #  1. experiments/benchmark.py at paper size (600M Conformer + Qwen3-1.7B shape, 151,936-row vocabulary),
 #     every stage in bf16 autocast, decoding RTFx at batch 64; the table is appended to docs/benchmarks.md
 #     (copied to $OUT). BATCH (default 32) utterances of 10 s per step.

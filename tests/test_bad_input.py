@@ -1,4 +1,4 @@
-"""Bad values fail at once with one line naming the file or key (issue 16): optimizer settings, CMVN, index.json."""
+"""Bad values fail at once with one line naming the file or key: optimizer settings, CMVN, index.json."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Multi-process training on CPUs (gloo): two DDP ranks through the Lightning CLI, and metric states that
-all-reduce to the single-process values (issue 6)."""
+all-reduce to the single-process values."""
 
 from __future__ import annotations
 

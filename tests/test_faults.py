@@ -1,4 +1,4 @@
-"""Faults end to end on tiny configs (issue 16's worst cases, through run.py as a user runs it): a run killed
+"""Faults end to end on tiny configs (the worst faults, through run.py as a user runs it): a run killed
 with SIGKILL resumes as the same run (metrics.csv keeps what was logged, snapshots from past the checkpoint are
 quarantined); NaN gradients and NaN weights never reach a checkpoint; a damaged or NaN checkpoint is refused; a
 second writer on a run dir is refused and a killed run's lock is taken over."""
@@ -122,7 +122,7 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
         torch.testing.assert_close(final[k], v, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.slow  # the module's default part stays under a minute (issue 16); pytest -m slow runs it
+@pytest.mark.slow  # the module's default part stays under a minute; pytest -m slow runs it
 def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(exports, tiny_corpus, tmp_path):  # noqa: F811
     # replayed snapshots at pretraining steps 10, 20, 30 (visible at IA-SFT steps 2, 4, 6); checkpoint at step 5,
     # killed at step 7: the resumed run keeps the step-4 swap, makes the step-6 one, and matches the whole run
@@ -204,7 +204,7 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow  # the module's default part stays under a minute (issue 16); pytest -m slow runs it
+@pytest.mark.slow  # the module's default part stays under a minute; pytest -m slow runs it
 def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(tiny_corpus, tmp_path):
     def poison(step: int, what: str) -> dict:
         return {"class_path": "tests.ddp_helpers.Poison", "init_args": {"step": step, "what": what}}

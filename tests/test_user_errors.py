@@ -1,5 +1,5 @@
 """One error style for user errors: one line naming the file, line, key or value and the fix, exit code 2,
-the traceback only with --debug; anything else keeps its traceback (issue 16, item 16)."""
+the traceback only with --debug; anything else keeps its traceback."""
 
 from __future__ import annotations
 

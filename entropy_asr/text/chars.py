@@ -1,4 +1,4 @@
-"""Character CTC targets, for the character-level pretraining ablation (issue 5, recipe d).
+"""Character CTC targets, for the character-level pretraining ablation (experiments/reproduce.py, recipe d).
 
 One unit per Mandarin character, per English letter (or digit, apostrophe), and one word-boundary
 unit for each run of spaces, read from the normalized transcript (`norm_text`), so the same
