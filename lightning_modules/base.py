@@ -162,6 +162,8 @@ class SpeechLLMModule(L.LightningModule):
         if self.compile_blocks:  # per block, in place: checkpoints and exports keep their keys
             self.net.compile_blocks()
         self.train(self.training)  # re-apply eval mode to frozen components
+        # counted now, before FSDP shards the weights (each rank would count its own shard)
+        self._param_report = format_parameter_report(count_parameters(self.net))
 
     def train(self, mode: bool = True):
         """Frozen components stay in eval mode (no dropout, no norm-statistics updates)."""
@@ -174,7 +176,7 @@ class SpeechLLMModule(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
-        report = format_parameter_report(count_parameters(self.net))
+        report = getattr(self, "_param_report", None) or format_parameter_report(count_parameters(self.net))
         self.print(f"[{self.stage}] parameters (trainable / total):\n{report}")
         for name, source in self.init_from.items():
             self.print(f"[{self.stage}] {name} <- {source}")
@@ -206,7 +208,8 @@ class SpeechLLMModule(L.LightningModule):
         finite = torch.isfinite(loss.detach()).float()
         if self.trainer.world_size > 1:  # every rank skips together, or DDP would wait on a missing backward
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
-        if finite.item() < 1:
+        self._skipped = finite.item() < 1  # the same on every rank
+        if self._skipped:
             self._bad_batch("loss")
             return None  # (no backward, no optimizer step; a good step resets the streak in on_before_optimizer_step)
         bs = self.batch_size(batch)
@@ -228,11 +231,13 @@ class SpeechLLMModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # a finite loss can still give NaN/inf gradients: then no update at all (the weights stay finite)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if not grads:  # a skipped batch (its loss was not finite): counted in training_step
+        if getattr(self, "_skipped", False):  # a skipped batch (its loss was not finite): counted in training_step
             return
-        # one fused norm over all gradients (inf/NaN if any element is), one device sync
-        finite = torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)).float()
+        # one fused norm over all gradients (inf/NaN if any element is), one device sync; under FSDP a rank may
+        # hold no gradient at all (its shard of the trainable weights is empty) and must still take part below
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        finite = (torch.isfinite(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)).float() if grads
+                  else torch.ones((), device=self.device))
         if self.trainer.world_size > 1:  # (DDP has averaged them: the same everywhere; FSDP shards: agree)
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")
         if finite.item() < 1:
@@ -294,10 +299,12 @@ class SpeechLLMModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         bad = [k for k, v in checkpoint.get("state_dict", {}).items()
                if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
+        if bad:  # SafeCheckpoint never writes one; this came from elsewhere
+            ckpts = Path(self.trainer.default_root_dir) / "checkpoints"
+            found = ", ".join(sorted(p.name for p in ckpts.glob("*.ckpt"))) or "none"
             raise UserError(f"{self.stage}: the checkpoint to resume from holds NaN/inf weights ({bad[:3]}); resume "
-                            f"from an earlier checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'} "
-                            f"with --ckpt_path PATH")
+                            f"from another with --ckpt_path PATH (in {ckpts}: {found}; last.ckpt is the newest good "
+                            f"one a run of this project wrote)")
         state = checkpoint.get("entropy_asr", {})
         self.bad_total, self.bad_in_row = state.get("bad_total", 0), state.get("bad_in_row", 0)
         rng = state.get("rng")

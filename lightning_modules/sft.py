@@ -22,6 +22,7 @@ from entropy_asr.model.pseudo_speech import (
 )
 from entropy_asr.text import PHONES
 from lightning_modules.base import SpeechLLMModule
+from lightning_modules.strategies import gathered
 
 
 @dataclass
@@ -198,20 +199,22 @@ class IASFT(SpeechSFT):
             if not head.is_file():
                 raise UserFileNotFound(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "
                                        f"reads through) is missing")
-        if isinstance(source, dict):
-            own = enc.state_dict()
-            bad = [k for k in own if k not in source or source[k].shape != own[k].shape] + \
-                  [k for k in source if k not in own]
-            if bad:
-                raise UserError(f"swap_encoder: state dict does not fit the encoder; mismatched keys {bad[:5]}")
-            tensors, label = source, "<state dict>"
-        else:
-            tensors, label = read_component(enc, source, "encoder"), str(source)
-        # both checked before either is loaded: a snapshot that does not fit leaves the current encoder whole
-        head_tensors = read_component(self.net.ctc_head, head, "ctc_head") if head is not None else None
-        enc.load_state_dict(tensors, strict=True)
-        if head_tensors is not None:  # the adapter reads this encoder's CTC head: the head comes with it
-            self.net.ctc_head.load_state_dict(head_tensors, strict=True)
+        with gathered(self.trainer, writeback=True):  # sharded (FSDP): every rank sees and loads the full weights
+            if isinstance(source, dict):
+                own = enc.state_dict()
+                bad = [k for k in own if k not in source or source[k].shape != own[k].shape] + \
+                      [k for k in source if k not in own]
+                if bad:
+                    raise UserError(f"swap_encoder: state dict does not fit the encoder; mismatched keys {bad[:5]}")
+                tensors, label = source, "<state dict>"
+            else:
+                tensors, label = read_component(enc, source, "encoder"), str(source)
+            # both checked before either is loaded: a snapshot that does not fit leaves the current encoder whole
+            head_tensors = read_component(self.net.ctc_head, head, "ctc_head") if head is not None else None
+            enc.load_state_dict(tensors, strict=True)
+            if head_tensors is not None:  # the adapter reads this encoder's CTC head: the head comes with it
+                self.net.ctc_head.load_state_dict(head_tensors, strict=True)
+        if head_tensors is not None:
             self.net.ctc_head.requires_grad_(False)
             self.net.ctc_head.eval()
         enc.requires_grad_(False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 
+import torch
 from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
@@ -41,14 +42,60 @@ class SpeechFSDP(FSDPStrategy):
         super().__init__(**kwargs)
         self.wrap = tuple(wrap)
 
+    def _setup_model(self, model: nn.Module) -> nn.Module:
+        """As FSDPStrategy's, and on CPUs too (gloo: tests, CPU-only nodes): FSDP needs the CPU named as its
+        device there, which FSDPStrategy cannot pass (it gives the device's index, None on a CPU)."""
+        from lightning.pytorch.strategies.fsdp import _setup_activation_checkpointing
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        if self.root_device.type != "cpu" or any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return super()._setup_model(model)
+        model = FullyShardedDataParallel(module=model, cpu_offload=self.cpu_offload,
+                                         mixed_precision=self.mixed_precision_config,
+                                         sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"),
+                                         **self.kwargs)
+        _setup_activation_checkpointing(model, self._activation_checkpointing_kwargs)
+        return model
+
+
+def _fsdp_root(module: nn.Module) -> nn.Module | None:
+    """The FSDP unit to gather `module`'s weights from: the trainer's root wrapper (it holds the weights outside
+    the sharded blocks, and wraps the LightningModule from outside), or `module` if it holds FSDP units itself."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = getattr(getattr(getattr(module, "_trainer", None), "strategy", None), "model", None)
+    if isinstance(root, FSDP):
+        return root
+    return module if any(isinstance(m, FSDP) for m in module.modules()) else None
+
 
 @contextlib.contextmanager
 def full_weights(module: nn.Module):
     """Inside, rank 0 sees the full weights of an FSDP-sharded `module` (enter on every rank); else a no-op."""
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-    if not any(isinstance(m, FSDP) for m in module.modules()):
+    root = _fsdp_root(module)
+    if root is None or getattr(root, "_gathered", False):  # not sharded, or inside `gathered`: full already
         yield
         return
-    with FSDP.summon_full_params(module, writeback=False, rank0_only=True, offload_to_cpu=True):
+    with FSDP.summon_full_params(root, writeback=False, rank0_only=True, offload_to_cpu=True):
         yield
+
+
+@contextlib.contextmanager
+def gathered(trainer, writeback: bool = False):
+    """Inside, every rank's LightningModule holds its full weights (enter on every rank; a no-op unless the
+    trainer shards with FSDP). For work outside the training step that runs the model's parts directly
+    (metric callbacks' probes) and, with `writeback`, for changing weights in place (a hot-swap's load)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    root = getattr(getattr(trainer, "strategy", None), "model", None)
+    if not isinstance(root, FSDP) or getattr(root, "_gathered", False):  # not sharded, or gathered already
+        yield
+        return
+    with FSDP.summon_full_params(root, writeback=writeback):
+        root._gathered = True  # full_weights inside (an export from a measured callback) gathers nothing more
+        try:
+            yield
+        finally:
+            root._gathered = False

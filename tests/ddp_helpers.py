@@ -84,10 +84,13 @@ class LaggingSnapshot(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         import hashlib
 
+        from lightning_modules.strategies import gathered
+
         h = hashlib.sha256()
-        for name, p in sorted(pl_module.net.encoder.state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        with gathered(trainer):  # FSDP: the full weights on every rank
+            for name, p in sorted(pl_module.net.encoder.named_parameters()):
+                h.update(name.encode())
+                h.update(p.detach().cpu().clone().numpy().tobytes())  # a copy: numpy pins the storage FSDP frees
         self.digests.append({"step": trainer.global_step - 1, "encoder": h.hexdigest()})
 
     def on_fit_end(self, trainer, pl_module) -> None:

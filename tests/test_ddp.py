@@ -27,6 +27,9 @@ from tests.test_stages import (
     small_models,
 )
 
+# the two ways this project shards training across processes; FSDP runs on CPUs too (gloo), see lightning_modules.SpeechFSDP
+STRATEGIES = {"ddp": "ddp", "fsdp": json.dumps({"class_path": "lightning_modules.SpeechFSDP"})}
+
 
 def test_two_ddp_ranks_train_on_different_shards_and_validate_every_utterance_once(tiny_corpus, tmp_path):
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
@@ -109,7 +112,9 @@ def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
             assert got[k] == pytest.approx(value, rel=1e-9, abs=1e-12), k
 
 
-def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(exports, tiny_corpus, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(strategy, exports, tiny_corpus,  # noqa: F811
+                                                                                    tmp_path):
     # rank 0 publishes snapshot 50 at step 2; rank 1's view of the directory lags 2 steps (tests.ddp_helpers).
     # Rank 0 decides for both: both swap it in at step 2, and their encoders stay bitwise equal at every step.
     # (the copied dir holds the fixture's step-1 weights without a marker: nothing to swap before step 2)
@@ -121,7 +126,7 @@ def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_l
     swap = {"class_path": "callbacks.EncoderHotSwap", "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1}}
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, tmp_path / "run"),
            "--model.init_args.encoder_snapshots", "[]", "--trainer.callbacks", json.dumps([helper, swap]),
-           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+           "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", STRATEGIES[strategy],
            "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0", "--test", "false", "--wandb", "disabled",
            "--data.init_args.batches_per_epoch", "5", *common(tiny_corpus), *small_models("ia_sft")]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
@@ -136,7 +141,7 @@ def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_l
     assert digests[0] == digests[1] != digests[2] == digests[4]  # the new encoder from step 2 on
 
 
-def _pretrain(tiny_corpus, run_dir: Path, devices: int) -> None:
+def _pretrain(tiny_corpus, run_dir: Path, devices: int, strategy: str = "ddp", lr: float = 1e-30) -> None:
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
     callbacks = [{"class_path": "callbacks.CKADriftMonitor",
                   "init_args": {"every_n_steps": 2, "threshold": 1.0, "warmup_steps": 0, "probe_batches": 2}},
@@ -148,10 +153,11 @@ def _pretrain(tiny_corpus, run_dir: Path, devices: int) -> None:
            "--trainer.max_steps", "4", "--trainer.callbacks", json.dumps(callbacks), "--trainer.limit_val_batches", "0",
            "--trainer.enable_progress_bar", "false", "--test", "false", "--wandb", "disabled",
            "--model.init_args.encoder", json.dumps(ENC), "--data.init_args.synthetic", syn,
-           # (almost) no update: both runs probe the same weights, so a difference would be in what each probes
-           "--model.init_args.optim", json.dumps({"lr": 1e-30, "warmup_steps": 0, "weight_decay": 0.0}),
+           # by default (almost) no update: both runs probe the same weights, so a difference is in what each probes
+           "--model.init_args.optim", json.dumps({"lr": lr, "warmup_steps": 0, "weight_decay": 0.0}),
            "--data.init_args.num_workers", "0", "--data.init_args.batches_per_epoch", "2",
-           "--data.init_args.val_dir", str(tiny_corpus / "train"), *(["--trainer.strategy", "ddp"] if devices > 1 else [])]
+           "--data.init_args.val_dir", str(tiny_corpus / "train"),
+           *(["--trainer.strategy", STRATEGIES[strategy]] if devices > 1 else [])]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -170,9 +176,10 @@ def _numbers(path: Path) -> list[dict]:
     return [flat(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(tiny_corpus, tmp_path):
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(strategy, tiny_corpus, tmp_path):
     _pretrain(tiny_corpus, tmp_path / "one", 1)
-    _pretrain(tiny_corpus, tmp_path / "two", 2)
+    _pretrain(tiny_corpus, tmp_path / "two", 2, strategy)
     for rel in ("export/snapshots/drift.jsonl", "entropy.jsonl", "accessible_information.jsonl"):
         one, two = _numbers(tmp_path / "one" / rel), _numbers(tmp_path / "two" / rel)
         assert len(one) == len(two) >= 2, rel
@@ -180,12 +187,13 @@ def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(
             assert b == pytest.approx(a, rel=1e-6, abs=1e-9), rel
 
 
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("stage", ["align", "joint_sft"])
-def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, exports, tiny_corpus, tmp_path):  # noqa: F811
+def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, strategy, exports, tiny_corpus, tmp_path):  # noqa: F811
     rec = {"class_path": "tests.ddp_helpers.KeyRecorder", "init_args": {"out": str(tmp_path / "keys")}}
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args(stage, exports, tmp_path / "run"),
            "--trainer.callbacks", json.dumps([rec]), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.strategy", "ddp", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
+           "--trainer.strategy", STRATEGIES[strategy], "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0",
            "--test", "false", "--wandb", "disabled", "--data.init_args.batches_per_epoch", "3",
            *common(tiny_corpus), *small_models(stage)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
@@ -196,3 +204,19 @@ def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, exports, tiny_corp
     assert all(r["world_size"] == 2 and len(r["train"]) > 0 for r in ranks)
     assert set(ranks[0]["train"]) != set(ranks[1]["train"])  # each rank trains on its own data
     assert (tmp_path / "run" / "export" / "adapter.safetensors").exists()
+
+
+def test_fsdp_trains_to_the_ddp_runs_weights_and_exports_them_whole(tiny_corpus, tmp_path):
+    """SpeechFSDP shards every Conformer block across 2 CPU processes: the same 4 updates as DDP (gradients
+    averaged the same way, clipped by the global norm), and exports gathered to full tensors."""
+    from safetensors.torch import load_file
+
+    for strategy in STRATEGIES:
+        _pretrain(tiny_corpus, tmp_path / strategy, 2, strategy, lr=3e-3)
+    for name in ("encoder", "ctc_head"):
+        ddp, fsdp = (load_file(tmp_path / s / "export" / f"{name}.safetensors") for s in ("ddp", "fsdp"))
+        assert ddp.keys() == fsdp.keys() and all(ddp[k].shape == fsdp[k].shape for k in ddp)
+        first = sorted((tmp_path / "ddp" / "export" / "snapshots").glob(f"{name}-step*.safetensors"))[0]  # step 2
+        assert any(not torch.equal(load_file(first)[k], ddp[k]) for k in ddp)  # it trained on after it
+        for k in ddp:
+            torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")

@@ -235,13 +235,13 @@ def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(
     last.write_bytes(bytes(data))
     flipped = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10", "--ckpt_path", "last"),
                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
-    assert flipped.returncode != 0 and "does not match its checksum" in flipped.stderr
+    assert flipped.returncode == 2 and "does not match its checksum" in flipped.stderr
     state["state_dict"][next(iter(state["state_dict"]))].view(-1)[0] = float("nan")
     torch.save(state, run_dir / "checkpoints" / "bad.ckpt")
     nan = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10", "--ckpt_path",
                                        str(run_dir / "checkpoints" / "bad.ckpt")),
                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
-    assert nan.returncode != 0 and "holds NaN/inf weights" in nan.stderr
+    assert nan.returncode == 2 and "holds NaN/inf weights" in nan.stderr and "bad.ckpt, last.ckpt" in nan.stderr
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 300.0) -> None:
