@@ -54,6 +54,7 @@ from entropy_asr.model.prompt import transcript_scores
 from entropy_asr.plots import plot_series, read_jsonl
 from entropy_asr.text.inventory import PHONES, phones_to_ids
 from entropy_asr.text.phonemizer import Phonemizer
+from lightning_modules.strategies import gathered
 
 PROBE_FIELDS = ("feats", "feat_lens", "phones", "phone_lens", "text", "language")
 
@@ -150,7 +151,7 @@ class AccessibleInformationProbe(MeasuredCallback):
         self.last_check = step
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), gathered(trainer):  # FSDP: the full weights on every rank while it runs
             out = self.measure(pl_module)
         pl_module.train(was_training)
         log_to_loggers(trainer, {f"ai/{k}": v for k, v in out.items()}, step)

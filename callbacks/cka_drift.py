@@ -37,7 +37,7 @@ from entropy_asr.errors import UserError
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component, sha256_file
 from entropy_asr.plots import plot_drift
-from lightning_modules.strategies import full_weights
+from lightning_modules.strategies import full_weights, gathered
 
 log = logging.getLogger(__name__)
 
@@ -144,10 +144,11 @@ class CKADriftMonitor(MeasuredCallback):
         was_training = encoder.training
         encoder.eval()
         out = []
-        for feats, lens in self.probe_set(trainer):
-            frames, frame_lens = encoder(feats.to(pl_module.device), lens.to(pl_module.device))  # (B, T', D)
-            valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < frame_lens[:, None]
-            out.append(frames[valid].double().cpu())
+        with gathered(trainer):  # FSDP: the full weights on every rank while it runs (not while exporting)
+            for feats, lens in self.probe_set(trainer):
+                frames, frame_lens = encoder(feats.to(pl_module.device), lens.to(pl_module.device))  # (B, T', D)
+                valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < frame_lens[:, None]
+                out.append(frames[valid].double().cpu())
         encoder.train(was_training)
         return evenly_spaced(torch.cat(out), self.max_frames)
 

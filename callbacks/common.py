@@ -67,16 +67,12 @@ class MeasuredCallback(L.Callback):
 
 
 def measured(fn):
-    """Decorator for a MeasuredCallback method (trainer as its first argument, called on every rank): its wall
-    time is added to self.seconds, and it runs with the model's full weights when FSDP shards them."""
-    from lightning_modules.strategies import gathered
-
+    """Decorator for a MeasuredCallback method: its wall time is added to self.seconds."""
     @functools.wraps(fn)
-    def wrapper(self, trainer, *args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
         try:
-            with gathered(trainer):
-                return fn(self, trainer, *args, **kwargs)
+            return fn(self, *args, **kwargs)
         finally:
             self.seconds = self.seconds + time.perf_counter() - t0
     return wrapper

@@ -29,6 +29,7 @@ from entropy_asr.errors import UserError
 from entropy_asr.metrics import spectral_summary
 from entropy_asr.model.prompt import build_generation_inputs
 from entropy_asr.plots import plot_series, read_jsonl
+from lightning_modules.strategies import gathered
 
 
 def _stats(frames: torch.Tensor, max_frames: int) -> dict[str, float]:
@@ -94,7 +95,8 @@ class SpectralEntropyLogger(MeasuredCallback):
         step = trainer.global_step
         was_training = pl_module.training
         pl_module.eval()
-        spectra = representation_spectra(pl_module.net, self.probe_set(trainer), pl_module.device, self.max_frames)
+        with gathered(trainer):  # FSDP: the full weights on every rank while it runs
+            spectra = representation_spectra(pl_module.net, self.probe_set(trainer), pl_module.device, self.max_frames)
         pl_module.train(was_training)
         for name, stats in spectra.items():
             pl_module.log(f"entropy/nse_{name}", stats["nse"])

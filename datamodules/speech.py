@@ -139,7 +139,7 @@ class SpeechDataModule(L.LightningDataModule):
         else:
             rank, world = 0, 1
         if not 0 <= rank < world:
-            raise UserError(f"rank {rank} is outside world_size {world}")
+            raise ValueError(f"rank {rank} is outside world_size {world}")
         return rank, world
 
     def setup(self, stage: str | None = None) -> None:

@@ -28,7 +28,7 @@ class UserFileNotFound(UserError, FileNotFoundError):
 
 
 def user_error_of(exc: BaseException) -> UserError | None:
-    """The UserError behind `exc`: itself, or one in its cause/context chain (jsonargparse and Lightning
+    """The UserError behind `exc`: itself, or one in its chain of causes (jsonargparse and Lightning
     wrap errors raised while a config is instantiated in their own)."""
     seen: set[int] = set()
     todo = [exc]
@@ -39,7 +39,9 @@ def user_error_of(exc: BaseException) -> UserError | None:
         seen.add(id(e))
         if isinstance(e, UserError):
             return e
-        todo += [e.__cause__, e.__context__]
+        # causes only (`raise ... from err`, as the config parsers wrap): an error raised while handling a
+        # UserError without `from` (a bug in the handler) is not that UserError and keeps its traceback
+        todo.append(e.__cause__)
     return None
 
 

@@ -77,7 +77,7 @@ def read_hyps(path: Path) -> list[dict]:
         if row["language"] == "none" and row["ref"].strip():
             raise UserError(f"{path}:{n}: language none (a clip without speech) has the reference {row['ref'][:40]!r}; "
                             "give the clip its language, or empty ref")
-        uid = str(row.get("id", f"{path.stem}-{n}"))
+        uid = str(row["id"]) if row.get("id") is not None else f"{path.stem}-{n}"
         if uid in lines_of:
             raise UserError(f"{path}:{n}: id {uid!r} repeats line {lines_of[uid]}; each utterance is scored once")
         lines_of[uid] = n

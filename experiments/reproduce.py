@@ -56,6 +56,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -531,7 +532,7 @@ class Evidence:
                 got = [utterance_arrays(recs, row) for recs in per_seed]
                 ids = {tuple(g[0]) for g in got}
                 if len(ids) > 1:
-                    raise UserError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
+                    raise ValueError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
                 if got and got[0][0]:
                     self.arrays[recipe][row[0]] = (got[0][0], np.stack([g[1] for g in got]), np.stack([g[2] for g in got]))
 
@@ -562,7 +563,7 @@ class Evidence:
         if label in self.arrays.get(x, {}) and label in self.arrays.get(y, {}):
             (idx, ex, ux), (idy, ey, uy) = self.arrays[x][label], self.arrays[y][label]
             if idx != idy:
-                raise UserError(f"{label}: recipes {x} and {y} decoded different utterances; rerun their eval")
+                raise ValueError(f"{label}: recipes {x} and {y} decoded different utterances; rerun their eval")
             return paired_difference(ex[ix], ux[ix], ey[iy], uy[iy], reps=reps)
         if any(label == lab for lab, *_ in UTTERANCE_ROWS):
             return None  # a set or language one of them did not decode
@@ -670,6 +671,23 @@ def _records(run: Path) -> list[dict]:
     return _read_jsonl(run / "eval" / "hyps.jsonl")
 
 
+def check_mode(out: Path, size_name: str, adapter: str) -> None:
+    """OUT/study.json records the size and adapter mode its runs were made with; another mode is refused (a
+    finished run is skipped by name, so runs of another mode would be reported as this one's)."""
+    path, mode = out / "study.json", {"size": size_name, "adapter": adapter}
+    if path.exists():
+        made = json.loads(path.read_text())
+        if made != mode:
+            raise UserError(f"{out} holds a study made with {made}, not {mode}; use another --out (or the same "
+                            "--size and --adapter)")
+        return
+    if any(out.glob("seed*/*/summary.json")):
+        raise UserError(f"{out} holds runs from a study that did not record its size and adapter mode ({path}); use "
+                        f"another --out, or write {json.dumps(mode)} into {path} if they were made so")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, mode)
+
+
 def prepare_study(out: Path, size: Size, recipes: list[str]) -> dict[str, Path]:
     """The corpus, the character inventory (if d runs) and the hallucination sets; returns the latter."""
     out.mkdir(parents=True, exist_ok=True)
@@ -749,6 +767,10 @@ def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapt
     failed: dict[str, str] = {}
     print(f"== {len(pending)} of {len(tasks)} runs to do, {jobs} at a time on cores {slots}; logs in {out / 'logs'}",
           flush=True)
+    def stop(signum, frame):  # a SIGTERM to this process ends its runs too (through the finally below)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while pending or running:
             for slot, (name, proc, t) in list(running.items()):
@@ -784,8 +806,15 @@ def run_tasks(out: Path, size: Size, seeds: list[int], recipes: list[str], adapt
                 print(f"== {ready[0]}: started on cores {slots[slot]}", flush=True)
             time.sleep(1.0)
     finally:
-        for _, proc, _ in running.values():  # interrupted: no orphan keeps training
+        signal.signal(signal.SIGTERM, previous)
+        for _, proc, _ in running.values():  # interrupted: no orphan keeps training or holds a run dir's lock
             proc.terminate()
+        for _, proc, _ in running.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     if failed:
         raise RuntimeError("reproduce: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
 
@@ -872,12 +901,15 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--recipes {' '.join(wrong)} with --adapter {a.adapter}: that mode runs "
                 f"{' '.join(MODE_RECIPES[a.adapter])} (d needs a frame adapter; f is c with frames, c itself in "
                 "frames mode)")
+    if a.adapter == "mixed" and "d" in recipes and "f" not in recipes:
+        p.error("--recipes d with --adapter mixed needs f too: d's phone-CTC pair is f (both read encoder frames)")
     extra = ["--wandb", a.wandb, *extra]
     if a.task:
         if a.task_cores:  # before any stage starts a thread: they all inherit it
             os.sched_setaffinity(0, {int(c) for c in a.task_cores.split(",")})
         return run_task(a.out, size, a.adapter, a.task, extra)
     seeds, t0 = list(a.seeds or size.seeds), time.perf_counter()
+    check_mode(a.out, a.size, a.adapter)
     if a.jobs > 1:
         prepare_study(a.out, size, recipes)
         run_tasks(a.out, size, seeds, recipes, a.adapter, a.jobs,

@@ -199,7 +199,7 @@ class IASFT(SpeechSFT):
             if not head.is_file():
                 raise UserFileNotFound(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "
                                        f"reads through) is missing")
-        with gathered(self.trainer, writeback=True):  # sharded (FSDP): every rank sees and loads the full weights
+        with gathered(self._trainer, writeback=True):  # sharded (FSDP): every rank sees and loads the full weights
             if isinstance(source, dict):
                 own = enc.state_dict()
                 bad = [k for k in own if k not in source or source[k].shape != own[k].shape] + \

@@ -207,3 +207,27 @@ def test_a_shard_dir_listing_no_shards_says_so_not_to_reshard(tiny_corpus, tmp_p
     with pytest.raises(UserError, match=r"empty: index.json lists no shards .*prepare the set again") as e:
         main(["--data", str(empty), "--seconds", "1"])
     assert "shard-size" not in str(e.value)
+
+
+def test_streamed_wav_lengths_and_kaldi_open_ended_segments_are_not_refused(tmp_path):
+    import struct
+
+    from entropy_asr.data.audio import read_audio
+    from entropy_asr.data.prepare import read_kaldi
+    from tests.conftest import write_audio
+
+    wav = write_audio(tmp_path / "piped.wav", 1.0)
+    data = bytearray(wav.read_bytes())
+    at = data.index(b"data") + 4
+    for unknown in (0x7FFFF000, 0xFFFFFFFF):  # SoX to a pipe, other streaming writers: the length is unknown
+        data[at:at + 4] = struct.pack("<I", unknown)
+        wav.write_bytes(bytes(data))
+        assert len(read_audio(wav)[0]) == 16000
+    d = tmp_path / "k"
+    d.mkdir()
+    (d / "wav.scp").write_text(f"r1 {tmp_path / 'ok.wav'}\n")
+    write_audio(tmp_path / "ok.wav", 1.0)
+    (d / "segments").write_text("s1 r1 0.25 -1\n")  # Kaldi: to the end of the recording
+    (d / "text").write_text("s1 hello\n")
+    (rec,) = read_kaldi(d)
+    assert rec.start == 0.25 and rec.end is None and len(read_audio(rec.audio, rec.start, rec.end)[0]) == 12000

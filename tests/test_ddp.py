@@ -216,7 +216,7 @@ def test_fsdp_trains_to_the_ddp_runs_weights_and_exports_them_whole(tiny_corpus,
     for name in ("encoder", "ctc_head"):
         ddp, fsdp = (load_file(tmp_path / s / "export" / f"{name}.safetensors") for s in ("ddp", "fsdp"))
         assert ddp.keys() == fsdp.keys() and all(ddp[k].shape == fsdp[k].shape for k in ddp)
-        first = sorted((tmp_path / "ddp" / "export" / "snapshots").glob(f"{name}-step*.safetensors"))[0]  # step 2
+        first = min((tmp_path / "ddp" / "export" / "snapshots").glob(f"{name}-step*.safetensors"))  # step 2
         assert any(not torch.equal(load_file(first)[k], ddp[k]) for k in ddp)  # it trained on after it
         for k in ddp:
             torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")

@@ -252,3 +252,17 @@ def test_jobs_start_each_run_after_its_pretraining_the_longest_first(tmp_path, m
     assert "recipe:1:d" not in order and len(order) == 15  # 2 x (2 pretraining runs + 6 recipes), less seed 1's d
     with pytest.raises(UserError, match="--jobs 3: choose 1 to 2"):
         reproduce.run_tasks(tmp_path, SIZES["smoke"], [0], ["a"], "mixed", 3, [])
+
+
+def test_an_out_dir_of_another_mode_is_refused_not_reported_as_this_one(tmp_path):
+    from experiments.reproduce import check_mode
+
+    check_mode(tmp_path / "a", "tiny", "mixed")
+    check_mode(tmp_path / "a", "tiny", "mixed")  # the same mode again: fine
+    with pytest.raises(UserError, match=r"holds a study made with .*'frames'.*use another --out"):
+        check_mode(tmp_path / "a", "tiny", "frames")
+    old = tmp_path / "old" / "seed0" / "c"
+    old.mkdir(parents=True)
+    (old / "summary.json").write_text("{}")  # runs from before the mode was recorded
+    with pytest.raises(UserError, match=r"did not record its size and adapter mode"):
+        check_mode(tmp_path / "old", "tiny", "mixed")

@@ -120,3 +120,28 @@ def test_score_of_a_file_that_is_not_utf8_names_the_line_and_exits_2(tmp_path):
     out = _cli("experiments/evaluate.py", "--score", str(hyps), "--out", str(tmp_path / "o"), "--wandb", "disabled")
     assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith(
         f"error: {hyps}:2: not UTF-8 (byte 0x"), out.stderr[-2000:]
+
+
+def test_an_error_raised_while_handling_a_user_error_is_not_reported_as_it():
+    try:
+        try:
+            raise UserError("marker x: bad step")
+        except UserError:
+            raise OSError("stat failed")
+    except OSError as e:
+        assert user_error_of(e) is None
+    try:
+        try:
+            raise UserError("a")
+        except UserError as inner:
+            raise TypeError("wrapped") from inner
+    except TypeError as e:
+        assert str(user_error_of(e)) == "a"
+
+
+def test_score_without_ids_numbers_the_lines(tmp_path):
+    from experiments.evaluate import read_hyps
+
+    hyps = tmp_path / "h.jsonl"
+    hyps.write_text("".join(json.dumps({"id": None, "ref": "a", "hyp": "a", "language": "en"}) + "\n" for _ in range(2)))
+    assert [r["id"] for r in read_hyps(hyps)] == ["h-1", "h-2"]

@@ -63,6 +63,10 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
 MAX_OVERSHOOT_S = 0.5
 
 
+# a RIFF data size this large is a streaming writer's "unknown" (SoX: 0x7FFFF000), not a 2 GiB claim to check
+UNKNOWN_RIFF_SIZE = 0x7FFF0000
+
+
 class TruncatedAudioError(UserError):
     """A file holds less audio than its header or its segment says: its transcript would not match."""
 
@@ -71,7 +75,8 @@ def _riff_data_shortfall(path: str | Path) -> tuple[int, int] | None:
     """(declared, present) bytes of a RIFF/WAVE file's data chunk when fewer are present than declared.
 
     libsndfile reads a cut WAV without complaint (it trims the length to the bytes there), so the
-    header is read here. Streamed WAVs that leave the length at 0 or 0xFFFFFFFF are not judged.
+    header is read here. Streamed WAVs whose writer could not know the length (0, or a placeholder near
+    2^31 or 2^32: SoX writes 0x7FFFF000, others 0xFFFFFFFF) are not judged.
     """
     with open(path, "rb") as fh:
         head = fh.read(12)
@@ -83,7 +88,7 @@ def _riff_data_shortfall(path: str | Path) -> tuple[int, int] | None:
             chunk, n = struct.unpack("<4sI", fh.read(8))
             if chunk == b"data":
                 present = size - pos - 8
-                return (n, present) if n not in (0, 0xFFFFFFFF) and present < n else None
+                return (n, present) if 0 < n < UNKNOWN_RIFF_SIZE and present < n else None
             pos += 8 + n + (n & 1)
     return None
 

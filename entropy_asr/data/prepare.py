@@ -164,8 +164,12 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
                 t0, t1 = float(start), float(end)
             except ValueError:
                 raise ManifestError(f"{where}: start and end must be seconds, got {start!r} {end!r}") from None
-            if not (math.isfinite(t1) and 0.0 <= t0 < t1):
-                raise ManifestError(f"{where}: segment {utt!r} needs 0 <= start < end, got {start} {end}")
+            if t1 == -1.0:  # Kaldi's "to the end of the recording"
+                t1 = None
+            elif not (math.isfinite(t1) and 0.0 <= t0 < t1):
+                raise ManifestError(f"{where}: segment {utt!r} needs 0 <= start < end (or end -1), got {start} {end}")
+            if not (math.isfinite(t0) and t0 >= 0.0):
+                raise ManifestError(f"{where}: segment {utt!r} needs a start >= 0, got {start}")
             records.append(Record(utt, wavs[rec][0], texts[utt], None, spk.get(utt, "unknown"), t0, t1))
     else:
         for utt, (path, where) in wavs.items():

@@ -258,9 +258,9 @@ class ConformerEncoder(nn.Module):
         without it, training with config.dynamic_chunk samples one per call, otherwise full context.
         """
         if feats.dim() != 3 or feats.size(-1) != self.config.input_dim:
-            raise UserError(f"feats must be (B, T, {self.config.input_dim}), got {tuple(feats.shape)}")
+            raise ValueError(f"feats must be (B, T, {self.config.input_dim}), got {tuple(feats.shape)}")
         if feat_lens.shape != feats.shape[:1]:
-            raise UserError(f"feat_lens must be (B,) = ({feats.size(0)},), got {tuple(feat_lens.shape)}")
+            raise ValueError(f"feat_lens must be (B,) = ({feats.size(0)},), got {tuple(feat_lens.shape)}")
         shortest = int(feat_lens.min())
         if shortest < MIN_INPUT_FRAMES:
             raise UserError(f"every utterance needs at least {MIN_INPUT_FRAMES} input frames (70 ms) to give "

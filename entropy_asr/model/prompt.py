@@ -60,15 +60,15 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
             targets: list[list[int]] | None, left_pad: bool) -> dict:
     """Lay out [prefix][speech][suffix][targets] per sample, padded on one side, with one embedding lookup."""
     if speech.dim() != 3:
-        raise UserError(f"speech must be (B, N, H), got {tuple(speech.shape)}")
+        raise ValueError(f"speech must be (B, N, H), got {tuple(speech.shape)}")
     B, P, S = speech.shape[0], len(prompt.prefix_ids), len(prompt.suffix_ids)
     device = speech.device
     template = torch.tensor(prompt.prefix_ids + prompt.suffix_ids, device=device)  # (P+S,)
     n = torch.as_tensor(speech_lens).to(device=device, dtype=torch.long)  # (B,)
     if n.shape != (B,) or (n < 0).any() or (n > speech.shape[1]).any():
-        raise UserError(f"speech_lens must be (B={B},) with values in [0, N={speech.shape[1]}], got {n.tolist()}")
+        raise ValueError(f"speech_lens must be (B={B},) with values in [0, N={speech.shape[1]}], got {n.tolist()}")
     if targets is not None and len(targets) != B:
-        raise UserError(f"got {len(targets)} transcripts for a batch of {B} speech sequences")
+        raise ValueError(f"got {len(targets)} transcripts for a batch of {B} speech sequences")
     targets = targets if targets is not None else [[] for _ in range(B)]
     T = torch.tensor([len(t) for t in targets], device=device)  # (B,)
     text = torch.full((B, max(1, int(T.max()))), prompt.pad_id)  # (B, Tmax), filled on the CPU, copied once

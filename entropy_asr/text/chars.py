@@ -36,7 +36,7 @@ class CharInventory:
     def __init__(self, units: Iterable[str]):
         units = [u for u in units if u not in (BLANK, UNK)]
         if len(set(units)) != len(units):
-            raise UserError("CharInventory: duplicate units")
+            raise ValueError("CharInventory: duplicate units")
         self.symbols: tuple[str, ...] = (BLANK, UNK, *units)
         self.index = {s: i for i, s in enumerate(self.symbols)}
 
@@ -87,13 +87,19 @@ def build_char_inventory(train_dir: str | Path, out: str | Path, min_count: int 
     return inv
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Build the character CTC inventory of a training shard dir")
     p.add_argument("train_dir")
     p.add_argument("out")
     p.add_argument("--min-count", type=int, default=1)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     inv = build_char_inventory(a.train_dir, a.out, a.min_count)
     print(f"{a.out}: {len(inv)} symbols")
+
+
+if __name__ == "__main__":
+    from entropy_asr.errors import run_main
+
+    run_main(main)
