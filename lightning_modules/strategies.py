@@ -75,7 +75,7 @@ def full_weights(module: nn.Module):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     root = _fsdp_root(module)
-    if root is None or getattr(root, "_gathered", False):  # not sharded, or inside `gathered`: full already
+    if root is None:
         yield
         return
     with FSDP.summon_full_params(root, writeback=False, rank0_only=True, offload_to_cpu=True):
@@ -90,12 +90,8 @@ def gathered(trainer, writeback: bool = False):
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     root = getattr(getattr(trainer, "strategy", None), "model", None)
-    if not isinstance(root, FSDP) or getattr(root, "_gathered", False):  # not sharded, or gathered already
+    if not isinstance(root, FSDP):
         yield
         return
-    with FSDP.summon_full_params(root, writeback=writeback):
-        root._gathered = True  # full_weights inside (an export from a measured callback) gathers nothing more
-        try:
-            yield
-        finally:
-            root._gathered = False
+    with FSDP.summon_full_params(root, writeback=writeback):  # (not nestable: export outside it, full_weights)
+        yield

@@ -150,9 +150,12 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
     if (data_dir / "utt2spk").exists():
         spk = {utt: s.strip() for _, (utt, s) in _kaldi_table(data_dir / "utt2spk")}
     records = []
-    if (data_dir / "segments").exists():
+    segmented = (data_dir / "segments").exists()
+    audio = set() if segmented else set(wavs)  # the utterance ids that have audio
+    if segmented:
         for n, parts in _kaldi_table(data_dir / "segments", 4):
             utt, rec, start, end = parts[:4]
+            audio.add(utt)
             where = f"{data_dir / 'segments'}:{n}"
             if rec not in wavs:
                 raise ManifestError(f"{where}: recording {rec!r} is not in wav.scp")
@@ -178,11 +181,9 @@ def read_kaldi(data_dir: Path, skips: SkipCounter | None = None) -> list[Record]
                 continue
             _require_file(path, where)
             records.append(Record(utt, path, texts[utt], None, spk.get(utt, "unknown")))
-    audio = {r.key for r in records} | ({parts[0] for _, parts in _kaldi_table(data_dir / "segments", 4)}
-                                        if (data_dir / "segments").exists() else set(wavs))
     for utt in texts.keys() - audio:  # a transcript with no audio: counted, never a silent drop
         skips.add("no_audio", f"{data_dir / 'text'}:{text_lines[utt]}: {utt!r} has no audio in "
-                              f"{'segments' if (data_dir / 'segments').exists() else 'wav.scp'}; skipped")
+                              f"{'segments' if segmented else 'wav.scp'}; skipped")
     return records
 
 
