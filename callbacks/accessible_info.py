@@ -40,6 +40,7 @@ from callbacks.common import (
     measured,
 )
 from entropy_asr.errors import UserError
+from entropy_asr.io import read_jsonl_log
 from entropy_asr.metrics import (
     TranscriptInformation,
     accessible_information,
@@ -51,7 +52,7 @@ from entropy_asr.metrics import (
 from entropy_asr.model.export import load_component
 from entropy_asr.model.heads import CTCHead
 from entropy_asr.model.prompt import transcript_scores
-from entropy_asr.plots import plot_series, read_jsonl
+from entropy_asr.plots import plot_series
 from entropy_asr.text.inventory import PHONES, phones_to_ids
 from entropy_asr.text.phonemizer import Phonemizer
 from lightning_modules.strategies import gathered
@@ -163,8 +164,8 @@ class AccessibleInformationProbe(MeasuredCallback):
 
     # ---- measuring ---------------------------------------------------------------------------
     def measure(self, pl_module) -> dict[str, float]:
+        """One check: the probe set through the model once (the loop), then each metric from what it collected."""
         net, device = pl_module.net, pl_module.device
-        out: dict[str, float] = {}
         info = TranscriptInformation().to(device) if self.llm_metrics else None
         split: dict[bool, dict[str, list]] = {s: {"frames": [], "labels": [], "units": [], "prons": [], "x": []}
                                               for s in (False, True)}
@@ -173,61 +174,88 @@ class AccessibleInformationProbe(MeasuredCallback):
             feats, lens = feats.to(device), lens.to(device)
             frames, frame_lens = net.encode(feats, lens)  # (B, T', D)
             if self.encoder_metrics:
-                pos = self.positions(net, i, feats, lens, frames, frame_lens, phones, phone_lens)
-                ids = phones.gather(1, pos.clamp(0, phones.shape[1] - 1)).where(pos >= 0, 0)  # (B, T'), 0 = silence
-                frames_cpu = frames.double().cpu()
-                for b in range(len(texts)):
-                    held_out = (utt + b) % self.test_every == self.test_every - 1
-                    s = split[held_out]
-                    n = int(frame_lens[b])
-                    s["frames"].append(frames_cpu[b, :n])
-                    s["labels"].append(ids[b, :n])
-                    units = self.units(utt + b, texts[b], langs[b], phones[b, : int(phone_lens[b])])
-                    if units is None:
-                        skipped += 1  # the shard's phones came from another front-end version
-                        continue
-                    x, labels, prons = unit_rows(frames_cpu[b:b + 1], pos[b:b + 1], [units])
-                    s["x"].append(x)
-                    s["units"] += labels
-                    s["prons"] += prons
+                skipped += self._collect_frames(net, i, utt, split, feats, lens, frames, frame_lens, phones,
+                                                phone_lens, texts, langs)
             if info is not None:
-                texts_ok = [i for i, t in enumerate(texts) if t.strip()]  # non-speech has nothing to score
-                if texts_ok:
-                    keep = torch.tensor(texts_ok, device=device)
-                    speech, speech_lens = net.adapt(frames[keep], frame_lens[keep])  # (b, N, H)
-                    chosen = [texts[i] for i in texts_ok]
-                    embed = net.llm.get_input_embeddings()
-                    without = transcript_scores(net.llm, net.prompt, embed, None, None, chosen)
-                    with_audio = transcript_scores(net.llm, net.prompt, embed, speech.to(net.llm.dtype),
-                                                   speech_lens, chosen)
-                    info.update(without["nll"], with_audio["nll"], chosen, with_audio["entropy"],
-                                with_audio["tokens"])
+                self._collect_transcripts(net, info, frames, frame_lens, texts)
             utt += len(texts)
+        out: dict[str, float] = {}
         if self.encoder_metrics:
-            tr, te = split[False], split[True]
-            xtr, ytr = evenly_spaced(torch.cat(tr["frames"]), self.max_frames), evenly_spaced(
-                torch.cat(tr["labels"]), self.max_frames)
-            xte, yte = evenly_spaced(torch.cat(te["frames"]), self.max_frames), evenly_spaced(
-                torch.cat(te["labels"]), self.max_frames)
-            # the label space: the phone classes that occur in the probe set (the others cost time, not information)
-            _, y = torch.unique(torch.cat([ytr, yte]), return_inverse=True)
-            ytr, yte = y[: len(ytr)], y[len(ytr):]
-            xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))  # the probes fit on the model's device
-            pai = accessible_information(xtr, ytr, xte, yte, int(y.max()) + 1, **self.probe_kw)
-            out.update(pai_bits=pai["ai_bits"], h_phone_bits=pai["h_bits"], phone_probe_ce_bits=pai["probe_ce_bits"])
-            spectrum = spectral_summary(torch.cat([xtr, xte]))  # the same frames' NSE: free here
-            out.update(nse_encoder=spectrum["nse"], erank_encoder=spectrum["effective_rank"])
-            if tr["units"] and te["units"]:
-                csai = semantic_accessible_information(torch.cat(tr["x"]).to(device), tr["units"], tr["prons"],
-                                                       torch.cat(te["x"]).to(device), te["units"], te["prons"],
-                                                       max_classes=self.max_classes, **self.probe_kw)
-                out.update(csai_bits=csai["csai_bits"], csai_se_bits=csai["csai_se_bits"], h_unit_bits=csai["h_bits"],
-                           unit_given_phones_bits=csai["phone_ce_bits"], csai_train_units=float(len(tr["units"])))
+            out.update(self.pai(split[False], split[True], device))
+            out.update(self.csai(split[False], split[True], device))
             if skipped:
                 out["csai_skipped_utterances"] = float(skipped)
         if info is not None and info.chars > 0:
-            out.update({k: float(v) for k, v in info.compute().items()})
+            out.update(self.llm_information(info))
         return out
+
+    def _collect_frames(self, net, i: int, utt: int, split: dict[bool, dict[str, list]], feats, lens, frames,
+                        frame_lens, phones, phone_lens, texts, langs) -> int:
+        """Add probe batch i's frames, frame labels and unit rows to the training or held-out split (utterance
+        utt + b is held out when (utt + b) % test_every == test_every - 1); returns the utterances without units."""
+        skipped = 0
+        pos = self.positions(net, i, feats, lens, frames, frame_lens, phones, phone_lens)
+        ids = phones.gather(1, pos.clamp(0, phones.shape[1] - 1)).where(pos >= 0, 0)  # (B, T'), 0 = silence
+        frames_cpu = frames.double().cpu()
+        for b in range(len(texts)):
+            held_out = (utt + b) % self.test_every == self.test_every - 1
+            s = split[held_out]
+            n = int(frame_lens[b])
+            s["frames"].append(frames_cpu[b, :n])
+            s["labels"].append(ids[b, :n])
+            units = self.units(utt + b, texts[b], langs[b], phones[b, : int(phone_lens[b])])
+            if units is None:
+                skipped += 1  # the shard's phones came from another front-end version
+                continue
+            x, labels, prons = unit_rows(frames_cpu[b:b + 1], pos[b:b + 1], [units])
+            s["x"].append(x)
+            s["units"] += labels
+            s["prons"] += prons
+        return skipped
+
+    @staticmethod
+    def _collect_transcripts(net, info: TranscriptInformation, frames, frame_lens, texts) -> None:
+        """Add the batch's transcripts' scores under the LLM, without and with the audio, to `info`."""
+        texts_ok = [i for i, t in enumerate(texts) if t.strip()]  # non-speech has nothing to score
+        if not texts_ok:
+            return
+        keep = torch.tensor(texts_ok, device=frames.device)
+        speech, speech_lens = net.adapt(frames[keep], frame_lens[keep])  # (b, N, H)
+        chosen = [texts[i] for i in texts_ok]
+        embed = net.llm.get_input_embeddings()
+        without = transcript_scores(net.llm, net.prompt, embed, None, None, chosen)
+        with_audio = transcript_scores(net.llm, net.prompt, embed, speech.to(net.llm.dtype), speech_lens, chosen)
+        info.update(without["nll"], with_audio["nll"], chosen, with_audio["entropy"], with_audio["tokens"])
+
+    def pai(self, train: dict[str, list], test: dict[str, list], device) -> dict[str, float]:
+        """PAI (bits per frame) of the frames' phone labels, and the NSE of the same frames."""
+        xtr, ytr = evenly_spaced(torch.cat(train["frames"]), self.max_frames), evenly_spaced(
+            torch.cat(train["labels"]), self.max_frames)
+        xte, yte = evenly_spaced(torch.cat(test["frames"]), self.max_frames), evenly_spaced(
+            torch.cat(test["labels"]), self.max_frames)
+        # the label space: the phone classes that occur in the probe set (the others cost time, not information)
+        _, y = torch.unique(torch.cat([ytr, yte]), return_inverse=True)
+        ytr, yte = y[: len(ytr)], y[len(ytr):]
+        xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))  # the probes fit on the model's device
+        pai = accessible_information(xtr, ytr, xte, yte, int(y.max()) + 1, **self.probe_kw)
+        spectrum = spectral_summary(torch.cat([xtr, xte]))  # the same frames' NSE: free here
+        return {"pai_bits": pai["ai_bits"], "h_phone_bits": pai["h_bits"], "phone_probe_ce_bits": pai["probe_ce_bits"],
+                "nse_encoder": spectrum["nse"], "erank_encoder": spectrum["effective_rank"]}
+
+    def csai(self, train: dict[str, list], test: dict[str, list], device) -> dict[str, float]:
+        """CSAI (bits per character/word) of the unit rows; nothing when either split has no units."""
+        if not (train["units"] and test["units"]):
+            return {}
+        csai = semantic_accessible_information(torch.cat(train["x"]).to(device), train["units"], train["prons"],
+                                               torch.cat(test["x"]).to(device), test["units"], test["prons"],
+                                               max_classes=self.max_classes, **self.probe_kw)
+        return {"csai_bits": csai["csai_bits"], "csai_se_bits": csai["csai_se_bits"], "h_unit_bits": csai["h_bits"],
+                "unit_given_phones_bits": csai["phone_ce_bits"], "csai_train_units": float(len(train["units"]))}
+
+    @staticmethod
+    def llm_information(info: TranscriptInformation) -> dict[str, float]:
+        """H0, H1, I = H0 - H1 (bits per character) and the rest of TranscriptInformation, over the probe set."""
+        return {k: float(v) for k, v in info.compute().items()}
 
     def positions(self, net, i: int, feats, lens, frames, frame_lens, phones, phone_lens) -> torch.Tensor:
         """(B, T') transcript phone index per frame (-1 = silence) of probe batch i; a fixed aligner's are cached."""
@@ -252,7 +280,7 @@ class AccessibleInformationProbe(MeasuredCallback):
     @rank_zero_only
     def _append(self, trainer, entry: dict) -> None:
         path = append_jsonl(Path(trainer.default_root_dir) / "accessible_information.jsonl", entry)
-        plot_series(read_jsonl(path), ["pai_bits", "csai_bits", "h0_bits_per_char", "h1_bits_per_char",
+        plot_series(read_jsonl_log(path), ["pai_bits", "csai_bits", "h0_bits_per_char", "h1_bits_per_char",
                                        "share_resolved"], path.with_suffix(".png"), "accessible information",
                     errors={"csai_bits": "csai_se_bits"},
                     below_zero={"csai_bits": "< 0: the probe with frames overfit its few training units; read as 0"})

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from entropy_asr.data.shards import atomic_write_bytes
 from entropy_asr.errors import UserError
+from entropy_asr.io import atomic_write_bytes
 from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)

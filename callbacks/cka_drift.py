@@ -32,10 +32,11 @@ from callbacks.common import (
     first_validation_batches,
     measured,
 )
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.errors import UserError
+from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.export import save_component, sha256_file
+from entropy_asr.model.masks import length_mask
 from entropy_asr.plots import plot_drift
 from lightning_modules.strategies import full_weights, gathered
 
@@ -147,7 +148,7 @@ class CKADriftMonitor(MeasuredCallback):
         with gathered(trainer):  # FSDP: the full weights on every rank while it runs (not while exporting)
             for feats, lens in self.probe_set(trainer):
                 frames, frame_lens = encoder(feats.to(pl_module.device), lens.to(pl_module.device))  # (B, T', D)
-                valid = torch.arange(frames.shape[1], device=frames.device)[None, :] < frame_lens[:, None]
+                valid = length_mask(frame_lens, frames.shape[1])
                 out.append(frames[valid].double().cpu())
         encoder.train(was_training)
         return evenly_spaced(torch.cat(out), self.max_frames)

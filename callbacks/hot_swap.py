@@ -41,11 +41,25 @@ from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import sha256_file
 
 log = logging.getLogger(__name__)
-# Set while a hot-swap callback in this process blocks waiting for a snapshot: a pipeline running
-# pretraining beside it hands the idle cores to pretraining meanwhile (experiments/pipeline.py).
-WAITING = threading.Event()
-# Set (with a message) by such a pipeline when the pretraining process died: waiting is then pointless.
-PRODUCER_FAILED: dict[str, str] = {}
+
+
+class ProducerStatus:
+    """What a hot-swap and the pipeline running the snapshots' producer (pretraining) beside it tell each other
+    (experiments/pipeline.py hands one to the stage's EncoderHotSwap callbacks through run(producer=...)).
+
+    `waiting` is set while a hot-swap blocks waiting for a snapshot: the pipeline hands the idle cores to
+    pretraining meanwhile. `fail(message)` says the pretraining process died: waiting is then pointless.
+    """
+
+    def __init__(self):
+        self.waiting = threading.Event()
+        self.failure: str | None = None
+
+    def fail(self, message: str) -> None:
+        self.failure = message
+
+    def __reduce__(self):  # a copy in another process is that process's own, fresh status (an Event does not pickle)
+        return type(self), ()
 
 
 def _marker_step(marker: Path) -> int | None:
@@ -162,6 +176,11 @@ class EncoderHotSwap(L.Callback):
         self.current: dict | None = None  # the marker of the snapshot now in the encoder
         self.waited_s = 0.0  # time spent blocked waiting for snapshots (not training)
         self._rejected: set = set()  # (marker name, mtime) of damaged snapshots, warned about once
+        self.producer = ProducerStatus()  # its own unless follow() hands it a pipeline's
+
+    def follow(self, producer: ProducerStatus) -> None:
+        """Share `producer` with the pipeline running pretraining beside this run (see ProducerStatus)."""
+        self.producer = producer
 
     @property
     def state_key(self) -> str:
@@ -213,7 +232,7 @@ class EncoderHotSwap(L.Callback):
                                    f"finished pretraining run)")
         deadline = time.monotonic() + seconds
         t0 = time.monotonic()
-        WAITING.set()
+        self.producer.waiting.set()
         try:
             while True:
                 snap = self.poll(pl_module)  # collective: every rank gets rank 0's decision
@@ -221,8 +240,8 @@ class EncoderHotSwap(L.Callback):
                     pl_module.print(f"[hot-swap] waited {time.monotonic() - t0:.0f} s")
                     return snap or self.current
                 stop = None  # rank 0's clock and pipeline decide when to give up, for every rank
-                if PRODUCER_FAILED:
-                    why = PRODUCER_FAILED["message"]
+                if self.producer.failure:
+                    why = self.producer.failure
                     stop = ("failed", f"EncoderHotSwap: stopped waiting for a snapshot in {self.snapshot_dir}: {why}")
                 elif time.monotonic() >= deadline:
                     stop = ("timeout", f"EncoderHotSwap: {message}")
@@ -231,7 +250,7 @@ class EncoderHotSwap(L.Callback):
                     raise (TimeoutError if stop[0] == "timeout" else RuntimeError)(stop[1])
                 time.sleep(min(self.wait_poll_s, max(0.0, deadline - time.monotonic())))
         finally:
-            WAITING.clear()
+            self.producer.waiting.clear()
             self.waited_s += time.monotonic() - t0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

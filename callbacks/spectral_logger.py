@@ -26,9 +26,11 @@ from callbacks.common import (
     measured,
 )
 from entropy_asr.errors import UserError
+from entropy_asr.io import read_jsonl_log
 from entropy_asr.metrics import spectral_summary
+from entropy_asr.model.masks import length_mask
 from entropy_asr.model.prompt import build_generation_inputs
-from entropy_asr.plots import plot_series, read_jsonl
+from entropy_asr.plots import plot_series
 from lightning_modules.strategies import gathered
 
 
@@ -44,12 +46,12 @@ def representation_spectra(net, probe: list[tuple[torch.Tensor, torch.Tensor]], 
     rows: dict[str, list[torch.Tensor]] = {"encoder": [], "adapter": [], "llm": []}
     for feats, lens in probe:
         frames, frame_lens = net.encode(feats.to(device), lens.to(device))  # (B, T', D)
-        valid = torch.arange(frames.shape[1], device=device)[None, :] < frame_lens[:, None]
+        valid = length_mask(frame_lens, frames.shape[1])
         rows["encoder"].append(frames[valid].float().cpu())
         if net.adapter is None:
             continue
         speech, speech_lens = net.adapt(frames, frame_lens)  # (B, N, H)
-        valid = torch.arange(speech.shape[1], device=device)[None, :] < speech_lens[:, None]
+        valid = length_mask(speech_lens, speech.shape[1])
         rows["adapter"].append(speech[valid].float().cpu())
         if net.llm is None:
             continue
@@ -106,5 +108,5 @@ class SpectralEntropyLogger(MeasuredCallback):
     @rank_zero_only
     def _append(self, trainer, entry: dict) -> None:
         path = append_jsonl(Path(trainer.default_root_dir) / "entropy.jsonl", entry)
-        plot_series(read_jsonl(path), [f"{n}/{k}" for k in ("nse", "effective_rank") for n in ("encoder", "adapter", "llm")],
+        plot_series(read_jsonl_log(path), [f"{n}/{k}" for k in ("nse", "effective_rank") for n in ("encoder", "adapter", "llm")],
                     path.with_suffix(".png"), "spectral entropy of the representations")

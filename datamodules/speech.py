@@ -157,10 +157,15 @@ class SpeechDataModule(L.LightningDataModule):
                         where = f"data.init_args.{key}" + (f"[{i}]" if key.endswith("dirs") else "")
                         raise UserFileNotFound(f"{where} = {d}: no index.json there; point it at a shard dir from "
                                                "`python -m entropy_asr.data.prepare` (or fix the path)")
-        path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
+        path = self.cmvn_file()
         if path is None:
             raise UserError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
         self._cmvn = load_cmvn(path)
+
+    def cmvn_file(self) -> Path | None:
+        """The cmvn.json the features are normalized with: data.cmvn, else the training dir's (else the val dir's)."""
+        path = self.cmvn_path or next((str(Path(d) / "cmvn.json") for d in (self.train_dir, self.val_dir) if d), None)
+        return Path(path) if path is not None else None
 
     def _loader(self, data_dir: str | None, name: str, train: bool, whole: bool = False) -> DataLoader:
         if not data_dir:

@@ -1,4 +1,5 @@
-"""PNG plots of the logged series (matplotlib, Agg backend: no display needed). Written atomically.
+"""PNG plots of the logged series (matplotlib Figures drawn by Agg, without pyplot: no display needed, and the
+process's matplotlib backend is left alone). Written atomically.
 
 - plot_drift: CKA to the reference over pretraining steps, with the snapshots exported and the ones
   IA-SFT swapped in marked, and the encoder's NSE over the same steps (from drift.jsonl).
@@ -7,40 +8,26 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # (after the backend choice)
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The lines of a JSONL log; a half-written last line (a run still appending) is ignored."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+from entropy_asr.io import atomic_write_via
 
 
-def _save(fig, out: str | Path) -> Path:
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A figure drawn by Agg, outside pyplot (no global backend or figure registry involved)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    # the temp name ends in .png: savefig picks the format from it
+    atomic_write_via(out, lambda tmp: fig.savefig(tmp, dpi=110, bbox_inches="tight"), suffix=".png")
     return out
 
 
@@ -49,7 +36,8 @@ def plot_drift(drift: list[dict], out: str | Path, swapped_steps: list[int] | No
     """Two panels over pretraining steps: CKA to the reference (snapshots ▲, IA-SFT swaps ○) and NSE."""
     checks = [d for d in drift if "cka" in d]
     steps = [d["step"] for d in checks]
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.5, 5.5), sharex=True)
+    fig = _figure((8.5, 5.5))
+    ax1, ax2 = fig.subplots(2, 1, sharex=True)
     ax1.plot(steps, [d["cka"] for d in checks], ".-", color="tab:blue", label="CKA to reference")
     snaps = [d for d in checks if d.get("snapshot")]
     ax1.plot([d["step"] for d in snaps], [d["cka"] for d in snaps], "^", color="tab:red", ms=8,
@@ -79,7 +67,8 @@ def plot_series(rows: list[dict], keys: list[str], out: str | Path, title: str =
     keys = [k for k in keys if any(k in r for r in flat)]
     if not keys:
         raise ValueError(f"plot_series: none of {keys} in the rows; nothing to plot for {out}")
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 1.9 * len(keys) + 0.6), sharex=True, squeeze=False)
+    fig = _figure((7, 1.9 * len(keys) + 0.6))
+    axes = fig.subplots(len(keys), 1, sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys, strict=True):
         pts = [(r["step"], r[key]) for r in flat if key in r]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ".-")

@@ -38,22 +38,22 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.errors import run_main
-from entropy_asr.model.encoder import EncoderConfig
+from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.model.llm import LLMConfig
 from entropy_asr.model.prompt import generate
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, PromptConfig
+from experiments.sizes import component, encoder_config
+from lightning_modules import SPEECH_STAGES, PretrainCTC
+from lightning_modules import STAGES as STAGE_MODULES
 
-STAGES = ("pretrain_ctc", "align", "ia_sft", "joint_sft")
+STAGES = SPEECH_STAGES  # the training stages on speech, as lightning_modules.STAGES lists them
 PAPER_CONFIGS = Path(__file__).resolve().parent  # experiments/<stage>.yaml: the training recipe timed
-PAPER_ENCODER = {"d_model": 1280, "num_layers": 16, "num_heads": 20, "ffn_dim": 5120, "conv_kernel": 33,
-                 "subsampling_channels": 32, "dropout": 0.1}
+# the paper LLM's shapes (Qwen3-1.7B's config.json), built with random weights: the benchmark downloads nothing
 QWEN3_1_7B = {"hidden_size": 2048, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
               "head_dim": 128, "intermediate_size": 6144, "max_position_embeddings": 4096, "tie_word_embeddings": True}
-TINY_ENCODER = {"d_model": 144, "num_layers": 6, "num_heads": 4, "ffn_dim": 576, "conv_kernel": 15,
-                "subsampling_channels": 64, "dropout": 0.0}
-SIZES = {"paper": (PAPER_ENCODER, QWEN3_1_7B, 151936), "tiny": (TINY_ENCODER, {}, None)}
+# size -> (LLM shapes, vocabulary rows); the encoders are experiments/models/<size>/encoder.yaml
+SIZES = {"paper": (QWEN3_1_7B, 151936), "tiny": ({}, None)}
 # transcripts of about 10 s of speech, Mandarin and English (the corpus' kind of text)
 SENTENCES = ["我们明天下午去看看那个新的图书馆吧，听说里面的环境特别安静，很适合周末学习。",
              "She bought a new computer and a small table for the study room, and it arrived on Monday."]
@@ -108,7 +108,8 @@ def paper_recipe(stage: str) -> dict:
     cfg = yaml.safe_load((PAPER_CONFIGS / f"{stage}.yaml").read_text())
     args = cfg["model"]["init_args"]
     keys = ("dynamic_chunk", "max_chunk", "max_left_chunks", "full_context_prob", "dropout")
-    return {"encoder": {k: v for k, v in (args.get("encoder") or {}).items() if k in keys},
+    encoder = component(args.get("encoder"), PAPER_CONFIGS)  # the size file the config names
+    return {"encoder": {k: v for k, v in encoder.items() if k in keys},
             "ctc_head_dropout": float((args.get("ctc_head") or {}).get("dropout", 0.0)),
             "consistency_weight": float(args.get("consistency_weight", 0.0)),
             "optim": args.get("optim") or {}, "gradient_clip_val": cfg.get("trainer", {}).get("gradient_clip_val")}
@@ -117,18 +118,17 @@ def paper_recipe(stage: str) -> dict:
 def build_stage(stage: str, o: Options):
     """The stage's LightningModule at the size with the paper config's training recipe (weights random), on the
     device."""
-    from lightning_modules import IASFT, Align, JointSFT, PretrainCTC
     from lightning_modules.base import OptimConfig
 
-    enc, llm, rows = SIZES[o.size]
+    llm, rows = SIZES[o.size]
     recipe = paper_recipe(stage)
-    encoder = EncoderConfig(**{**enc, **recipe["encoder"]}, activation_checkpointing=o.activation_checkpointing)
+    encoder = encoder_config(o.size, **recipe["encoder"], activation_checkpointing=o.activation_checkpointing)
     optim = OptimConfig(**recipe["optim"])
-    if stage == "pretrain_ctc":
-        module = PretrainCTC(encoder=encoder, ctc_head=CTCHeadConfig(dropout=recipe["ctc_head_dropout"]),
-                             consistency_weight=recipe["consistency_weight"], optim=optim)
+    cls = STAGE_MODULES[stage]
+    if issubclass(cls, PretrainCTC):
+        module = cls(encoder=encoder, ctc_head=CTCHeadConfig(dropout=recipe["ctc_head_dropout"]),
+                     consistency_weight=recipe["consistency_weight"], optim=optim)
     else:
-        cls = {"align": Align, "ia_sft": IASFT, "joint_sft": JointSFT}[stage]
         llm_cfg = LLMConfig(tokenizer=o.tokenizer, tiny=llm, vocab_rows=rows,
                             gradient_checkpointing=o.activation_checkpointing)
         module = cls(encoder=encoder, adapter=AdapterConfig(), llm=llm_cfg, optim=optim,

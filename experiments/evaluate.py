@@ -6,7 +6,9 @@ python experiments/evaluate.py --score HYPS.jsonl [--score MORE.jsonl ...] --out
 --checkpoint: a speech stage's run dir (align, ia_sft, joint_sft): its config.yaml gives the
 architecture, prompt and decoding, its export/ the trained weights (components it did not
 train come from the config's `init`, as in training); or a Lightning .ckpt inside such a run
-dir (checkpoints/last.ckpt), whose weights are loaded instead. --data: WebDataset shard dirs
+dir (checkpoints/last.ckpt), whose weights are loaded instead; or an export dir alone (copied
+anywhere): its model.json describes the model and its cmvn.json normalizes the features, no
+config.yaml or data cache needed; or a .ckpt away from its run dir (it holds the same). --data: WebDataset shard dirs
 (entropy_asr.data.prepare or the synthetic corpus' splits), decoded in batches; each is a set,
 named after the dir, with `rtfx` (audio seconds per decoding second) besides the scores.
 --score: HYPS.jsonl, one JSON object a line with `ref`, `hyp`, `language` ("zh", "en", "mix",
@@ -23,22 +25,20 @@ the flags are entropy_asr/metrics/scoring.py's; the schema is in the README.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 import yaml
 
-from entropy_asr.data.shards import (
-    atomic_write_bytes,
-    atomic_write_json,
-    read_index,
-    read_text,
-)
+from entropy_asr.data.shards import read_index, read_text
 from entropy_asr.errors import UserError, UserFileNotFound, run_main
+from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics.error_rate import GROUPS
 from entropy_asr.metrics.scoring import (
     HallucinationParams,
@@ -129,55 +129,209 @@ def report(metrics: dict, records: dict[str, list[dict]], worst: int = 10) -> st
     return "\n".join(lines)
 
 
-def load_stage(checkpoint: Path, batch_size: int | None, data_dirs: list[Path], out: Path, cmvn: Path | None = None):
-    """(module in eval mode, datamodule over `data_dirs`) of a trained stage, from its run dir or a .ckpt in it."""
-    from experiments.run import build_cli
+@dataclass
+class ModelSource:
+    """Where a trained stage comes from: the config that builds it, the weights to load and the CMVN statistics."""
 
+    checkpoint: Path  # what --checkpoint named
+    model_cls: type  # the stage's LightningModule
+    config: str  # build_cli's --config: the run's config.yaml (a path, or its text), or one made from model.json
+    init: dict  # the model's init.* (its starting points), to put the export's components over
+    export: Path | None = None  # the trained weights as exports (over the starting points)
+    state: dict | None = None  # a .ckpt's state dict, loaded after the build instead
+    fits: str = ""  # what a .ckpt's weights must fit (for its error)
+    cmvn: Path | None = None  # --cmvn or the described statistics; None: the run's data config's
+    cmvn_fallback: Path | None = None  # when the data config's statistics are gone (another cache): the export's
+
+
+def read_description(path: Path) -> dict:
+    """An export's model.json (lightning_modules.base: SpeechLLMModule.describe), checked."""
+    try:
+        desc = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); re-export the stage, or give its run dir "
+                        f"(config.yaml, export/)") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file; re-export the stage, or give its run dir (config.yaml, export/)") \
+            from None
+    return check_description(desc, str(path))
+
+
+def check_description(desc, where: str) -> dict:
+    """A model description (model.json's, or the one a checkpoint holds) with what a build needs, or one line why not."""
+    fix = "re-export the stage, or give its run dir (config.yaml, export/)"
+    if not isinstance(desc, dict):
+        raise UserError(f"{where}: expected a JSON object with class_path and init_args, got {type(desc).__name__}; "
+                        f"{fix}")
+    missing = [k for k in ("class_path", "init_args") if k not in desc]
+    if missing:
+        raise UserError(f"{where}: no {' and no '.join(missing)}; {fix}")
+    if not isinstance(desc["class_path"], str) or not isinstance(desc["init_args"], dict):
+        raise UserError(f"{where}: class_path must be a string and init_args an object; {fix}")
+    return desc
+
+
+def model_class(class_path: str, where: str) -> type:
+    """The LightningModule class a config or description names."""
+    from lightning_modules import SpeechLLMModule
+
+    module, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, SpeechLLMModule)):
+        raise UserError(f"{where}: class_path {class_path!r} is not a stage's LightningModule; evaluate a speech stage "
+                        f"(lightning_modules.Align, IASFT, JointSFT)")
+    return cls
+
+
+def _check_transcribes(checkpoint: Path, class_path: str, args: dict) -> None:
+    if not args.get("llm") or not args.get("adapter"):
+        raise UserError(f"--checkpoint {checkpoint}: {class_path} has no adapter and LLM to transcribe with; evaluate "
+                        f"a speech stage (align, ia_sft, joint_sft)")
+
+
+def resolve_source(checkpoint: Path, cmvn: Path | None, scratch: Path) -> ModelSource:
+    """What --checkpoint names: a run dir (its config.yaml and export/, as in training), an export dir (its model.json
+    and cmvn.json), or a .ckpt (its run's config.yaml, else the description it holds). `scratch`: a temp dir."""
+    from lightning_modules.base import CMVN_FILE, MODEL_FILE
+
+    if cmvn is not None and not cmvn.is_file():
+        raise UserFileNotFound(f"--cmvn {cmvn}: no such file; give the cmvn.json of the data the stage trained on (its "
+                               f"shard dir's, or the {CMVN_FILE} in its export dir)")
+    if not checkpoint.exists():
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no such file or dir; give a stage's run dir, its export/ "
+                               f"dir or a .ckpt")
     ckpt = checkpoint if checkpoint.is_file() else None
     run_dir = checkpoint.parent.parent if ckpt else checkpoint
     config = run_dir / "config.yaml"
-    if not config.is_file():
-        raise UserFileNotFound(f"--checkpoint {checkpoint}: no {config}; give a stage's run dir (config.yaml, "
-                               f"export/) or a .ckpt under its checkpoints/")
-    model_cfg = yaml.safe_load(config.read_text())["model"]
+    if config.is_file():  # the run dir: its config, as in training
+        return _run_dir_source(checkpoint, ckpt, run_dir, cmvn)
+    if ckpt:
+        return _ckpt_source(ckpt, cmvn, scratch)
+    export = checkpoint if (checkpoint / MODEL_FILE).exists() or not (checkpoint / "export").is_dir() \
+        else checkpoint / "export"
+    if not (export / MODEL_FILE).exists():
+        what = "an export written before exports described themselves" if any(export.glob("*.safetensors")) \
+            else "not a stage's run dir or export dir"
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no config.yaml and no {MODEL_FILE} ({what}); give a stage's "
+                               f"run dir (config.yaml, export/), an export dir with {MODEL_FILE} or a .ckpt under its "
+                               f"checkpoints/")
+    desc = read_description(export / MODEL_FILE)
+    if cmvn is None and not (export / CMVN_FILE).is_file():
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no {export / CMVN_FILE}; pass --cmvn PATH (the cmvn.json "
+                               f"of the data the stage trained on)")
+    return _described_source(checkpoint, desc, str(export / MODEL_FILE), cmvn or export / CMVN_FILE, export=export)
+
+
+def _run_dir_source(checkpoint: Path, ckpt: Path | None, run_dir: Path, cmvn: Path | None) -> ModelSource:
+    """The run's config.yaml builds the stage (as today); the export's, or the .ckpt's, weights go over it."""
+    config = run_dir / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    model_cfg = saved["model"]
     args = model_cfg.get("init_args", {})
-    if "llm" not in args or not args.get("adapter"):
-        raise UserError(f"--checkpoint {checkpoint}: {model_cfg.get('class_path')} has no adapter and LLM to "
-                        f"transcribe with; evaluate a speech stage (align, ia_sft, joint_sft)")
-    # the data config stays the training run's: its CMVN statistics are the ones the model learned with
-    overrides = ["--trainer.callbacks", "[]", "--trainer.logger", "false", "--wandb", "disabled",
-                 "--trainer.enable_progress_bar", "false",
-                 "--data.init_args.test_dirs", json.dumps([str(d) for d in data_dirs]),
-                 "--model.init_args.distill", "null"]
-    if cmvn:
-        overrides += ["--data.init_args.cmvn", str(cmvn)]
-    if "encoder_snapshots" in args:
-        overrides += ["--model.init_args.encoder_snapshots", "[]"]
-    if batch_size:
-        overrides += ["--data.init_args.batch.max_batch_size", str(batch_size)]
+    _check_transcribes(checkpoint, model_cfg.get("class_path"), args)
+    cls = model_class(model_cfg.get("class_path"), str(config))
+    config_arg = str(config)
+    if "encoder_snapshots" in args:  # saved while IASFT had a fixed swap schedule (callbacks.EncoderHotSwap swaps now)
+        del args["encoder_snapshots"]
+        config_arg = yaml.safe_dump(saved, allow_unicode=True, sort_keys=False)  # the config without it, as a string
     export = run_dir / "export"
     if not ckpt and not (export.is_dir() and any(export.iterdir())):
         raise UserFileNotFound(f"--checkpoint {checkpoint}: no export/ there, so the stage has not finished and has no "
                                f"trained weights to evaluate; give {run_dir / 'checkpoints' / 'last.ckpt'} or finish "
                                f"the run")
-    if not ckpt:  # the stage's own exports over its starting points
-        init = dict(args.get("init") or {})
+    return ModelSource(checkpoint, cls, config_arg, dict(args.get("init") or {}), export=None if ckpt else export,
+                       state=_load_state(ckpt)["state_dict"] if ckpt else None, fits=f"{config}'s model", cmvn=cmvn,
+                       cmvn_fallback=export / "cmvn.json")
+
+
+def _ckpt_source(ckpt: Path, cmvn: Path | None, scratch: Path) -> ModelSource:
+    """A .ckpt away from its run's config.yaml: the model description and CMVN statistics it holds."""
+    saved = _load_state(ckpt)
+    held = saved.get("entropy_asr", {})
+    if "model" not in held:
+        raise UserFileNotFound(f"--checkpoint {ckpt}: no {ckpt.parent.parent / 'config.yaml'} and the checkpoint holds "
+                               f"no model description (written before checkpoints did); give it inside its run dir "
+                               f"(config.yaml, checkpoints/), or the run's export/")
+    where = f"--checkpoint {ckpt} (its model description)"
+    desc = check_description(held["model"], where)
+    if cmvn is None and "cmvn" in held:
+        cmvn = scratch / "cmvn.json"
+        cmvn.write_text(held["cmvn"])
+    if cmvn is None:
+        raise UserFileNotFound(f"--checkpoint {ckpt}: it holds no CMVN statistics; pass --cmvn PATH (the cmvn.json of "
+                               f"the data the stage trained on)")
+    return _described_source(ckpt, desc, where, cmvn, state=saved["state_dict"])
+
+
+def _described_source(checkpoint: Path, desc: dict, where: str, cmvn: Path, export: Path | None = None,
+                      state: dict | None = None) -> ModelSource:
+    """A config made from a model description (read from `where`): the module's init args (those its class still
+    takes), and the data read as the run read its evaluation sets, normalized with `cmvn`."""
+    cls = model_class(desc["class_path"], where)
+    args = {k: v for k, v in desc["init_args"].items() if k in cls.init_arg_names()}
+    _check_transcribes(checkpoint, desc["class_path"], args)
+    data = {k: v for k, v in (desc.get("data") or {}).items() if k in ("batch", "num_workers")}
+    config = {"model": {"class_path": desc["class_path"], "init_args": args},
+              "data": {"class_path": "datamodules.SpeechDataModule", "init_args": {**data, "cmvn": str(cmvn)}},
+              "trainer": {"accelerator": "cpu", "devices": 1}}  # (built, never run: decoding moves the model itself)
+    return ModelSource(checkpoint, cls, yaml.safe_dump(config, allow_unicode=True, sort_keys=False),
+                       dict(args.get("init") or {}), export=export, state=state, fits=f"the model {where} describes")
+
+
+def _load_state(ckpt: Path) -> dict:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def build_stage(source: ModelSource, batch_size: int | None, data_dirs: list[Path], out: Path):
+    """(module in eval mode with its trained weights, datamodule over `data_dirs`) of a resolved source."""
+    from experiments.run import build_cli
+
+    # the data config stays the training run's: its CMVN statistics are the ones the model learned with
+    overrides = ["--trainer.callbacks", "[]", "--trainer.logger", "false", "--wandb", "disabled",
+                 "--trainer.enable_progress_bar", "false",
+                 "--data.init_args.test_dirs", json.dumps([str(d) for d in data_dirs])]
+    for key, value in source.model_cls.decoding_overrides().items():  # what only training reads, off
+        overrides += [f"--model.init_args.{key}", json.dumps(value)]
+    if source.cmvn:
+        overrides += ["--data.init_args.cmvn", str(source.cmvn)]
+    if batch_size:
+        overrides += ["--data.init_args.batch.max_batch_size", str(batch_size)]
+    export = source.export
+    if export is not None:  # the stage's own exports over its starting points
+        init = dict(source.init)
         init.update({c: str(export / f"{c}.safetensors") for c in ("encoder", "ctc_head", "adapter", "phone_frames")
                      if (export / f"{c}.safetensors").is_file()})
         overrides += ["--model.init_args.init", json.dumps(init)]
         if (export / "llm").is_dir():
             overrides += ["--model.init_args.llm.name_or_path", str(export / "llm")]
-    cli = build_cli(["--config", str(config), "--run_dir", str(out), *overrides])  # (nothing trains or writes there)
+    cli = build_cli(["--config", source.config, "--run_dir", str(out), *overrides])  # (nothing trains or writes there)
     model, data = cli.model, cli.datamodule
+    _check_cmvn(source, data)
     model.configure_model()
-    if ckpt:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-        result = model.load_state_dict(state, strict=False)
-        unexpected = [k for k in result.unexpected_keys if not k.startswith("teacher.")]  # training-only parts
+    if source.state is not None:
+        result = model.load_state_dict(source.state, strict=False)
+        # training-only parts: the distill reader and phone aligner (`teacher.` in checkpoints from before the split)
+        unexpected = [k for k in result.unexpected_keys
+                      if not k.startswith(("distill_reader.", "phone_aligner.", "teacher."))]
         if result.missing_keys or unexpected:
-            raise UserError(f"--checkpoint {ckpt} does not fit {run_dir / 'config.yaml'}'s model: missing "
+            raise UserError(f"--checkpoint {source.checkpoint} does not fit {source.fits}: missing "
                             f"{result.missing_keys[:5]}, unexpected {unexpected[:5]}")
     return model.eval(), data
+
+
+def _check_cmvn(source: ModelSource, data) -> None:
+    """The CMVN statistics the data config names must be there (else the export's copy, else --cmvn)."""
+    path = data.cmvn_file() if hasattr(data, "cmvn_file") else None
+    if path is None or path.is_file():
+        return
+    if source.cmvn_fallback is not None and source.cmvn_fallback.is_file():
+        data.cmvn_path = str(source.cmvn_fallback)  # the copy the export keeps of the run's statistics
+        return
+    raise UserFileNotFound(f"--checkpoint {source.checkpoint}: the CMVN statistics the stage trained with, {path}, are "
+                           f"not there (another cache or machine?); pass --cmvn PATH (the training data's cmvn.json)")
 
 
 @torch.no_grad()
@@ -219,15 +373,17 @@ def log_wandb(mode: str, project: str, out: Path, metrics: dict, records: dict[s
     run.finish()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="a speech stage's run dir, or a .ckpt in its checkpoints/")
+    src.add_argument("--checkpoint", type=Path,
+                     help="a speech stage's run dir, its export/ dir, or a .ckpt (in its checkpoints/)")
     src.add_argument("--score", type=Path, action="append", help="a hypotheses JSONL file (repeatable)")
     p.add_argument("--data", type=Path, action="append", help="a shard dir to decode (repeatable; with --checkpoint)")
     p.add_argument("--batch-size", type=int, help="at most this many utterances a batch (default: the config's)")
     p.add_argument("--beam", type=int, help="beam size (default: the config's decode.num_beams)")
-    p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: from the run's data config)")
+    p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: from the run's data config, "
+                                             "else the export's cmvn.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--normalizer", choices=["default", "wetext"], default="default",
                    help="wetext: WeTextProcessing's Mandarin normalization first (numbers spoken out: 3个 -> 三个)")
@@ -241,56 +397,88 @@ def main(argv: list[str] | None = None) -> dict:
                    help="hallucination: at most this share of the reference units matched ('negligible overlap')")
     p.add_argument("--min-repeats", type=int, default=HallucinationParams.min_repeats,
                    help="repetition: an n-gram repeated back to back at least this often")
+    return p
+
+
+def check_data_dirs(p: argparse.ArgumentParser, data: list[Path] | None) -> None:
+    """--data with --checkpoint: shard dirs with distinct names (each names a set), or a usage error."""
+    if not data:
+        p.error("--checkpoint needs at least one --data DIR to decode")
+    names = [d.name for d in data]
+    if len(set(names)) != len(names):
+        p.error(f"--data {[str(d) for d in data]}: each dir names a set; give dirs with distinct names")
+    missing = [str(d) for d in data if not (d / "index.json").is_file()]
+    if missing:
+        p.error(f"--data {missing}: not shard dirs (no index.json); make them with entropy_asr.data.prepare")
+
+
+def score_decoded(data_dirs: list[Path], decoded: dict[str, list[dict]], rtfx: dict[str, float],
+                  params: HallucinationParams, normalize, sets: dict) -> dict[str, list[dict]]:
+    """Score each decoded set into `sets` (with its RTFx and completeness); returns the per-utterance records."""
+    records: dict[str, list[dict]] = {}
+    for d in data_dirs:  # every utterance the set's index lists must be scored: a short read is said, none is an error
+        name, expected = d.name, int(read_index(d).get("utterances", 0))
+        rows = decoded.get(name, [])
+        if not rows:
+            raise UserError(f"--data {d}: no utterance could be decoded (index.json lists {expected}); the set is "
+                            f"empty or its shards are unreadable")
+        sets[name], records[name] = score_rows(rows, params, normalize)
+        overall = sets[name]["overall"]
+        overall.update(rtfx=rtfx[name], expected_utterances=expected, scored_utterances=len(rows),
+                       complete=len(rows) == expected)
+        if len(rows) != expected:
+            print(f"WARNING {name}: scored {len(rows)} of the {expected} utterances index.json lists (damaged or "
+                  f"truncated shards?); metrics.json marks the set incomplete", flush=True)
+    return records
+
+
+def score_files(paths: list[Path], params: HallucinationParams, normalize, sets: dict) -> dict[str, list[dict]]:
+    """Score each hypotheses file into `sets` (a set per file, named by its stem); returns the records."""
+    records: dict[str, list[dict]] = {}
+    for path in paths:
+        if not path.is_file():
+            raise UserFileNotFound(f"--score {path}: no such file")
+        name = path.stem
+        if name in sets:
+            raise UserError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
+        sets[name], records[name] = score_rows(read_hyps(path), params, normalize)
+    return records
+
+
+def write_outputs(out: Path, metrics: dict, records: dict[str, list[dict]], wandb_mode: str | None,
+                  wandb_project: str) -> None:
+    """OUT/metrics.json, hyps.jsonl and report.md (atomically), the W&B run unless disabled, a line per set."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    lines = [json.dumps({"set": name, **r}, ensure_ascii=False) for name, recs in records.items() for r in recs]
+    atomic_write_bytes(out / "hyps.jsonl", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(out / "report.md", report(metrics, records).encode())
+    mode = wandb_mode or os.environ.get("WANDB_MODE") or "offline"
+    if mode != "disabled":
+        log_wandb(mode, wandb_project, out, metrics, records)
+    for name, groups in metrics["sets"].items():
+        overall = groups["overall"]
+        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if isinstance(v, float)))
+    print(f"evaluate: {out}/metrics.json, hyps.jsonl, report.md")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = build_parser()
     a = p.parse_args(argv)
     params = HallucinationParams(length_ratio=a.length_ratio, max_overlap=a.max_overlap, min_repeats=a.min_repeats)
     metrics: dict = {"params": {**asdict(params), "normalizer": a.normalizer}, "sets": {}}
     normalize = wetext_normalizer() if a.normalizer == "wetext" else None
-    records: dict[str, list[dict]] = {}
     if a.checkpoint:
-        if not a.data:
-            p.error("--checkpoint needs at least one --data DIR to decode")
-        names = [d.name for d in a.data]
-        if len(set(names)) != len(names):
-            p.error(f"--data {[str(d) for d in a.data]}: each dir names a set; give dirs with distinct names")
-        missing = [str(d) for d in a.data if not (d / "index.json").is_file()]
-        if missing:
-            p.error(f"--data {missing}: not shard dirs (no index.json); make them with entropy_asr.data.prepare")
-        model, data = load_stage(a.checkpoint, a.batch_size, a.data, a.out, a.cmvn)
-        decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
+        check_data_dirs(p, a.data)
+        with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # (a checkpoint's CMVN statistics, as a file)
+            source = resolve_source(a.checkpoint, a.cmvn, Path(scratch))
+            model, data = build_stage(source, a.batch_size, a.data, a.out)
+            decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
         metrics["checkpoint"] = str(a.checkpoint)
-        for d in a.data:  # every utterance the set's index lists must be scored: a short read is said, none is an error
-            name, expected = d.name, int(read_index(d).get("utterances", 0))
-            rows = decoded.get(name, [])
-            if not rows:
-                raise UserError(f"--data {d}: no utterance could be decoded (index.json lists {expected}); the set is "
-                                f"empty or its shards are unreadable")
-            metrics["sets"][name], records[name] = score_rows(rows, params, normalize)
-            overall = metrics["sets"][name]["overall"]
-            overall.update(rtfx=rtfx[name], expected_utterances=expected, scored_utterances=len(rows),
-                           complete=len(rows) == expected)
-            if len(rows) != expected:
-                print(f"WARNING {name}: scored {len(rows)} of the {expected} utterances index.json lists (damaged or "
-                      f"truncated shards?); metrics.json marks the set incomplete", flush=True)
+        records = score_decoded(a.data, decoded, rtfx, params, normalize, metrics["sets"])
     else:
-        for path in a.score:
-            if not path.is_file():
-                raise UserFileNotFound(f"--score {path}: no such file")
-            name = path.stem
-            if name in metrics["sets"]:
-                raise UserError(f"--score {path}: a set named {name!r} is already scored; rename one of the files")
-            metrics["sets"][name], records[name] = score_rows(read_hyps(path), params, normalize)
-    a.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out / "metrics.json", metrics)
-    lines = [json.dumps({"set": name, **r}, ensure_ascii=False) for name, recs in records.items() for r in recs]
-    atomic_write_bytes(a.out / "hyps.jsonl", ("\n".join(lines) + "\n").encode())
-    atomic_write_bytes(a.out / "report.md", report(metrics, records).encode())
-    mode = a.wandb or os.environ.get("WANDB_MODE") or "offline"
-    if mode != "disabled":
-        log_wandb(mode, a.wandb_project, a.out, metrics, records)
-    for name, groups in metrics["sets"].items():
-        overall = groups["overall"]
-        print(f"{name}: " + ", ".join(f"{k} {v:.4g}" for k, v in overall.items() if isinstance(v, float)))
-    print(f"evaluate: {a.out}/metrics.json, hyps.jsonl, report.md")
+        records = score_files(a.score, params, normalize, metrics["sets"])
+    write_outputs(a.out, metrics, records, a.wandb, a.wandb_project)
     return metrics
 
 

@@ -1,7 +1,9 @@
 """Run a multi-stage pipeline: `python experiments/pipeline.py --config experiments/tiny/pipeline.yaml`.
 
-Each stage is one `experiments/run.py` run on its own config plus the pipeline's overrides, in
-run_dir/<stage name>, in order, in this process. A stage with `background: true` runs as its own
+Each stage is one `experiments/run.py` run on its own config, in run_dir/<stage name>, in order, in
+this process. Every stage gets `--vars.runs run_dir` (and `--vars.llm`, below, and the config's own
+`vars`): the stage configs name earlier stages' outputs as `${vars.runs}/<stage>/export/...`, so they
+follow the pipeline's run_dir with no restated paths; a stage's `overrides` are for what really differs. A stage with `background: true` runs as its own
 process beside the stages after it (its output in <stage dir>/stdout.log, its [drift] lines echoed
 here): that is how pretraining and IA-SFT run side by side, sharing the snapshot directory. A
 stage with `wait_for: FILE` starts once FILE exists (e.g. pretraining's first snapshot marker),
@@ -16,10 +18,11 @@ last.ckpt. At the end it waits for the background stages, plots the drift curves
 prints the test table (CER on Mandarin, WER on English, MER on code-switched, and the share of
 non-speech clips that got any text) and writes run_dir/results.json.
 
-Where the LLM comes from (`llm`): the stages write `{llm}` for it. By default that is the shipped,
-pretrained asset `llm.asset` (checked against this code's corpus first); with --retrain-llm the
-stage named `llm.stage` (marked `when: retrain_llm`) trains it from scratch first and `{llm}` is
-that stage's export dir.
+Where the LLM comes from (`llm`): the stages read it from `${vars.llm}`. By default that is the
+shipped, pretrained asset `llm.asset` (checked against this code's corpus first); with --retrain-llm
+the stage named `llm.stage` (marked `when: retrain_llm`) trains it from scratch first and `vars.llm`
+is that stage's export dir. In the pipeline config's own strings (`wait_for`, `drift_plot`,
+`overrides`, `vars`), `{run_dir}` and `{llm}` stand for the same two dirs.
 """
 
 from __future__ import annotations
@@ -39,11 +42,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from callbacks import hot_swap
-from entropy_asr.data.shards import atomic_write_json
+from callbacks.hot_swap import ProducerStatus
 from entropy_asr.errors import UserError, UserFileNotFound, run_main
-from entropy_asr.plots import plot_drift, read_jsonl
-from experiments.run import THREADS_FILE, run
+from entropy_asr.io import atomic_write_json, read_jsonl_log
+from entropy_asr.plots import plot_drift
+from experiments.run import run
 
 RUN_PY = Path(__file__).resolve().parent / "run.py"
 # background lines worth showing in the pipeline's own output (besides its progress lines): drift checks,
@@ -53,9 +56,9 @@ ECHO = ("[drift]", "Traceback", "Error")
 COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix"), ("nonempty_none", "non-speech emission")]
 
 
-def _fill(value, run_dir: str, llm: str = "{llm}"):
+def _fill(value, run_dir: str, llm: str | None = None):
     if isinstance(value, str):
-        return value.replace("{run_dir}", run_dir).replace("{llm}", llm)
+        return value.replace("{run_dir}", run_dir).replace("{llm}", llm or "{llm}")
     if isinstance(value, list):
         return [_fill(v, run_dir, llm) for v in value]
     if isinstance(value, dict):
@@ -63,27 +66,35 @@ def _fill(value, run_dir: str, llm: str = "{llm}"):
     return value
 
 
-def llm_source(config: dict, run_dir: str, retrain: bool) -> str:
-    """What `{llm}` stands for: the asset's dir (checked now, so a mismatch fails before anything runs), or the
-    retraining stage's export dir."""
+def llm_source(config: dict, run_dir: str, retrain: bool) -> str | None:
+    """Where the LLM comes from: the asset's dir (checked now, so a mismatch fails before anything runs), the
+    retraining stage's export dir, or None (the config has no `llm`: the stages' own configs say)."""
     spec = config.get("llm") or {}
     if retrain:
         if not spec.get("stage"):
             raise UserError("--retrain-llm: the pipeline config has no `llm.stage` (the stage that trains the LLM)")
         return f"{run_dir}/{spec['stage']}/export"
     if not spec.get("asset"):
-        return "{llm}"
+        return None
     from entropy_asr.assets import asset_dir
 
     return str(asset_dir(spec["asset"]))  # raises AssetError naming what differs and how to retrain
 
 
-def stage_args(stage: dict, run_dir: str, extra: list[str], llm: str = "{llm}") -> list[str]:
-    """run.py arguments of one stage: its config, its run dir, the pipeline's overrides, then `extra`."""
+def stage_args(stage: dict, run_dir: str, extra: list[str], llm: str | None = None,
+               variables: dict | None = None) -> list[str]:
+    """run.py arguments of one stage: its config, its run dir, the vars (runs = run_dir, llm, the pipeline
+    config's `vars`), the stage's overrides, then `extra`."""
     for key in ("name", "config"):
         if key not in stage:
             raise UserError(f"pipeline stage {stage} has no `{key}`")
     args = ["--config", stage["config"], "--run_dir", f"{run_dir}/{stage['name']}"]
+    named = {"runs": run_dir, **({"llm": llm} if llm else {}), **(variables or {})}
+    for key, value in named.items():
+        if not isinstance(value, (str, int, float)):
+            raise UserError(f"pipeline vars.{key}: {value!r} is not a string; vars are strings the stage configs "
+                            f"use as ${{vars.{key}}}")
+        args += [f"--vars.{key}", _fill(str(value), run_dir, llm)]
     for key, value in (stage.get("overrides") or {}).items():
         value = _fill(value, run_dir, llm)
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
@@ -112,9 +123,10 @@ class Background:
         self.started = time.perf_counter()
         stage_dir.mkdir(parents=True, exist_ok=True)
         self.grant(threads)
-        env = {**os.environ, THREADS_FILE: str(self.threads_file), "PYTHONUNBUFFERED": "1"}  # echo lines as they come
-        self.proc = subprocess.Popen([sys.executable, str(RUN_PY), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # echo lines as they come
+        # it follows the thread budget in threads_file (callbacks.ThreadShare)
+        self.proc = subprocess.Popen([sys.executable, str(RUN_PY), *args, "--threads_file", str(self.threads_file)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
         self._tee = threading.Thread(target=self._copy, daemon=True)
         self._tee.start()
 
@@ -196,22 +208,26 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
     Equal shares while both train; all cores to the background while the foreground waits for a
     snapshot (EncoderHotSwap), all to the foreground once the background is done. The foreground
     (this process) follows its budget at step boundaries through ThreadShare, like the background.
+
+    Yields what to hand the foreground stage's run(): (its thread budget file, the ProducerStatus its
+    hot-swap shares with this pipeline), or (None, None) when no background stage is running.
     """
     running = [b for b in background.values() if b.proc.poll() is None]
     if not running:
-        yield
+        yield None, None
         return
     cores, before = _cores(), torch.get_num_threads()
     mine = stage_dir / "threads"
     stage_dir.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
+    producer = ProducerStatus()
 
     def budget() -> tuple[int, int]:
         """(foreground threads, each running background stage's threads) now."""
         alive = [b for b in running if b.proc.poll() is None]
         if not alive:
             return cores, cores
-        if hot_swap.WAITING.is_set():
+        if producer.waiting.is_set():
             return 1, cores
         share = max(1, cores // (len(alive) + 1))
         return max(1, cores - share * len(alive)), share
@@ -221,7 +237,7 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
         while not stop.is_set():
             for b in running:
                 if err := b.failed():  # a hot-swap waiting on it would wait in vain: tell it
-                    hot_swap.PRODUCER_FAILED["message"] = str(err)
+                    producer.fail(str(err))
             want = budget()
             if want != granted:
                 atomic_write_json(mine, want[0])
@@ -233,16 +249,13 @@ def shared_cores(background: dict[str, Background], stage_dir: Path):
     fg, _ = budget()
     torch.set_num_threads(fg)
     atomic_write_json(mine, fg)
-    os.environ[THREADS_FILE] = str(mine)  # run() adds a ThreadShare that follows it
     watcher = threading.Thread(target=follow, daemon=True)
     watcher.start()
     try:
-        yield
+        yield str(mine), producer  # run() adds a ThreadShare that follows mine
     finally:
         stop.set()
         watcher.join()
-        hot_swap.PRODUCER_FAILED.clear()
-        os.environ.pop(THREADS_FILE, None)
         torch.set_num_threads(before)
         for b in running:
             b.grant(cores)
@@ -254,9 +267,9 @@ def write_drift_plot(spec: dict, run_dir: str) -> Path | None:
     if not drift_path.exists():
         print(f"pipeline: no drift log at {drift_path}; drift plot skipped (is CKADriftMonitor on in pretraining?)")
         return None
-    drift = read_jsonl(drift_path)
+    drift = read_jsonl_log(drift_path)
     swaps_path = Path(_fill(spec.get("swaps", ""), run_dir)) if spec.get("swaps") else None
-    swapped = [e["snapshot_step"] for e in read_jsonl(swaps_path)] if swaps_path and swaps_path.exists() else []
+    swapped = [e["snapshot_step"] for e in read_jsonl_log(swaps_path)] if swaps_path and swaps_path.exists() else []
     threshold = next((d["threshold"] for d in drift if "threshold" in d), None)
     return plot_drift(drift, Path(_fill(spec.get("out", "{run_dir}/drift.png"), run_dir)), swapped, threshold)
 
@@ -268,6 +281,8 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     if not stages:
         raise UserError("pipeline config has no `stages` list")
     llm = llm_source(config, run_dir, retrain_llm)
+    if not isinstance(config.get("vars") or {}, dict):
+        raise UserError(f"pipeline config `vars`: expected a mapping NAME: value, got {config['vars']!r}")
     summary: dict = {"stages": {}}
     background: dict[str, Background] = {}
     os.environ.setdefault("WANDB_RUN_GROUP", Path(run_dir).name)  # the stages' W&B runs, grouped
@@ -281,7 +296,7 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
                 print(f"== {name}: finished before ({done}); skipped")
                 summary["stages"][name] = json.loads(done.read_text())
                 continue
-            args = stage_args(stage, run_dir, list(extra or []), llm)
+            args = stage_args(stage, run_dir, list(extra or []), llm, config.get("vars"))
             if (stage_dir / "checkpoints" / "last.ckpt").exists() and not force:
                 args += ["--ckpt_path", "last"]
             if stage.get("wait_for"):
@@ -294,8 +309,8 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
                 continue
             print(f"== {name}: python experiments/run.py {' '.join(args)}", flush=True)
             t = time.perf_counter()
-            with shared_cores(background, stage_dir):
-                summary["stages"][name] = run(args)
+            with shared_cores(background, stage_dir) as (threads_file, producer):
+                summary["stages"][name] = run(args, threads_file=threads_file, producer=producer)
             print(f"== {name}: {time.perf_counter() - t:.0f} s", flush=True)
         for name, bg in background.items():
             summary["stages"][name] = bg.join(Path(run_dir) / name)

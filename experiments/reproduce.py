@@ -68,14 +68,15 @@ import numpy as np
 import torch
 
 from entropy_asr.assets import asset_dir
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.data.stress import build_stress_sets
 from entropy_asr.data.synthetic import corpus_dir, ensure_corpus
 from entropy_asr.errors import UserError, run_main
+from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics.bootstrap import paired_difference, verdict
 from entropy_asr.metrics.cka import linear_cka
 from entropy_asr.metrics.spectral import normalized_spectral_entropy
 from entropy_asr.text.chars import build_char_inventory
+from lightning_modules import STAGES as STAGE_MODULES
 
 RECIPES = {
     "a": "single-stage (fresh encoder + adapter + LLM together)",
@@ -96,6 +97,44 @@ ADAPTERS = {"frames": "encoder frames (the paper's adapter)",
 # the recipes each mode runs by default (f is c with frames: in frames mode c is already that)
 MODE_RECIPES = {"frames": "abcde", "posteriors": "abce", "mixed": "abcdef"}
 EVAL_SETS = ("test", "test_unseen_voice", "nonspeech_wide", "test_padded")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of a recipe: its run dir (under the recipe's), its module (a lightning_modules.STAGES name, whose
+    config is experiments/tiny/<stage>.yaml) and its role, which names the Study method that builds its overrides."""
+
+    name: str
+    stage: str
+    role: str  # single (the single-stage recipe's one stage), align, sft (after alignment) or joint (the last)
+
+    @property
+    def config(self) -> Path:
+        return CONFIGS / f"{STAGE_MODULES[self.stage].stage}.yaml"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe's stages in order, the CTC pretraining it starts from (None: none) and whether its IA-SFT swaps the
+    pretraining snapshots in (then it aligns on pretraining's first snapshot; else on its final encoder)."""
+
+    stages: tuple[StageSpec, ...]
+    pretraining: str | None = "phones"
+    swaps: bool = False
+
+
+_ALIGN = StageSpec("align", "align", "align")
+_IA_SFT = StageSpec("ia_sft", "ia_sft", "sft")
+_JOINT = StageSpec("joint_sft", "joint_sft", "joint")
+RECIPE_TABLE = {
+    "a": Recipe((StageSpec("joint_sft", "joint_sft", "single"),), pretraining=None),
+    # b: the same steps and schedule as IA-SFT, with the encoder training (joint SFT's module)
+    "b": Recipe((_ALIGN, StageSpec("sft", "joint_sft", "sft"), _JOINT)),
+    "c": Recipe((_ALIGN, _IA_SFT, _JOINT), swaps=True),
+    "d": Recipe((_ALIGN, _IA_SFT, _JOINT), pretraining="chars", swaps=True),
+    "e": Recipe((_ALIGN, _IA_SFT, _JOINT)),
+    "f": Recipe((_ALIGN, _IA_SFT, _JOINT), swaps=True),  # c with the frame adapter
+}
 
 
 @dataclass(frozen=True)
@@ -217,81 +256,110 @@ class Study:
         return self.adapter
 
     def recipe(self, name: str) -> list[dict]:
-        """The stages of recipe `name` in order, run dir OUT/seed<s>/<name>; the last is always joint_sft."""
-        bridged = self.adapter_of(name) == "posteriors"
-        s, lm, run = self.size, self.lm, self.dir / name
-        phone = self.pretrain_dir("phones")
-        table = str(lm / "phone_frames.safetensors")
-        if bridged:  # the tiny configs' adapter: the CTC head's phone posteriors through the asset's phone table
-            frames, no_head = {}, {}
-        else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
-            frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"}, "model.init_args.phone_frames": None}
-            no_head = {**frames, "model.init_args.ctc_head": None}
+        """The stages of recipe `name` in order (RECIPE_TABLE), run dir OUT/seed<s>/<name>; the last is always
+        joint_sft."""
+        plan = _RecipePlan(self, name)
+        stages: list[dict] = []
+        for spec in plan.recipe.stages:
+            overrides = getattr(self, f"_{spec.role}_overrides")(plan, stages)
+            stages.append({"name": spec.name, "config": str(spec.config), "overrides": overrides})
+        return stages
 
-        def init(encoder: str | None, head: str | None, adapter: str) -> dict:
-            """A stage's init: in posteriors mode the encoder's CTC head and the phone table come with it."""
-            out = {"adapter": adapter} if encoder is None else {"encoder": encoder, "adapter": adapter}
-            if bridged:
-                out.update(phone_frames=table, **({"ctc_head": head} if head else {}))
-            return out
-
-        lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
-        distill = {"phone_frames": table, "adapter": str(lm / "adapter.safetensors"), "weight": 1.0}
-        if name == "a":
-            # posteriors mode: a fresh CTC head between the fresh encoder and the table, trained with them
-            head = {"model.init_args.trainable": ["encoder.*", "ctc_head.*", "adapter.*", "llm.*"]} if bridged else {}
-            return [{"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-                **lm_init, **no_head, **head, "trainer.max_steps": s.total,
-                "model.init_args.init": init(None, None, str(lm / "adapter.safetensors")),
+    def _single_overrides(self, p: _RecipePlan, before: list[dict]) -> dict:
+        """The single-stage recipe: a fresh encoder, the adapter and the LLM together for the whole budget."""
+        s = self.size
+        # posteriors mode: a fresh CTC head between the fresh encoder and the table, trained with them
+        head = {"model.init_args.trainable": ["encoder.*", "ctc_head.*", "adapter.*", "llm.*"]} if p.bridged else {}
+        return {**p.lm_init, **p.no_head, **head, "trainer.max_steps": s.total,
+                "model.init_args.init": p.init(None, None, str(self.lm / "adapter.safetensors")),
                 "model.init_args.optim": _optim(s.single_stage_lr, 100),
-                "trainer.callbacks": [self.probe(s.total)]}}]
-        pre = self.pretrain_dir("chars" if name == "d" else "phones")
-        final_enc = str(pre / "export" / "encoder.safetensors")
-        swaps = name in ("c", "d", "f")  # f is c with the frame adapter
-        # c and d align on pretraining's first snapshot (the method); b and e on its final encoder
-        align_enc = _snapshot(pre, "encoder", s.reference_step) if swaps else final_enc
-        align_init = {"encoder": align_enc, "adapter": str(lm / "adapter.safetensors")}
+                "trainer.callbacks": [self.probe(s.total)]}
+
+    def _align_overrides(self, p: _RecipePlan, before: list[dict]) -> dict:
+        """Alignment: the adapter, on the pretrained encoder, distilled toward the LLM's reader."""
+        s = self.size
+        align_init = {"encoder": p.align_enc, "adapter": str(self.lm / "adapter.safetensors")}
         align_extra: dict = {}
-        if name == "d":  # a character head cannot time phones: the phone run's first snapshot does
+        distill = p.distill
+        if p.align_head is None:  # a character head cannot time phones: the phone run's first snapshot does
+            phone = self.pretrain_dir("phones")
             align_extra = {"model.init_args.ctc_head": None}
             distill = {**distill, "aligner": {"encoder": _snapshot(phone, "encoder", s.reference_step),
                                               "ctc_head": _snapshot(phone, "ctc_head", s.reference_step)}}
         else:  # alignment's distillation times the phones with the encoder's own phone head
-            align_init["ctc_head"] = (_snapshot(pre, "ctc_head", s.reference_step) if swaps
-                                      else str(pre / "export" / "ctc_head.safetensors"))
-        if bridged:
-            align_init["phone_frames"] = table
-        align_adapter = str(run / "align" / "export" / "adapter.safetensors")
-        stages = [{"name": "align", "config": str(CONFIGS / "align.yaml"), "overrides": {
-            **lm_init, **frames, **align_extra, "trainer.max_steps": s.align, "model.init_args.init": align_init,
-            "model.init_args.optim": _optim(s.align_lr, 20), "model.init_args.distill": distill}}]
-        sft_enc = align_enc if swaps else final_enc
-        sft = {**lm_init, **no_head, "trainer.max_steps": s.ia_sft, "model.init_args.optim": _optim(s.sft_lr, 40),
-               "model.init_args.init": init(sft_enc, align_init.get("ctc_head"), align_adapter)}
-        if name == "b":  # the same steps and schedule as IA-SFT, with the encoder training (joint SFT's module)
-            stages.append({"name": "sft", "config": str(CONFIGS / "joint_sft.yaml"),
-                           "overrides": {**sft, "trainer.callbacks": []}})
-        else:
-            swap = [{"class_path": "callbacks.EncoderHotSwap", "init_args": {
-                "snapshot_dir": str(pre / "export" / "snapshots"), "poll_every_n_steps": 5,
-                "final_by_step": s.final_by_step, "replay_start": s.replay_start,
-                "replay_pace": round(s.replay_pace(), 3)}}] if swaps else []
-            stages.append({"name": "ia_sft", "config": str(CONFIGS / "ia_sft.yaml"),
-                           "overrides": {**sft, "trainer.callbacks": swap}})
-        last = run / stages[-1]["name"] / "export"
-        stages.append({"name": "joint_sft", "config": str(CONFIGS / "joint_sft.yaml"), "overrides": {
-            "model.init_args.llm.name_or_path": str(last / "llm"), **no_head, "trainer.max_steps": s.joint,
-            "model.init_args.init": {**init(str(last / "encoder.safetensors"), str(last / "ctc_head.safetensors"),
-                                            str(last / "adapter.safetensors")),
-                                     **({"phone_frames": str(last / "phone_frames.safetensors")} if bridged else {})},
-            "model.init_args.optim": _optim(s.joint_lr, 20), "trainer.callbacks": [self.probe(s.joint)]}})
-        return stages
+            align_init["ctc_head"] = p.align_head
+        if p.bridged:
+            align_init["phone_frames"] = p.table
+        return {**p.lm_init, **p.frames, **align_extra, "trainer.max_steps": s.align,
+                "model.init_args.init": align_init, "model.init_args.optim": _optim(s.align_lr, 20),
+                "model.init_args.distill": distill}
+
+    def _sft_overrides(self, p: _RecipePlan, before: list[dict]) -> dict:
+        """SFT after alignment: adapter + LLM (IA-SFT, swapping the snapshots in when the recipe does; b's module
+        also trains the encoder), from the alignment's adapter."""
+        s = self.size
+        align_adapter = str(p.run / before[-1]["name"] / "export" / "adapter.safetensors")
+        swap = [{"class_path": "callbacks.EncoderHotSwap", "init_args": {
+            "snapshot_dir": str(p.pre / "export" / "snapshots"), "poll_every_n_steps": 5,
+            "final_by_step": s.final_by_step, "replay_start": s.replay_start,
+            "replay_pace": round(s.replay_pace(), 3)}}] if p.recipe.swaps else []
+        return {**p.lm_init, **p.no_head, "trainer.max_steps": s.ia_sft, "model.init_args.optim": _optim(s.sft_lr, 40),
+                "model.init_args.init": p.init(p.align_enc, p.align_head, align_adapter), "trainer.callbacks": swap}
+
+    def _joint_overrides(self, p: _RecipePlan, before: list[dict]) -> dict:
+        """The last stage, joint SFT: everything trains, from the previous stage's exports."""
+        s = self.size
+        last = p.run / before[-1]["name"] / "export"
+        return {"model.init_args.llm.name_or_path": str(last / "llm"), **p.no_head, "trainer.max_steps": s.joint,
+                "model.init_args.init": {**p.init(str(last / "encoder.safetensors"), str(last / "ctc_head.safetensors"),
+                                                  str(last / "adapter.safetensors")),
+                                         **({"phone_frames": str(last / "phone_frames.safetensors")} if p.bridged
+                                            else {})},
+                "model.init_args.optim": _optim(s.joint_lr, 20), "trainer.callbacks": [self.probe(s.joint)]}
 
     def pretrained_encoder(self, name: str) -> Path | None:
         """The pretraining export the recipe's encoder ends up from (None for the single-stage recipe)."""
-        if name == "a":
-            return None
-        return self.pretrain_dir("chars" if name == "d" else "phones") / "export" / "encoder.safetensors"
+        units = RECIPE_TABLE[name].pretraining
+        return None if units is None else self.pretrain_dir(units) / "export" / "encoder.safetensors"
+
+
+class _RecipePlan:
+    """What the stages of one recipe's run share: its dir, what its adapter reads, the pretraining it starts from."""
+
+    def __init__(self, study: Study, name: str):
+        self.bridged = study.adapter_of(name) == "posteriors"
+        self.recipe = RECIPE_TABLE[name]
+        s, lm = study.size, study.lm
+        self.run = study.dir / name
+        self.table = str(lm / "phone_frames.safetensors")
+        if self.bridged:  # the tiny configs' adapter: the CTC head's phone posteriors through the asset's phone table
+            self.frames, self.no_head = {}, {}
+        else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
+            self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"},
+                           "model.init_args.phone_frames": None}
+            self.no_head = {**self.frames, "model.init_args.ctc_head": None}
+        self.lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
+        self.distill = {"phone_frames": self.table, "adapter": str(lm / "adapter.safetensors"), "weight": 1.0}
+        units = self.recipe.pretraining
+        self.pre = study.pretrain_dir(units) if units else None
+        if self.pre is None:
+            self.align_enc = self.align_head = None
+            return
+        swaps = self.recipe.swaps
+        # c and d align on pretraining's first snapshot (the method); b and e on its final encoder (and so do
+        # their SFT stages: only the swapping recipes move on from there)
+        self.align_enc = (_snapshot(self.pre, "encoder", s.reference_step) if swaps
+                          else str(self.pre / "export" / "encoder.safetensors"))
+        # the encoder's own phone head (None for a character head, which cannot time phones)
+        self.align_head = None if units == "chars" else (_snapshot(self.pre, "ctc_head", s.reference_step) if swaps
+                                                         else str(self.pre / "export" / "ctc_head.safetensors"))
+
+    def init(self, encoder: str | None, head: str | None, adapter: str) -> dict:
+        """A stage's init: in posteriors mode the encoder's CTC head and the phone table come with it."""
+        out = {"adapter": adapter} if encoder is None else {"encoder": encoder, "adapter": adapter}
+        if self.bridged:
+            out.update(phone_frames=self.table, **({"ctc_head": head} if head else {}))
+        return out
 
 
 def schedules(size: Size, adapters: dict[str, str]) -> str:
@@ -344,6 +412,7 @@ def encoder_layers(path: Path, config_path: Path, probe: list, max_frames: int =
     """The valid frames (padding dropped, evenly thinned to max_frames) after each Conformer block and after the
     final norm (the encoder's output, last), in float64."""
     from callbacks.common import evenly_spaced
+    from entropy_asr.model.masks import length_mask
 
     enc = _load_encoder(path, config_path)
     per_layer: list[list[torch.Tensor]] = [[] for _ in range(len(enc.layers) + 1)]
@@ -354,7 +423,7 @@ def encoder_layers(path: Path, config_path: Path, probe: list, max_frames: int =
             for x, x_lens in probe:
                 current.clear()
                 out, lens = enc(x, x_lens)
-                valid = torch.arange(out.shape[1])[None, :] < lens[:, None]
+                valid = length_mask(lens, out.shape[1])
                 for k, h in enumerate([*current, out]):
                     per_layer[k].append(h[valid].double())
     finally:

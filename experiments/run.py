@@ -1,8 +1,9 @@
 """The project's entry point, on LightningCLI: `python experiments/run.py --config experiments/<stage>.yaml`.
 
 Any config key can be overridden on the command line (`--trainer.devices 8`,
-`--trainer.precision bf16-mixed`, `--model.init_args.optim.lr 1e-4`); OmegaConf interpolation
-works in the YAML. One run: fit (resuming from `--ckpt_path last` or a path), export the trained
+`--trainer.precision bf16-mixed`, `--model.init_args.optim.lr 1e-4`). OmegaConf interpolation works in
+the YAML and is resolved after the overrides: a config names the outputs of earlier stages as
+`${vars.runs}/<stage>/export/...`, so `--vars.runs DIR` moves them all. One run: fit (resuming from `--ckpt_path last` or a path), export the trained
 components, test on the datamodule's test sets, and write results.json into --run_dir, next to
 the resolved config (config.yaml), the checkpoints and the logs.
 """
@@ -31,12 +32,11 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
 from callbacks.checkpoint import SafeCheckpoint, verify_checkpoint
 from callbacks.common import MeasuredCallback
+from callbacks.hot_swap import EncoderHotSwap, ProducerStatus
 from callbacks.progress import LineProgress
 from callbacks.thread_share import ThreadShare
-from entropy_asr.data.shards import atomic_write_bytes, atomic_write_json
 from entropy_asr.errors import UserError, run_main
-
-THREADS_FILE = "ENTROPY_ASR_THREADS_FILE"
+from entropy_asr.io import atomic_write_bytes, atomic_write_json
 
 
 class EntropyCLI(LightningCLI):
@@ -52,6 +52,11 @@ class EntropyCLI(LightningCLI):
                             help="Weights & Biases mode beside metrics.csv: offline (the default; no account, "
                                  "`wandb sync` later), online, or disabled; unset = $WANDB_MODE, else offline")
         parser.add_argument("--wandb_project", type=str, default="entropy-asr", help="W&B project")
+        parser.add_argument("--vars", type=dict[str, str], default={},
+                            help="named values the config uses as ${vars.NAME} (resolved after every config and override is read): e.g. --vars.runs DIR moves a tiny stage and the earlier stages it reads from")
+        parser.add_argument("--threads_file", type=str | None, default=None,
+                            help="follow the CPU thread budget written in this file (callbacks.ThreadShare): set by "
+                                 "experiments/pipeline.py for a stage running beside others; not kept in config.yaml")
         parser.add_lightning_class_args(SafeCheckpoint, "checkpoint")  # finite states only, each with a checksum
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.save_top_k": 0,
                              "checkpoint.every_n_train_steps": 500, "checkpoint.enable_version_counter": False})
@@ -191,7 +196,7 @@ def build_cli(args: list[str] | None = None) -> EntropyCLI:
         run=False,
         subclass_mode_model=True,
         subclass_mode_data=True,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf+"},  # interpolations see the overrides
         save_config_kwargs={"overwrite": True},
         # the WebDataset pipeline splits shards itself; each stage prints its own parameter report
         trainer_defaults={"use_distributed_sampler": False, "enable_model_summary": False},
@@ -271,12 +276,24 @@ def _pid_alive(pid) -> bool:
     return True
 
 
-def run(args: list[str] | None = None) -> dict:
-    """Fit, export, test; returns (and writes to run_dir/results.json) what it measured."""
+def run(args: list[str] | None = None, *, threads_file: str | None = None,
+        producer: ProducerStatus | None = None) -> dict:
+    """Fit, export, test; returns (and writes to run_dir/results.json) what it measured.
+
+    A pipeline running this stage beside others (experiments/pipeline.py) passes `threads_file`, the CPU thread
+    budget it grants (or --threads_file, for a stage in its own process), and `producer`, the status of the
+    pretraining that writes the snapshots this stage's EncoderHotSwap callbacks wait for.
+    """
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    if os.environ.get(THREADS_FILE):  # a pipeline stage sharing the cores: follow the thread budget it grants
-        trainer.callbacks.append(ThreadShare(os.environ[THREADS_FILE]))
+    threads_file = threads_file or cli.config["threads_file"]
+    cli.config["threads_file"] = None  # this process's hand-off, not the recipe: a rerun from config.yaml follows none
+    if threads_file:  # a pipeline stage sharing the cores: follow the thread budget it grants
+        trainer.callbacks.append(ThreadShare(threads_file))
+    if producer is not None:
+        for callback in trainer.callbacks:
+            if isinstance(callback, EncoderHotSwap):
+                callback.follow(producer)
     run_dir = Path(cli.config["run_dir"])
     try:
         with run_dir_lock(run_dir):

@@ -8,10 +8,14 @@ from lightning_modules.sft import (
            Align,
            DistillConfig,
            JointSFT,
-           Snapshot,
            SpeechSFT,
 )
 from lightning_modules.strategies import SpeechFSDP, full_weights
 
-__all__ = ["IASFT", "Align", "DistillConfig", "JointSFT", "OptimConfig", "PretrainCTC", "PretrainLM", "Snapshot",
-           "SpeechFSDP", "SpeechLLMModule", "SpeechSFT", "full_weights"]
+# every training stage, in pipeline order: its name (the class's `stage`, and experiments/<name>.yaml's) -> its module
+STAGES: dict[str, type[SpeechLLMModule]] = {cls.stage: cls for cls in (PretrainLM, PretrainCTC, Align, IASFT, JointSFT)}
+# the stages that train on speech (an encoder; the text step has none)
+SPEECH_STAGES: tuple[str, ...] = tuple(name for name, cls in STAGES.items() if "encoder" in cls.components)
+
+__all__ = ["IASFT", "SPEECH_STAGES", "STAGES", "Align", "DistillConfig", "JointSFT", "OptimConfig", "PretrainCTC",
+           "PretrainLM", "SpeechFSDP", "SpeechLLMModule", "SpeechSFT", "full_weights"]

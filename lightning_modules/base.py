@@ -3,13 +3,13 @@ steps, validates/tests, and exports components. Each stage is a thin subclass (i
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
-import os
 import random
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import torch
@@ -17,6 +17,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from entropy_asr.assets import check_if_asset
 from entropy_asr.errors import UserError
+from entropy_asr.io import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from entropy_asr.metrics.error_rate import ErrorRates
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
@@ -42,6 +43,37 @@ log = logging.getLogger(__name__)
 COMPONENTS = ("encoder", "ctc_head", "adapter", "llm", "phone_frames")
 # exported as <name>.safetensors; the LLM as an HF dir
 FILE_COMPONENTS = ("encoder", "ctc_head", "adapter", "phone_frames")
+# beside the exports, what decoding needs besides the weights (experiments/evaluate.py reads them): the module and
+# its init args (SpeechLLMModule.describe), and the CMVN statistics the run normalized its features with
+MODEL_FILE, CMVN_FILE = "model.json", "cmvn.json"
+MODEL_FORMAT = 1
+
+
+def plain(value):
+    """`value` in JSON types: dataclasses as dicts, tuples as lists, anything else not JSON (a path) as its str."""
+    if is_dataclass(value) and not isinstance(value, type):
+        value = asdict(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+
+
+def _absolute(path: str | None) -> str | None:
+    """A local path made absolute (a description is read from anywhere); anything else (a hub name, None) as is."""
+    return str(Path(path).resolve()) if isinstance(path, str) and path and Path(path).exists() else path
+
+
+def _collect_init_args(frame) -> dict:
+    """The arguments the module's __init__ chain got (each class's own and its **kwargs), from the frame of
+    SpeechLLMModule.__init__ outwards, as Lightning's save_hyperparameters collects them."""
+    from lightning.pytorch.utilities.parsing import collect_init_args
+
+    args: dict = {}
+    for level in collect_init_args(frame, [], classes=(SpeechLLMModule,)):
+        args.update(level)
+    return args
 
 
 @dataclass
@@ -97,6 +129,8 @@ class SpeechLLMModule(L.LightningModule):
     optional_components: tuple[str, ...] = ()
     default_trainable: tuple[str, ...] = ()
     stage: str = "base"
+    # init args only training reads, and the value decoding gives them (experiments/evaluate.py applies these)
+    inference_overrides: ClassVar[dict[str, object]] = {}
 
     def __init__(
         self,
@@ -114,7 +148,9 @@ class SpeechLLMModule(L.LightningModule):
         phone_frames: PhoneFramesConfig | None = None,
         compile: bool = False,
     ):
+        init_args = _collect_init_args(inspect.currentframe())
         super().__init__()
+        self._init_args = init_args  # as given; describe() writes them out
         given = {"encoder": encoder, "ctc_head": ctc_head, "adapter": adapter, "llm": llm, "phone_frames": phone_frames}
         extra = [c for c, v in given.items() if v is not None and c not in self.components]
         missing = [c for c in self.components if given[c] is None and c not in self.optional_components]
@@ -138,7 +174,7 @@ class SpeechLLMModule(L.LightningModule):
         self.optim = optim or OptimConfig()
         self.decode = decode or DecodeConfig()
         self.max_bad_steps, self.export_dir_arg = max_bad_steps, export_dir
-        self.compile_blocks = compile
+        self._compile_on_build = compile  # configure_model then calls self.net.compile_blocks()
         self.net: SpeechLLM | None = None
         self.bad_in_row = 0
         self.bad_total = 0
@@ -159,7 +195,7 @@ class SpeechLLMModule(L.LightningModule):
             load_component(getattr(self.net, component), path, component)
             log.info("%s: loaded %s from %s", self.stage, component, path)
         set_trainable(self.net, self.trainable_patterns, where="model.trainable")
-        if self.compile_blocks:  # per block, in place: checkpoints and exports keep their keys
+        if self._compile_on_build:  # per block, in place: checkpoints and exports keep their keys
             self.net.compile_blocks()
         self.train(self.training)  # re-apply eval mode to frozen components
         # counted now, before FSDP shards the weights (each rank would count its own shard)
@@ -295,6 +331,11 @@ class SpeechLLMModule(L.LightningModule):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         checkpoint["entropy_asr"] = {"bad_total": self.bad_total, "bad_in_row": self.bad_in_row, "rng": rng}
+        # what decoding needs besides the weights, so that the checkpoint alone can be evaluated (JSON types only)
+        checkpoint["entropy_asr"]["model"] = self.describe()
+        cmvn = self.cmvn_file()
+        if cmvn is not None and cmvn.is_file():
+            checkpoint["entropy_asr"]["cmvn"] = cmvn.read_text()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         bad = [k for k, v in checkpoint.get("state_dict", {}).items()
@@ -363,8 +404,79 @@ class SpeechLLMModule(L.LightningModule):
                 written[c] = str(save_component(module, out / f"{c}.safetensors", c, self.export_meta(c)))
             else:
                 written[c] = str(self._export_llm(out / "llm", final))
+        self.write_description(out)
         self.print(f"[{self.stage}] exported {sorted(written)} to {out}")
         return written
+
+    # ---- self-description ------------------------------------------------------------------
+    @classmethod
+    def init_arg_names(cls) -> set[str]:
+        """The init args the class takes: each __init__'s own along the chain that passes **kwargs on."""
+        names: set[str] = set()
+        for c in cls.__mro__:
+            if "__init__" not in vars(c):
+                continue
+            params = list(inspect.signature(c.__init__).parameters.values())[1:]  # (less self)
+            names |= {q.name for q in params if q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)}
+            if not any(q.kind == q.VAR_KEYWORD for q in params):
+                break
+        return names
+
+    @classmethod
+    def decoding_overrides(cls) -> dict[str, object]:
+        """{init arg: value} to build the class with for decoding: its training-only args turned off."""
+        return {k: v for k, v in cls.inference_overrides.items() if k in cls.init_arg_names()}
+
+    def describe(self, export: str | Path | None = None) -> dict:
+        """What rebuilds this module for decoding, in JSON types: its class and stage, its init args as resolved
+        (configs with their defaults, local paths absolute; with `export`, the components exported there point into
+        it, relative to it, and `exported` lists them) and the data settings the run read its evaluation sets with."""
+        args = plain(getattr(self, "_init_args", {}))
+        args.pop("export_dir", None)  # where this run wrote, not what the model is
+        init = {c: _absolute(path) for c, path in (args.get("init") or {}).items()}
+        llm = args.get("llm")
+        if llm:
+            llm.update(name_or_path=_absolute(llm.get("name_or_path")), tokenizer=_absolute(llm.get("tokenizer")))
+        if (args.get("ctc_head") or {}).get("inventory"):
+            args["ctc_head"]["inventory"] = _absolute(args["ctc_head"]["inventory"])
+        out = {"format": MODEL_FORMAT, "class_path": f"{type(self).__module__}.{type(self).__qualname__}",
+               "stage": self.stage, "init_args": args}
+        if export is not None:
+            export, exported = Path(export), []
+            for c in FILE_COMPONENTS:
+                if (export / f"{c}.safetensors").is_file():
+                    init[c] = f"{c}.safetensors"
+                    exported.append(c)
+            if llm and (export / "llm").is_dir():
+                llm["name_or_path"] = "llm"
+                exported.append("llm")
+            out["exported"] = exported
+        args["init"] = init
+        dm = self._datamodule()
+        if getattr(dm, "batch", None) is not None:
+            out["data"] = {"batch": plain(dm.batch), "num_workers": int(getattr(dm, "num_workers", 0))}
+        return out
+
+    def cmvn_file(self) -> Path | None:
+        """The cmvn.json the trainer's datamodule normalizes features with (None without speech data)."""
+        dm = self._datamodule()
+        return dm.cmvn_file() if hasattr(dm, "cmvn_file") else None
+
+    def _datamodule(self):
+        return getattr(getattr(self, "_trainer", None), "datamodule", None)
+
+    def write_description(self, out: str | Path) -> None:
+        """Beside the exports in `out`: cmvn.json (a copy of the run's CMVN statistics), then model.json (describe):
+        with them the export dir alone decodes (experiments/evaluate.py --checkpoint EXPORT_DIR)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        cmvn = self.cmvn_file()
+        if cmvn is not None and cmvn.is_file():
+            atomic_write_bytes(out / CMVN_FILE, cmvn.read_bytes())
+        elif cmvn is not None:
+            log.warning("%s: the run's CMVN statistics %s are missing; %s has no %s (evaluate it with --cmvn)",
+                        self.stage, cmvn, out, CMVN_FILE)
+        atomic_write_json(out / MODEL_FILE, self.describe(out))
 
     def _export_llm(self, path: Path, final: bool) -> Path:
         """The LLM as a Hugging Face dir with its tokenizer (what `llm.name_or_path` loads).
@@ -381,15 +493,8 @@ class SpeechLLMModule(L.LightningModule):
 
     def _save_dir(self, path: Path, save) -> Path:
         """save(tmp) into a temp dir, then swap it in (a reader never sees a half-written dir)."""
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp, safe_serialization=True)
-        self.net.tokenizer.save_pretrained(tmp)
-        if path.exists():
-            old = path.with_name(f".{path.name}.old{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-        return path
+        def write(tmp: Path) -> None:
+            save(tmp, safe_serialization=True)
+            self.net.tokenizer.save_pretrained(tmp)
+
+        return atomic_write_dir(path, write)

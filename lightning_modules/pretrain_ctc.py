@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_only
 
 from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import CharCTCErrorRate, PhoneErrorRate, ctc_greedy
-from entropy_asr.model.export import save_component
+from entropy_asr.model.masks import length_mask
 from lightning_modules.base import SpeechLLMModule
-from lightning_modules.strategies import full_weights
 
 
 def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor, phone_lens: torch.Tensor) -> torch.Tensor:
@@ -29,7 +27,7 @@ def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor, lens: torch.Tensor) -
 
     Each view's posteriors are the (stop-gradient) target of the other.
     """
-    valid = torch.arange(log_p.shape[1], device=lens.device)[None, :] < lens[:, None]  # (B, T)
+    valid = length_mask(lens, log_p.shape[1])  # (B, T)
     kl_pq = F.kl_div(log_q, log_p.detach(), log_target=True, reduction="none").sum(-1)  # KL(p || q), grad to q
     kl_qp = F.kl_div(log_p, log_q.detach(), log_target=True, reduction="none").sum(-1)  # KL(q || p), grad to p
     return ((kl_pq + kl_qp) * valid).sum() / log_p.shape[0]
@@ -45,24 +43,23 @@ class PretrainCTC(SpeechLLMModule):
     Args:
         consistency_weight: > 0 turns on CR-CTC: the batch must carry two augmented views
             (data.augment.views: 2); loss = mean CTC of both views + weight * symmetric KL.
-        snapshot_steps: export the encoder (and its CTC head) at these global steps to
-            export/snapshots/ (the encoder snapshots that alignment and IA-SFT start from until the
-            CKA trigger exports them).
+
+    The encoder snapshots that alignment and IA-SFT start from, and that IA-SFT's hot-swap
+    (callbacks.EncoderHotSwap) swaps in, are exported by the CKA drift monitor
+    (callbacks.CKADriftMonitor) of this run.
     """
 
     components = ("encoder", "ctc_head")
     default_trainable = ("encoder.*", "ctc_head.*")
     stage = "pretrain_ctc"
 
-    def __init__(self, *, consistency_weight: float = 0.0, snapshot_steps: list[int] | None = None, **kwargs):
+    def __init__(self, *, consistency_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if consistency_weight < 0:
             raise UserError(f"model.consistency_weight must be >= 0, got {consistency_weight}")
         self.consistency_weight = consistency_weight
-        self.snapshot_steps = sorted(snapshot_steps or [])
         self.char_inventory = self.configs["ctc_head"].char_inventory() if self.configs["ctc_head"] else None
         self.val_rates = PhoneErrorRate() if self.char_inventory is None else CharCTCErrorRate()
-        self._last_snapshot = -1
 
     def ctc_targets(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, S) padded target ids and (B,) lengths: the batch's phones, or its characters for units 'chars'."""
@@ -103,18 +100,3 @@ class PretrainCTC(SpeechLLMModule):
         targets, target_lens = self.ctc_targets(batch)
         refs = [targets[i, : int(n)].tolist() for i, n in enumerate(target_lens)]
         rates.update(hyps, refs)
-
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        step = self.global_step  # already counts the optimizer step this batch made
-        if step in self.snapshot_steps and step != self._last_snapshot:
-            self._last_snapshot = step
-            with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes
-                self.export_snapshot()
-
-    @rank_zero_only
-    def export_snapshot(self) -> None:
-        """Export the current encoder and CTC head as export/snapshots/{encoder,ctc_head}-step<N>.safetensors."""
-        for c in ("encoder", "ctc_head"):
-            path = self.export_dir / "snapshots" / f"{c}-step{self.global_step:08d}.safetensors"
-            save_component(getattr(self.net, c), path, c, self.export_meta(c))
-        self.print(f"[{self.stage}] encoder + ctc_head snapshot -> {path.parent}")

@@ -7,6 +7,7 @@ import copy
 import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -15,6 +16,7 @@ from entropy_asr.assets import check_if_asset
 from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
+from entropy_asr.model.masks import length_mask
 from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
     PhoneFramesConfig,
@@ -56,6 +58,24 @@ class DistillConfig:
                             f"got keys {sorted(self.aligner)}")
 
 
+# Checkpoints written before the split held both frozen distill parts under one `teacher` ModuleDict.
+_TEACHER_KEYS = {"teacher.phone_frames.": "distill_reader.phone_frames.", "teacher.adapter.": "distill_reader.adapter.",
+                 "teacher.encoder.": "phone_aligner.encoder.", "teacher.ctc_head.": "phone_aligner.ctc_head."}
+
+
+def rename_teacher_keys(state_dict: dict) -> dict:
+    """Map an old checkpoint's `teacher.*` keys to `distill_reader.*` / `phone_aligner.*`, in place (key order
+    kept); returns it."""
+    if not any(k.startswith("teacher.") for k in state_dict):
+        return state_dict
+    items = list(state_dict.items())
+    state_dict.clear()
+    for k, v in items:
+        old = next((o for o in _TEACHER_KEYS if k.startswith(o)), None)
+        state_dict[_TEACHER_KEYS[old] + k[len(old):] if old else k] = v
+    return state_dict
+
+
 class SpeechSFT(SpeechLLMModule):
     """Encoder -> adapter -> LLM trained on the transcript tokens; validation decodes (val/cer_zh, val/wer_en).
 
@@ -65,6 +85,7 @@ class SpeechSFT(SpeechLLMModule):
 
     components = ("encoder", "adapter", "llm", "ctc_head", "phone_frames")
     optional_components = ("ctc_head", "phone_frames")  # phone_frames: with adapter.input phone_posteriors
+    inference_overrides: ClassVar[dict[str, object]] = {"distill": None}  # the distillation only shapes training
 
     def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -87,35 +108,46 @@ class SpeechSFT(SpeechLLMModule):
                             f"snapshot of this encoder; phone_frames: the tiny LLM's, "
                             f"${{asset:tiny_llm}}/phone_frames.safetensors)")
         self.distill = distill
-        self.teacher: nn.ModuleDict | None = None
+        # frozen, with model.distill only: the text step's reader (phone_frames + adapter) that makes the target,
+        # and (with distill.aligner) the fixed phone aligner (encoder + ctc_head) that times the phones
+        self.distill_reader: nn.ModuleDict | None = None
+        self.phone_aligner: nn.ModuleDict | None = None
 
     def configure_model(self) -> None:
         super().configure_model()
-        if self.distill is None or self.teacher is not None:
+        if self.distill is None or self.distill_reader is not None:
             return
         a = self.configs["adapter"]
         width = self.net.encoder.output_dim  # the reader's frames are as wide as what the adapter reads
         if self.net.reads_posteriors:
             width = self.net.phone_frames.cfg.dim
-        self.teacher = nn.ModuleDict({
+        self.distill_reader = nn.ModuleDict({
             "phone_frames": PhoneFrames(PhoneFramesConfig(dim=width)),
             "adapter": Adapter(width, self.net.adapter.net[-1].out_features, a.k, a.hidden_dim, a.dropout),
         })
         for name in ("phone_frames", "adapter"):
             check_if_asset(getattr(self.distill, name))
-            load_component(self.teacher[name], getattr(self.distill, name), name)
+            load_component(self.distill_reader[name], getattr(self.distill, name), name)
+        self.distill_reader.requires_grad_(False).eval()
         if self.distill.aligner is not None:  # a fixed phone aligner of its own
-            self.teacher["encoder"] = copy.deepcopy(self.net.encoder)
-            self.teacher["ctc_head"] = CTCHead(self.net.encoder.output_dim, len(PHONES))
+            self.phone_aligner = nn.ModuleDict({
+                "encoder": copy.deepcopy(self.net.encoder),
+                "ctc_head": CTCHead(self.net.encoder.output_dim, len(PHONES)),
+            })
             for name in ("encoder", "ctc_head"):
-                load_component(self.teacher[name], self.distill.aligner[name], name)
-        self.teacher.requires_grad_(False).eval()
+                load_component(self.phone_aligner[name], self.distill.aligner[name], name)
+            self.phone_aligner.requires_grad_(False).eval()
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
+        for frozen in (self.distill_reader, self.phone_aligner):
+            if frozen is not None:
+                frozen.eval()
         return self
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rename_teacher_keys(checkpoint.get("state_dict", {}))
+        super().on_load_checkpoint(checkpoint)
 
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
@@ -130,15 +162,15 @@ class SpeechSFT(SpeechLLMModule):
     def distill_loss(self, frames, lens, speech, speech_lens, batch) -> torch.Tensor:
         """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones."""
         with torch.no_grad():
-            if "encoder" in self.teacher:  # the fixed phone aligner: (B, T', V) from its own encoder
-                log_probs = torch.log_softmax(self.teacher["ctc_head"](self.teacher["encoder"](
+            if self.phone_aligner is not None:  # the fixed phone aligner: (B, T', V) from its own encoder
+                log_probs = torch.log_softmax(self.phone_aligner["ctc_head"](self.phone_aligner["encoder"](
                     batch["feats"], batch["feat_lens"])[0]).float(), -1)
             else:
                 log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
             ids = aligned_layout(log_probs, lens, batch["phones"], batch["phone_lens"],
                                  self.distill.max_frames_per_phone).to(frames.device)  # (B, T')
-            target, _ = self.teacher["adapter"](self.teacher["phone_frames"](ids, lens), lens)  # (B, N, H)
-        valid = torch.arange(speech.shape[1], device=speech.device)[None, :] < speech_lens[:, None]  # (B, N)
+            target, _ = self.distill_reader["adapter"](self.distill_reader["phone_frames"](ids, lens), lens)  # (B, N, H)
+        valid = length_mask(speech_lens, speech.shape[1])  # (B, N)
         err = (speech.float() - target.float()).pow(2).mean(-1)  # (B, N)
         return err[valid].mean() / target.float()[valid].var().clamp_min(1e-8)
 
@@ -150,32 +182,16 @@ class Align(SpeechSFT):
     stage = "align"
 
 
-@dataclass
-class Snapshot:
-    """Swap this encoder export in when the run reaches global step `step`."""
-
-    step: int
-    path: str
-
-
 class IASFT(SpeechSFT):
     """Stage 3, iterative asynchronous SFT: adapter + LLM train on a frozen encoder that is replaced
-    by newer pretraining snapshots at step boundaries (`swap_encoder`).
-
-    Args:
-        encoder_snapshots: [{step, path}]: swap each in when global_step reaches `step` (the
-            schedule until the CKA-triggered hot-swap callback drives `swap_encoder` itself).
-    """
+    by newer pretraining snapshots at step boundaries (`swap_encoder`), driven by the hot-swap callback
+    (callbacks.EncoderHotSwap) that watches the CKA drift monitor's snapshot directory."""
 
     default_trainable = ("adapter.*", "llm.*")
     stage = "ia_sft"
 
-    def __init__(self, *, encoder_snapshots: list[Snapshot] | None = None, **kwargs):
+    def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        if self.distill is not None and encoder_snapshots:
-            raise UserError("ia_sft: model.distill's CTC head would not follow the swapped encoders; use distill in "
-                            "align only, or drop model.encoder_snapshots")
-        self.snapshots = sorted(encoder_snapshots or [], key=lambda s: s.step)
         self.swaps: list[dict] = []  # [{step, path}] already applied (kept in checkpoints)
 
     def configure_model(self) -> None:
@@ -221,13 +237,6 @@ class IASFT(SpeechSFT):
         enc.eval()
         self.swaps.append({"step": int(self.global_step), "path": label})
         self.print(f"[{self.stage}] step {self.global_step}: encoder swapped <- {label}")
-
-    def on_train_batch_start(self, batch, batch_idx) -> None:
-        done = {s["path"] for s in self.swaps}
-        for snap in self.snapshots:
-            if snap.step <= self.global_step and snap.path not in done:
-                self.swap_encoder(snap.path)
-                done.add(snap.path)
 
     def exported_components(self) -> list[str]:
         """The adapter and LLM that trained, plus the encoder (and what the adapter reads through) they were

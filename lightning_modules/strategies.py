@@ -1,8 +1,9 @@
 """Sharded training: FSDP that shards each Conformer block and each LLM decoder layer, and the
 context under which a sharded model's exports hold full weights.
 
-`--trainer.strategy lightning_modules.SpeechFSDP` (any FSDPStrategy argument as init_args, e.g.
-sharding_strategy, cpu_offload, activation_checkpointing_policy). Frozen parts (IA-SFT's encoder,
+`--trainer.strategy '{"class_path": "lightning_modules.SpeechFSDP"}'` (any FSDPStrategy argument as
+init_args, e.g. sharding_strategy, cpu_offload, activation_checkpointing_policy; a bare class path is
+read as one of Lightning's strategy names and refused). Frozen parts (IA-SFT's encoder,
 alignment's LLM) need use_orig_params, on by default here.
 """
 

@@ -1,6 +1,6 @@
 """What the metric callbacks cost at paper size: one check of each, timed, against one training step.
 
-python scripts/callback_cost.py --tokenizer DIR          # on a GPU, paper shapes (as scripts/paper_step.py)
+python scripts/callback_cost.py --tokenizer DIR          # on a GPU, paper shapes (as experiments/benchmark.py)
 python scripts/callback_cost.py --tokenizer DIR --smoke  # tiny shapes on the CPU (checks the script)
 
 Random weights and random features (nothing is downloaded); the probe set is `probe_batches`
@@ -12,19 +12,15 @@ callback, and the share of training time they add at the intervals of the paper 
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-from paper_step import PAPER_ENCODER, QWEN3_1_7B, shape_args, timed_steps
 
 from callbacks import (
     AccessibleInformationProbe,
@@ -39,7 +35,52 @@ from entropy_asr.model.params import set_trainable
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, SpeechLLM
 from entropy_asr.text.inventory import phones_to_ids
 from entropy_asr.text.phonemizer import Phonemizer
+from experiments.benchmark import QWEN3_1_7B
+from experiments.sizes import encoder_config
 from lightning_modules.pretrain_ctc import ctc_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+# --smoke: overrides of the paper shapes that make the script run on a CPU in seconds
+SMOKE_ENCODER = {"d_model": 64, "num_layers": 1, "num_heads": 2, "ffn_dim": 128, "conv_kernel": 3}
+SMOKE_LLM = {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+             "head_dim": 32, "intermediate_size": 128}
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device, EncoderConfig, dict]:
+    """(args, device, encoder, LLM shapes): --tokenizer, --batch, --seconds, --smoke (tiny shapes on the CPU)."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (checks the script itself)")
+    a = p.parse_args(argv)
+    encoder = encoder_config("paper", **(SMOKE_ENCODER if a.smoke else {}))  # experiments/models/paper/encoder.yaml
+    llm = {**QWEN3_1_7B, **(SMOKE_LLM if a.smoke else {})}
+    return a, torch.device("cpu" if a.smoke else "cuda"), encoder, llm
+
+
+def timed_steps(net, params, step, n: int = 4) -> dict:
+    """n optimizer steps in bf16 autocast; the fastest after the first, and the peak GPU memory."""
+    opt = torch.optim.AdamW(params, lr=1e-5)
+    dev = next(net.parameters()).device
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(n):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            loss = step()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    return {"loss": round(float(loss), 3), "step_s": round(min(times[1:]), 3), "peak_gib": round(peak, 1)}
 
 
 def intervals(config: str) -> dict[str, dict]:
@@ -79,12 +120,12 @@ def share(costs: dict[str, float], every: dict[str, int], step_s: float) -> floa
 
 
 def main() -> None:
-    a, dev = shape_args(__doc__.split("\n")[0])
+    a, dev, encoder, llm = parse_args()
     pre, ia = intervals("experiments/pretrain_ctc.yaml"), intervals("experiments/ia_sft.yaml")
     B, T = a.batch, int(a.seconds * 100)
     feats, lens = torch.randn(B, T, 80, device=dev), torch.full((B,), T, device=dev)
-    net = SpeechLLM(encoder=EncoderConfig(**PAPER_ENCODER), ctc_head=CTCHeadConfig(), adapter=AdapterConfig(),
-                    llm=LLMConfig(tokenizer=a.tokenizer, tiny=QWEN3_1_7B, gradient_checkpointing=False)).to(dev)
+    net = SpeechLLM(encoder=encoder, ctc_head=CTCHeadConfig(), adapter=AdapterConfig(),
+                    llm=LLMConfig(tokenizer=a.tokenizer, tiny=llm, gradient_checkpointing=False)).to(dev)
     module = SimpleNamespace(net=net, device=dev, trainer=None, print=print)
 
     # ---- pretraining: CKA drift check and the probe (own CTC head, no LLM) every N steps

@@ -33,7 +33,7 @@ def publish_snapshot(directory: Path, encoder: str | Path, ctc_head: str | Path,
     import torch
     from safetensors.torch import load_file, save_file
 
-    from entropy_asr.data.shards import atomic_write_json
+    from entropy_asr.io import atomic_write_json
     from entropy_asr.model.export import sha256_file
 
     directory = Path(directory)

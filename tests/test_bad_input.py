@@ -89,7 +89,7 @@ def _cut(path, keep: float) -> None:
 
 def test_a_truncated_wav_is_skipped_and_counted_not_imported_with_its_whole_transcript(tmp_path):
     from entropy_asr.data.audio import TruncatedAudioError, read_audio
-    from entropy_asr.data.prepare import prepare, read_jsonl
+    from entropy_asr.data.prepare import prepare, read_manifest
     from tests.conftest import write_audio
 
     for name in ("cut.wav", "ok.wav", "cut.flac"):
@@ -105,7 +105,7 @@ def test_a_truncated_wav_is_skipped_and_counted_not_imported_with_its_whole_tran
     lines = [{"audio": n, "text": "hello there", "id": n.replace(".", "_"), "language": "en"}
              for n in ("cut.wav", "ok.wav", "cut.flac")]
     (tmp_path / "m.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    index = prepare(read_jsonl(tmp_path / "m.jsonl"), tmp_path / "out", source="jsonl", num_workers=1)
+    index = prepare(read_manifest(tmp_path / "m.jsonl"), tmp_path / "out", source="jsonl", num_workers=1)
     assert index["utterances"] == 1
     assert index["skipped"]["truncated_audio"] == 1 and index["skipped"]["corrupt_audio"] == 1
 
@@ -143,7 +143,7 @@ def test_kaldi_repeated_ids_are_refused_and_transcripts_without_audio_counted(tm
 
 @pytest.mark.parametrize("layout", ["jsonl", "kaldi"])
 def test_a_transcript_file_that_is_not_utf8_names_its_line(tmp_path, layout):
-    from entropy_asr.data.prepare import read_jsonl, read_kaldi
+    from entropy_asr.data.prepare import read_kaldi, read_manifest
     from tests.conftest import write_audio
 
     write_audio(tmp_path / "a.wav", 1.0)
@@ -151,7 +151,7 @@ def test_a_transcript_file_that_is_not_utf8_names_its_line(tmp_path, layout):
     if layout == "jsonl":
         path = tmp_path / "m.jsonl"
         path.write_bytes(b'{"audio": "a.wav", "text": "ok"}\n{"audio": "a.wav", "text": "' + gbk + b'"}\n')
-        call = lambda: read_jsonl(path)
+        call = lambda: read_manifest(path)
     else:
         path = tmp_path / "text"
         (tmp_path / "wav.scp").write_text(f"a {tmp_path / 'a.wav'}\n")
@@ -164,14 +164,14 @@ def test_a_transcript_file_that_is_not_utf8_names_its_line(tmp_path, layout):
 
 @pytest.mark.parametrize("field", ['"start": "zero"', '"end": 0.1, "start": 0.5', '"end": NaN'])
 def test_a_manifest_with_bad_segment_times_names_the_line(tmp_path, field):
-    from entropy_asr.data.prepare import ManifestError, read_jsonl
+    from entropy_asr.data.prepare import ManifestError, read_manifest
     from tests.conftest import write_audio
 
     write_audio(tmp_path / "a.wav", 1.0)
     path = tmp_path / "m.jsonl"
     path.write_text('{"audio": "a.wav", "text": "ok", ' + field + "}\n")
     with pytest.raises(ManifestError, match=r"m\.jsonl:1: "):
-        read_jsonl(path)
+        read_manifest(path)
 
 
 def _garbled_copy(src, dst):

@@ -9,11 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from callbacks import hot_swap
 from callbacks.cka_drift import CKADriftMonitor
 from callbacks.common import evenly_spaced
-from callbacks.hot_swap import EncoderHotSwap, complete_snapshots
-from entropy_asr.data.shards import atomic_write_json
+from callbacks.hot_swap import EncoderHotSwap, ProducerStatus, complete_snapshots
+from entropy_asr.io import atomic_write_json
 from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
 from entropy_asr.model.export import load_component, save_component, sha256_file
 from experiments.run import run
@@ -28,8 +27,8 @@ def pretrain(tiny_corpus: Path, run_dir: Path, threshold: float, steps: int = 4,
     monitor = {"class_path": "callbacks.CKADriftMonitor",
                "init_args": {"every_n_steps": 1, "threshold": threshold, "probe_batches": 1, **(monitor_args or {})}}
     run(["--config", str(ROOT / "experiments" / "tiny" / "pretrain_ctc.yaml"), "--run_dir", str(run_dir),
-         "--model.init_args.encoder", json.dumps(ENC), "--model.init_args.snapshot_steps", "[]",
-         "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0", "--trainer.max_steps", str(steps),
+         "--model.init_args.encoder", json.dumps(ENC), "--data.init_args.synthetic", syn,
+         "--data.init_args.num_workers", "0", "--trainer.max_steps", str(steps),
          "--trainer.limit_val_batches", "1", "--test", "false", "--trainer.enable_progress_bar", "false",
          "--trainer.callbacks", json.dumps([monitor, *(extra or [])])])
     return run_dir / "export" / "snapshots"
@@ -205,13 +204,55 @@ def test_final_by_step_waits_for_the_final_snapshot_then_gives_up_with_a_clear_e
     stuck = EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=0.2, wait_poll_s=0.05)
     with pytest.raises(TimeoutError, match="final snapshot did not appear .* within 0.2 s"):
         stuck.on_train_batch_start(module.trainer, module, None, 0)
-    hot_swap.PRODUCER_FAILED["message"] = "background stage pretrain_ctc failed (exit code 1)"
-    try:  # the pipeline saw pretraining die: no point waiting out the hour
-        with pytest.raises(RuntimeError, match="stopped waiting .* pretrain_ctc failed"):
-            EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=3600,
-                           wait_poll_s=0.05).on_train_batch_start(module.trainer, module, None, 0)
-    finally:
-        hot_swap.PRODUCER_FAILED.clear()
+    producer, seen_waiting = ProducerStatus(), []  # a pipeline's, handed to the stage by run(producer=...)
+
+    def pretraining_dies():
+        seen_waiting.append(producer.waiting.is_set())  # the pipeline sees the wait (and lends the cores meanwhile)
+        producer.fail("background stage pretrain_ctc failed (exit code 1)")
+
+    told = EncoderHotSwap(str(tmp_path / "nothing"), final_by_step=7, wait_for_final_s=3600, wait_poll_s=0.05)
+    told.follow(producer)
+    timer = threading.Timer(0.3, pretraining_dies)
+    timer.start()
+    with pytest.raises(RuntimeError, match="stopped waiting .* pretrain_ctc failed"):  # no point waiting out the hour
+        told.on_train_batch_start(module.trainer, module, None, 0)
+    timer.join()
+    assert seen_waiting == [True] and not producer.waiting.is_set()
+    with pytest.raises(TimeoutError):  # a hot-swap the pipeline did not hand its status to is not told
+        stuck.on_train_batch_start(module.trainer, module, None, 0)
+
+
+def test_run_hands_the_thread_budget_and_the_producer_status_to_the_stage_explicitly(tmp_path, monkeypatch):
+    """What a pipeline gives a stage comes through run()'s arguments (or --threads_file), no global or env var."""
+    import experiments.run as run_module
+    from callbacks.thread_share import ThreadShare
+
+    seen = {}
+
+    def fit_and_test(cli, trainer, model, data, run_dir):  # (nothing trains)
+        seen.update(callbacks=list(trainer.callbacks), parser=cli.parser,
+                    saved=cli.parser.dump(cli.config, skip_none=False))  # what config.yaml gets
+        return {}
+
+    monkeypatch.setattr(run_module, "_fit_and_test", fit_and_test)
+    swaps = [{"class_path": "callbacks.EncoderHotSwap", "init_args": {"snapshot_dir": str(tmp_path / d)}}
+             for d in ("a", "b")]
+    base = ["--config", str(ROOT / "experiments" / "tiny" / "align.yaml"), "--wandb", "disabled",
+            "--trainer.callbacks", json.dumps(swaps)]
+    producer = ProducerStatus()
+    run([*base, "--run_dir", str(tmp_path / "fg")], threads_file=str(tmp_path / "fg.threads"), producer=producer)
+    hot = [c for c in seen["callbacks"] if isinstance(c, EncoderHotSwap)]
+    assert len(hot) == 2 and all(c.producer is producer for c in hot)
+    assert [c.path for c in seen["callbacks"] if isinstance(c, ThreadShare)] == [tmp_path / "fg.threads"]
+    run([*base, "--run_dir", str(tmp_path / "bg"), "--threads_file", str(tmp_path / "bg.threads")])  # own process
+    hot = [c for c in seen["callbacks"] if isinstance(c, EncoderHotSwap)]
+    assert hot[0].producer is not hot[1].producer and producer not in (hot[0].producer, hot[1].producer)
+    assert [c.path for c in seen["callbacks"] if isinstance(c, ThreadShare)] == [tmp_path / "bg.threads"]
+    # config.yaml keeps the key (it reloads, e.g. in experiments/evaluate.py) but not the path: a run from it
+    # follows no stale budget
+    (tmp_path / "config.yaml").write_text(seen["saved"])
+    assert "threads_file: null" in seen["saved"].splitlines()
+    assert seen["parser"].parse_args(["--config", str(tmp_path / "config.yaml")])["threads_file"] is None
 
 
 def test_replay_reveals_a_finished_runs_snapshots_at_the_pace_of_a_run_beside_it(tmp_path):

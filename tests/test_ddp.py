@@ -117,15 +117,17 @@ def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_l
                                                                                     tmp_path):
     # rank 0 publishes snapshot 50 at step 2; rank 1's view of the directory lags 2 steps (tests.ddp_helpers).
     # Rank 0 decides for both: both swap it in at step 2, and their encoders stay bitwise equal at every step.
-    # (the copied dir holds the fixture's step-1 weights without a marker: nothing to swap before step 2)
+    # (the dir holds the fixture's step-1 CTC head, which the published snapshot reuses, and no marker: nothing to
+    # swap before step 2)
     snaps = tmp_path / "snapshots"
-    shutil.copytree(exports["root"] / "pretrain_ctc" / "export" / "snapshots", snaps)
+    snaps.mkdir()
+    shutil.copy(exports["ctc_snapshot"], snaps)
     helper = {"class_path": "tests.ddp_helpers.LaggingSnapshot",
               "init_args": {"snapshot_dir": str(snaps), "source": str(exports["encoder"]), "at": 2, "new_step": 50,
                             "lag": 2, "out": str(tmp_path / "rec")}}
     swap = {"class_path": "callbacks.EncoderHotSwap", "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1}}
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, tmp_path / "run"),
-           "--model.init_args.encoder_snapshots", "[]", "--trainer.callbacks", json.dumps([helper, swap]),
+           "--trainer.callbacks", json.dumps([helper, swap]),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", STRATEGIES[strategy],
            "--trainer.max_steps", "5", "--trainer.limit_val_batches", "0", "--test", "false", "--wandb", "disabled",
            "--data.init_args.batches_per_epoch", "5", *common(tiny_corpus), *small_models("ia_sft")]

@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from entropy_asr.errors import UserError
 from entropy_asr.model import (
-    ENCODERS,
     Adapter,
     ConformerEncoder,
     CTCHead,
     EncoderConfig,
-    build_encoder,
     chunk_attention_mask,
-    paper_conformer,
-    tiny_conformer,
 )
 from entropy_asr.model.encoder import (
     Conv2dSubsampling4,
@@ -24,6 +21,7 @@ from entropy_asr.model.encoder import (
     subsampled_lengths,
 )
 from entropy_asr.model.params import count_parameters
+from experiments.sizes import encoder_config, sizes
 
 # A few-thousand-parameter encoder: the behaviour under test does not depend on size.
 SMALL = {"d_model": 32, "num_layers": 2, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 5,
@@ -238,22 +236,20 @@ def test_ctc_head_shape_and_default_vocabulary():
     assert CTCHead(32, vocab_size=10, hidden_dim=16)(torch.randn(1, 3, 32)).shape == (1, 3, 10)
 
 
-def test_builder_parameter_counts():
-    assert 2e6 < count_parameters(tiny_conformer())["all"][1] < 8e6
+def test_the_sizes_are_the_configs_sizes():
+    """experiments/models/<size>/encoder.yaml is the one definition: the configs and the benchmark read it."""
+    assert sizes() == ["paper", "tiny"]
+    assert count_parameters(ConformerEncoder(encoder_config("tiny")))["all"][1] == 3_111_824
     with torch.device("meta"):
-        paper = paper_conformer()
+        paper = ConformerEncoder(encoder_config("paper"))
     assert 550e6 < count_parameters(paper)["all"][1] < 650e6
     assert paper.config.dynamic_chunk and paper.output_dim == 1280
-
-
-def test_build_encoder_by_name():
-    assert set(ENCODERS) == {"tiny", "paper"}
-    enc = build_encoder("tiny", num_layers=1, d_model=64, num_heads=2)
+    enc = ConformerEncoder(encoder_config("tiny", num_layers=1, d_model=64, num_heads=2))
     assert len(enc.layers) == 1 and enc.output_dim == 64
-    with pytest.raises(ValueError, match=r"'huge'.*\['paper', 'tiny'\]"):
-        build_encoder("huge")
-    with pytest.raises(TypeError, match="num_layer"):
-        build_encoder("tiny", num_layer=2)
+    with pytest.raises(UserError, match=r"'huge'.*\['paper', 'tiny'\]"):
+        encoder_config("huge")
+    with pytest.raises(UserError, match="num_layer"):
+        encoder_config("tiny", num_layer=2)
 
 
 @pytest.mark.parametrize("field, value", [

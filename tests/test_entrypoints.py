@@ -20,14 +20,9 @@ SMALL_LLM = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2
              "head_dim": 16, "intermediate_size": 64}
 
 
-def _renamed(value, old: str, new: str):
-    if isinstance(value, str):
-        return value.replace(old, new)
-    if isinstance(value, list):
-        return [_renamed(v, old, new) for v in value]
-    if isinstance(value, dict):
-        return {k: _renamed(v, old, new) for k, v in value.items()}
-    return value
+def stage_callbacks(stage: str) -> list[dict]:
+    """The callbacks a tiny stage config lists (their paths still ${vars...}: a run resolves them)."""
+    return yaml.safe_load((ROOT / "experiments" / "tiny" / f"{stage}.yaml").read_text())["trainer"].get("callbacks", [])
 
 
 def shrunk_pipeline(corpus: Path, run_dir: Path) -> dict:
@@ -39,6 +34,7 @@ def shrunk_pipeline(corpus: Path, run_dir: Path) -> dict:
     """
     cfg = yaml.safe_load((ROOT / "experiments" / "tiny" / "pipeline.yaml").read_text())
     cfg["run_dir"] = str(run_dir)
+    cfg["vars"] = {"first_snapshot": "step00000001"}  # the stage configs' first snapshot: the reference at step 1
     for stage in cfg["stages"]:
         o = stage.setdefault("overrides", {})
         if stage["name"] == "pretrain_lm":
@@ -49,12 +45,15 @@ def shrunk_pipeline(corpus: Path, run_dir: Path) -> dict:
         if stage["name"] == "pretrain_ctc":
             o["trainer.callbacks"] = [{"class_path": "callbacks.CKADriftMonitor", "init_args": {
                 "every_n_steps": 1, "warmup_steps": 1, "threshold": 1.0, "probe_batches": 1}}]
-        if stage["name"] == "ia_sft":  # wait at step 1 for the final snapshot (pretraining's step 2)
-            o["trainer.callbacks"][0]["init_args"].update(final_by_step=1, wait_for_final_s=600, wait_poll_s=0.5)
+        if stage["name"] in ("ia_sft", "joint_sft"):
+            o["trainer.callbacks"] = stage_callbacks(stage["name"])
         for cb in o.get("trainer.callbacks", []):
+            if cb["class_path"].endswith("EncoderHotSwap"):  # wait at step 1 for the final snapshot (step 2)
+                cb["init_args"].update(final_by_step=1, wait_for_final_s=600, wait_poll_s=0.5)
             if cb["class_path"].endswith("AccessibleInformationProbe"):
                 cb["init_args"]["test_every"] = 2  # the 60-utterance corpus' dev split is a handful
-        stage.update(_renamed({k: v for k, v in stage.items() if k != "name"}, "-step00001200", "-step00000001"))
+        if "wait_for" in stage:
+            stage["wait_for"] = stage["wait_for"].replace("-step00001200", "-step00000001")
     return cfg
 
 

@@ -136,7 +136,7 @@ def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(expor
 
     def ia_sft(run_dir: Path, callbacks: list, *extra: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, run_dir),
-               "--model.init_args.encoder_snapshots", "[]", "--trainer.callbacks", json.dumps(callbacks),
+               "--trainer.callbacks", json.dumps(callbacks),
                "--trainer.max_steps", "9", "--checkpoint.every_n_train_steps", "5", "--trainer.log_every_n_steps", "1",
                "--trainer.limit_val_batches", "0", "--test", "false", "--wandb", "disabled",
                "--data.init_args.batches_per_epoch", "4", *common(tiny_corpus), *small_models("ia_sft"), *extra]

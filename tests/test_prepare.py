@@ -18,9 +18,9 @@ from entropy_asr.data.prepare import (
     main,
     prepare,
     read_aishell,
-    read_jsonl,
     read_kaldi,
     read_librispeech,
+    read_manifest,
 )
 from entropy_asr.data.shards import SkipCounter, read_index
 from entropy_asr.errors import run_main
@@ -150,13 +150,13 @@ def test_jsonl_missing_file_names_file_and_line(tmp_path):
     m = tmp_path / "m.jsonl"
     m.write_text('{"audio": "a.wav", "text": "hi"}\n\n{"audio": "nope.wav", "text": "x"}\n')
     with pytest.raises(ManifestError, match=r"m\.jsonl:3: audio file .*nope\.wav.* does not exist"):
-        read_jsonl(m)
+        read_manifest(m)
     m.write_text('{"audio": "a.wav"}\n')
     with pytest.raises(ManifestError, match=r"m\.jsonl:1: missing key 'text'"):
-        read_jsonl(m)
+        read_manifest(m)
     m.write_text('{"audio": "a.wav", "text": "hi"\n')
     with pytest.raises(ManifestError, match=r"m\.jsonl:1: not valid JSON"):
-        read_jsonl(m)
+        read_manifest(m)
 
 
 def test_cli_missing_file_exits_with_message(tmp_path, capsys):
@@ -184,7 +184,7 @@ def test_bad_inputs_are_skipped_and_counted(tmp_path):
     m = tmp_path / "m.jsonl"
     m.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     out = tmp_path / "out"
-    index = prepare(read_jsonl(m), out, source="jsonl", max_duration=3.0, num_workers=1)
+    index = prepare(read_manifest(m), out, source="jsonl", max_duration=3.0, num_workers=1)
     assert index["utterances"] == 2
     assert index["skipped"] == {"corrupt_audio": 1, "empty_text": 2, "resampled": 1, "too_long": 1}
     assert set(read_shards(out)) == {"ok", "ok2"}
@@ -266,7 +266,7 @@ def test_nonspeech_flag_rejects_a_transcript_naming_file_and_line(tmp_path):
     write_audio(tmp_path / "n.wav", 1.0)
     m = write_manifest(tmp_path / "noise.jsonl", [{"audio": "n.wav"}, {"audio": "n.wav", "text": "hello"}])
     with pytest.raises(ManifestError, match=r"noise\.jsonl:2: .*without speech.*--nonspeech.*'hello'"):
-        read_jsonl(m, nonspeech=True)
+        read_manifest(m, nonspeech=True)
     with pytest.raises(SystemExit) as e:
         run_main(main, ["jsonl", str(m), "--nonspeech", "--out", str(tmp_path / "o"), "--workers", "1"])
     assert e.value.code == 2 and not (tmp_path / "o").exists()
@@ -287,17 +287,17 @@ def test_language_none_lines_mix_non_speech_into_a_speech_set(tmp_path):
         {"audio": "a.wav", "text": "hello world", "id": "speech"},
         {"audio": "n.wav", "text": "", "language": "none", "id": "quiet"},
     ])
-    records = read_jsonl(m)
+    records = read_manifest(m)
     assert [(r.key, r.language) for r in records] == [("speech", None), ("quiet", "none")]
     index = prepare(records, tmp_path / "out", source="jsonl", num_workers=1)
     assert index["languages"] == {"en": 1, "none": 1} and index["skipped"] == {}
     utts = read_shards(tmp_path / "out")
     assert utts["quiet"]["json"]["language"] == "none" and utts["quiet"]["json"]["text"] == ""
     nulled = write_manifest(tmp_path / "m3.jsonl", [{"audio": "a.wav", "text": None, "id": "null"}])
-    assert [r.text for r in read_jsonl(nulled)] == [""]  # skipped as empty later, never the transcript "None"
+    assert [r.text for r in read_manifest(nulled)] == [""]  # skipped as empty later, never the transcript "None"
     m2 = write_manifest(tmp_path / "m2.jsonl", [{"audio": "n.wav", "text": "not empty", "language": "none"}])
     with pytest.raises(ManifestError, match=r"m2\.jsonl:1: a clip without speech .*must have an empty \"text\""):
-        read_jsonl(m2)
+        read_manifest(m2)
 
 
 def test_all_inputs_skipped_is_one_clear_error_and_leaves_no_dir(tmp_path, capsys):
@@ -316,7 +316,7 @@ def test_all_inputs_skipped_is_one_clear_error_and_leaves_no_dir(tmp_path, capsy
     out.mkdir(parents=True)
     (out / "mine.txt").write_text("keep")
     with pytest.raises(ManifestError, match="every one of the 2 inputs was skipped") as ei:
-        prepare(read_jsonl(m), out, source="jsonl", num_workers=1)
+        prepare(read_manifest(m), out, source="jsonl", num_workers=1)
     assert "--nonspeech" in str(ei.value)
     assert sorted(p.name for p in out.iterdir()) == ["mine.txt"]  # only prepare's own (empty) files went
     # so following the hint in the same dir works (not refused as "a different input", no stale empty shards)
@@ -328,7 +328,7 @@ def test_all_inputs_skipped_without_empty_texts_has_no_nonspeech_hint(tmp_path):
     write_audio(tmp_path / "long.wav", 3.0)
     m = write_manifest(tmp_path / "m.jsonl", [{"audio": "long.wav", "text": "too long"}])
     with pytest.raises(ManifestError, match=r"skipped \(\{'too_long': 1\}\)$"):
-        prepare(read_jsonl(m), tmp_path / "out", source="jsonl", max_duration=1.0, num_workers=1)
+        prepare(read_manifest(m), tmp_path / "out", source="jsonl", max_duration=1.0, num_workers=1)
     assert not (tmp_path / "out").exists()
 
 
@@ -358,10 +358,10 @@ def test_duplicate_ids_are_refused_before_anything_is_written_and_a_fixed_rerun_
     m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u1"}\n')
     out = tmp_path / "out"
     with pytest.raises(ManifestError, match=r"utterance id 'u1' is used more than once .*a\.wav.*b\.wav"):
-        prepare(read_jsonl(m), out, source="t", num_workers=1)
+        prepare(read_manifest(m), out, source="t", num_workers=1)
     assert not out.exists() or not any(out.iterdir())  # no plan.json, no *.tmp
     m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u2"}\n')
-    assert prepare(read_jsonl(m), out, source="t", num_workers=1)["utterances"] == 2
+    assert prepare(read_manifest(m), out, source="t", num_workers=1)["utterances"] == 2
 
 
 def test_a_dir_with_shards_this_input_did_not_write_is_not_reused(tiny_corpus, tmp_path):
@@ -373,5 +373,35 @@ def test_a_dir_with_shards_this_input_did_not_write_is_not_reused(tiny_corpus, t
     foreign = tmp_path / "dev"
     shutil.copytree(tiny_corpus / "dev", foreign)  # a synthetic split: shards, index.json, no plan.json
     with pytest.raises(ManifestError, match="already holds shards that this input did not write"):
-        prepare(read_jsonl(m), foreign, source="t", num_workers=1)
+        prepare(read_manifest(m), foreign, source="t", num_workers=1)
     assert (foreign / "index.json").read_text() == (tiny_corpus / "dev" / "index.json").read_text()
+
+
+def _skipping(job: int, skips: SkipCounter):
+    """A shard's input where every utterance is skipped: `job` too long ones and one resampled."""
+    for i in range(job):
+        skips.add("too_long", f"u{i}: too long; skipped")
+    skips.add("resampled", "r: 8000 Hz resampled to 16000 Hz")
+    return iter(())
+
+
+def test_each_kind_of_skip_is_warned_about_once_per_run_not_once_per_shard(tmp_path, caplog):
+    import logging
+
+    from entropy_asr.data.shards import run_shard_jobs, stats_path, warn_skips
+
+    with caplog.at_level(logging.WARNING, logger="entropy_asr.data.shards"):
+        run_shard_jobs([(_skipping, tmp_path / f"shard-{i:06d}.tar", 2) for i in range(3)], num_workers=1)
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == ["too_long", "resampled"]
+        assert json.loads(stats_path(tmp_path / "shard-000002.tar").read_text())["skipped"] == {"resampled": 1,
+                                                                                              "too_long": 2}
+        caplog.clear()  # a worker process's counter is quiet: the parent warns from its first details
+        quiet = SkipCounter(quiet=True)
+        quiet.add("too_long", "a")
+        quiet.add("too_long", "b")
+        assert not caplog.records and quiet == {"too_long": 2} and quiet.details == {"too_long": "a"}
+        warned = {"resampled"}  # the run's: resampled was warned about already
+        warn_skips({**quiet.details, "resampled": "r2"}, warned)
+        assert [r.getMessage() for r in caplog.records] == [
+            "too_long: a (further 'too_long' cases are counted in index.json, not logged)"]
+        assert warned == {"resampled", "too_long"}

@@ -31,7 +31,6 @@ from lightning_modules import (
     JointSFT,
     PretrainCTC,
     PretrainLM,
-    Snapshot,
 )
 from lightning_modules.base import warmup_cosine
 from lightning_modules.pretrain_ctc import symmetric_kl
@@ -41,6 +40,9 @@ TINY = ROOT / "experiments" / "tiny"
 ENC = {"d_model": 32, "num_layers": 1, "num_heads": 2, "ffn_dim": 64, "conv_kernel": 3, "subsampling_channels": 8}
 SMALL_LLM = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
              "head_dim": 16, "intermediate_size": 64}
+# the tiny pretraining config's probe, holding out every 2nd of the few dev utterances here
+PROBE = {"class_path": "callbacks.AccessibleInformationProbe",
+         "init_args": {"every_n_steps": 400, "probe_batches": 8, "at_start": False, "test_every": 2}}
 
 
 def common(corpus: Path) -> list[str]:
@@ -55,10 +57,8 @@ def small_models(stage: str) -> list[str]:
     args = []
     if stage != "pretrain_lm":
         args += ["--model.init_args.encoder", json.dumps(ENC)]
-    if stage == "pretrain_ctc":  # the config's probe, holding out every 2nd of the few dev utterances here
-        probe = {"class_path": "callbacks.AccessibleInformationProbe",
-                 "init_args": {"every_n_steps": 400, "probe_batches": 8, "at_start": False, "test_every": 2}}
-        args += ["--trainer.callbacks", json.dumps([probe])]
+    if stage == "pretrain_ctc":
+        args += ["--trainer.callbacks", json.dumps([PROBE])]
     if stage in ("align", "ia_sft", "joint_sft"):  # the adapter reads phone posteriors through the reader's table
         args += ["--model.init_args.phone_frames", json.dumps({"dim": ENC["d_model"]})]
     if stage == "pretrain_lm":
@@ -73,8 +73,11 @@ def exports(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
     """fast_dev_run of the two first stages; their exports feed the LLM stages."""
     root = tmp_path_factory.mktemp("runs")
     outs = {}
+    # pretraining's drift monitor exports the step-1 snapshot (encoder + CTC head, with its marker) as the real
+    # pipeline does: the LLM stages start from it and IA-SFT's hot-swap reads its directory
+    drift = {"class_path": "callbacks.CKADriftMonitor", "init_args": {"every_n_steps": 1, "probe_batches": 1}}
     for stage in ("pretrain_lm", "pretrain_ctc"):
-        extra = ["--model.init_args.snapshot_steps", "[1]"] if stage == "pretrain_ctc" else []
+        extra = ["--trainer.callbacks", json.dumps([PROBE, drift])] if stage == "pretrain_ctc" else []
         outs[stage] = run(["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(root / stage),
                            "--trainer.fast_dev_run", "true", *common(tiny_corpus), *small_models(stage), *extra])
     lm = root / "pretrain_lm" / "export"
@@ -104,9 +107,12 @@ def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
         init.update(adapter=exports["reader"]["adapter"])
         args += ["--model.init_args.distill", json.dumps(exports["reader"])]
     args += ["--model.init_args.init", json.dumps(init)]
+    # the configs' callbacks read runs/tiny (the pipeline test runs them); IA-SFT hot-swaps the fixture's snapshots
     if stage == "ia_sft":
-        args += ["--model.init_args.encoder_snapshots", json.dumps([{"step": 0, "path": str(exports["encoder"])}])]
-    if stage in ("ia_sft", "joint_sft"):  # the configs' callbacks read runs/tiny (the pipeline test runs them)
+        swap = {"class_path": "callbacks.EncoderHotSwap",
+                "init_args": {"snapshot_dir": str(exports["root"] / "pretrain_ctc" / "export" / "snapshots")}}
+        args += ["--trainer.callbacks", json.dumps([swap])]
+    if stage == "joint_sft":
         args += ["--trainer.callbacks", "[]"]
     return args
 
@@ -123,7 +129,11 @@ def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
     through = ["ctc_head.safetensors", "phone_frames.safetensors"]
     expected = {"align": ["adapter.safetensors"], "ia_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
                 "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"]}[stage]
-    assert written == sorted(expected + through)
+    described = ["cmvn.json", "model.json"]  # what decoding needs besides the weights: the export decodes alone
+    assert written == sorted(expected + through + described)
+    if stage == "ia_sft":  # the hot-swap took the drift monitor's step-1 snapshot in before the first step
+        swaps = [json.loads(line) for line in (tmp_path / stage / "swaps.jsonl").read_text().splitlines()]
+        assert [(s["step"], s["snapshot_step"]) for s in swaps] == [(0, 1)]
 
 
 def test_resume_from_last_ckpt_continues_step_and_optimizer(tiny_corpus, tmp_path):
@@ -218,11 +228,12 @@ def test_align_distill_adds_the_reader_mse_and_trains_only_the_adapter(exports):
     with pytest.raises(ValueError, match="distill aligns with a CTC head; set model.ctc_head"):
         build(Align, exports, init={"encoder": str(exports["snapshot"])}, distill=DistillConfig(**exports["reader"]))
     m = build(Align, exports, ctc_head=CTCHeadConfig(), init=init, distill=DistillConfig(**exports["reader"]))
-    assert trainable_tops(m) == {"adapter"} and not any(p.requires_grad for p in m.teacher.parameters())
+    assert m.phone_aligner is None  # the stage's own CTC head times the phones
+    assert trainable_tops(m) == {"adapter"} and not any(p.requires_grad for p in m.distill_reader.parameters())
     logged = {}
     m.log = lambda key, value, **kw: logged.setdefault(key, value)
     m.train()
-    assert not m.teacher.training and not m.net.ctc_head.training
+    assert not m.distill_reader.training and not m.net.ctc_head.training
     batch = {"feats": torch.randn(2, 200, 80), "feat_lens": torch.tensor([200, 160]), "text": ["你好", "hello"],
              "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
     torch.manual_seed(0)
@@ -235,10 +246,6 @@ def test_align_distill_adds_the_reader_mse_and_trains_only_the_adapter(exports):
     m.eval()  # validation: the LM loss alone (no transcript-driven target at test time)
     with torch.no_grad():
         assert m.model_step(batch).item() == pytest.approx(loss.item() - mse.item(), rel=1e-4)
-    with pytest.raises(ValueError, match="would not follow the swapped encoders"):
-        IASFT(encoder=EncoderConfig(**ENC), adapter=AdapterConfig(), ctc_head=CTCHeadConfig(),
-              llm=LLMConfig(name_or_path=str(exports["llm"])), init=init, distill=DistillConfig(**exports["reader"]),
-              encoder_snapshots=[Snapshot(step=1, path=str(exports["encoder"]))])
 
 
 def test_pretrain_lm_reads_with_both_reader_parts_or_neither(exports):
@@ -276,8 +283,7 @@ def test_handoff_is_strict_and_names_component_and_shapes(exports, tmp_path):
 
 
 def test_ia_sft_swap_encoder_keeps_it_frozen_and_optimizer_untouched(exports):
-    m = build(IASFT, exports, init={"encoder": str(exports["snapshot"])},
-              encoder_snapshots=[Snapshot(step=0, path=str(exports["encoder"]))])
+    m = build(IASFT, exports, init={"encoder": str(exports["snapshot"])})
     m.trainer = stub_trainer()
     opt = m.configure_optimizers()["optimizer"]
     before = {id(p) for g in opt.param_groups for p in g["params"]}
@@ -432,22 +438,37 @@ def test_accessible_information_probe_needs_a_ctc_head_or_an_aligner(exports):
         few.on_fit_start(None, build(PretrainCTC, exports))  # before training, not after it
 
 
-def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(exports, tiny_corpus, tmp_path):
+def _hyps(out: Path) -> list[str]:
+    return [json.loads(x)["hyp"] for x in (out / "hyps.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def evaluated_align(exports, tiny_corpus, tmp_path_factory) -> dict:
+    """A one-step align run, and evaluate.py's transcripts of two sets from its run dir (config.yaml + export/)."""
     from experiments import evaluate
 
-    run_dir = tmp_path / "align"
+    root = tmp_path_factory.mktemp("evaluated")
+    run_dir = root / "align"
     run([*llm_stage_args("align", exports, run_dir), "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
          "--test", "false", *common(tiny_corpus), *small_models("align")])
     sets = [tiny_corpus / "test", tiny_corpus / "nonspeech"]
     data = [a for d in sets for a in ("--data", str(d))]
-    metrics = evaluate.main(["--checkpoint", str(run_dir), *data, "--out", str(tmp_path / "eval"), "--beam", "1"])
+    metrics = evaluate.main(["--checkpoint", str(run_dir), *data, "--out", str(root / "eval"), "--beam", "1"])
+    hyps = [json.loads(x) for x in (root / "eval" / "hyps.jsonl").read_text().splitlines()]
+    return {"run_dir": run_dir, "sets": sets, "data": data, "metrics": metrics, "hyps": hyps}
+
+
+def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(evaluated_align, tiny_corpus, tmp_path):
+    from experiments import evaluate
+
+    run_dir, sets, data = evaluated_align["run_dir"], evaluated_align["sets"], evaluated_align["data"]
+    metrics, hyps = evaluated_align["metrics"], evaluated_align["hyps"]
     assert set(metrics["sets"]) == {"test", "nonspeech"}
     for name, d in zip(("test", "nonspeech"), sets, strict=True):
         overall = metrics["sets"][name]["overall"]
         assert overall["utterances"] == json.loads((d / "index.json").read_text())["utterances"]
         assert overall["rtfx"] > 0
     assert "nonspeech_emission_rate" in metrics["sets"]["nonspeech"]["none"]
-    hyps = [json.loads(x) for x in (tmp_path / "eval" / "hyps.jsonl").read_text().splitlines()]
     # the Lightning checkpoint holds the same weights: the same transcripts
     again = evaluate.main(["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), *data,
                            "--out", str(tmp_path / "eval2"), "--beam", "1"])
@@ -474,6 +495,67 @@ def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(exp
     assert not overall["complete"] and overall["expected_utterances"] == overall["scored_utterances"] + 5
 
 
+def test_evaluate_decodes_an_export_or_a_checkpoint_away_from_its_run(evaluated_align, tiny_corpus, tmp_path,
+                                                                      monkeypatch):
+    """An export dir (model.json + cmvn.json) or a .ckpt copied anywhere decodes alone: no config.yaml next to it
+    and no data cache, with the transcripts of the run dir."""
+    from entropy_asr.errors import UserError
+    from experiments import evaluate
+
+    run_dir, data = evaluated_align["run_dir"], evaluated_align["data"]
+    expected = [h["hyp"] for h in evaluated_align["hyps"]]
+    (tmp_path / "empty_cache").mkdir()
+    monkeypatch.setenv("ENTROPY_ASR_CACHE", str(tmp_path / "empty_cache"))
+    export = tmp_path / "elsewhere" / "export"
+    shutil.copytree(run_dir / "export", export)
+    desc = json.loads((export / "model.json").read_text())
+    assert desc["class_path"] == "lightning_modules.sft.Align" and desc["stage"] == "align"
+    assert sorted(desc["exported"]) == ["adapter", "ctc_head", "phone_frames"]
+    assert desc["init_args"]["init"]["adapter"] == "adapter.safetensors"  # inside the export: relative to it
+    assert Path(desc["init_args"]["init"]["encoder"]).is_absolute()  # a starting point elsewhere: absolute
+    assert desc["init_args"]["encoder"]["d_model"] == ENC["d_model"] and desc["data"]["num_workers"] == 0
+    assert (export / "cmvn.json").read_bytes() == (tiny_corpus / "train" / "cmvn.json").read_bytes()
+    evaluate.main(["--checkpoint", str(export), *data, "--out", str(tmp_path / "from_export"), "--beam", "1"])
+    assert _hyps(tmp_path / "from_export") == expected
+    lone = tmp_path / "lone" / "checkpoints" / "last.ckpt"  # no config.yaml two dirs up: the checkpoint describes itself
+    lone.parent.mkdir(parents=True)
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", lone)
+    evaluate.main(["--checkpoint", str(lone), *data, "--out", str(tmp_path / "from_ckpt"), "--beam", "1"])
+    assert _hyps(tmp_path / "from_ckpt") == expected
+    # a run dir whose data config's statistics are gone (another cache or machine): the export's copy, else --cmvn
+    moved = tmp_path / "moved"
+    shutil.copytree(run_dir / "export", moved / "export")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["data"]["init_args"]["synthetic"]["root"] = str(tmp_path / "gone")
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    evaluate.main(["--checkpoint", str(moved), *data, "--out", str(tmp_path / "from_moved"), "--beam", "1"])
+    assert _hyps(tmp_path / "from_moved") == expected
+    (moved / "export" / "cmvn.json").unlink()
+    with pytest.raises(FileNotFoundError, match="gone/train/cmvn.json, are not there .*pass --cmvn PATH"):
+        evaluate.main(["--checkpoint", str(moved), *data, "--out", str(tmp_path / "x")])
+    # --cmvn names its flag when it is wrong; a damaged or missing model.json is one line naming the file and the fix
+    with pytest.raises(FileNotFoundError, match="--cmvn .*: no such file"):
+        evaluate.main(["--checkpoint", str(export), *data, "--out", str(tmp_path / "x"), "--cmvn", str(tmp_path / "no")])
+    for text, match in (('{"class_path": "lightning_modules.Align", "init_args": ', "not valid JSON"),
+                        (json.dumps({"init_args": {}}), "no class_path"),
+                        (json.dumps({"class_path": "os.path", "init_args": {}}), "not a stage's LightningModule")):
+        (export / "model.json").write_text(text)
+        with pytest.raises(UserError, match=match) as e:
+            evaluate.main(["--checkpoint", str(export), *data, "--out", str(tmp_path / "x")])
+        assert "model.json" in str(e.value) and "\n" not in str(e.value)
+    (export / "model.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no config.yaml and no model.json") as e:
+        evaluate.main(["--checkpoint", str(export), *data, "--out", str(tmp_path / "x")])
+    assert "\n" not in str(e.value)
+
+
+def test_decoding_overrides_are_the_ones_the_stage_takes():
+    """evaluate.py turns off what only training reads, asking each stage's class which of its args those are."""
+    assert Align.decoding_overrides() == IASFT.decoding_overrides() == JointSFT.decoding_overrides() == {"distill": None}
+    assert PretrainCTC.decoding_overrides() == {} and "distill" not in PretrainCTC.init_arg_names()
+    assert {"encoder", "adapter", "llm", "distill"} <= Align.init_arg_names()
+
+
 def test_align_distill_with_a_fixed_phone_aligner_equals_the_own_head_path(exports):
     snap = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
     own = build(Align, exports, ctc_head=CTCHeadConfig(), init=snap, distill=DistillConfig(**exports["reader"]))
@@ -481,7 +563,10 @@ def test_align_distill_with_a_fixed_phone_aligner_equals_the_own_head_path(expor
     fixed = build(Align, exports, init={"encoder": snap["encoder"]},
                   distill=DistillConfig(**exports["reader"], aligner=snap))
     fixed.net.adapter.load_state_dict(own.net.adapter.state_dict())
-    assert fixed.net.ctc_head is None and not any(p.requires_grad for p in fixed.teacher.parameters())
+    assert fixed.net.ctc_head is None
+    assert not any(p.requires_grad for part in (fixed.distill_reader, fixed.phone_aligner) for p in part.parameters())
+    fixed.train()
+    assert not fixed.distill_reader.training and not fixed.phone_aligner.training
     batch = {"feats": torch.randn(2, 200, 80), "feat_lens": torch.tensor([200, 160]), "text": ["你好", "hello"],
              "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
     losses = []
@@ -493,6 +578,29 @@ def test_align_distill_with_a_fixed_phone_aligner_equals_the_own_head_path(expor
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # same weights align the same: same target
     with pytest.raises(ValueError, match=r"exactly \{encoder: PATH, ctc_head: PATH\}"):
         DistillConfig(**exports["reader"], aligner={"encoder": snap["encoder"]})
+
+
+def test_checkpoint_from_before_the_teacher_split_still_resumes(exports):
+    """Checkpoints written before the split hold the distill reader and the phone aligner as `teacher.*`."""
+    snap = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+
+    def make():
+        return build(Align, exports, init={"encoder": snap["encoder"]},
+                     distill=DistillConfig(**exports["reader"], aligner=snap))
+
+    def old_key(k: str) -> str:
+        return next(("teacher." + k[len(p):] for p in ("distill_reader.", "phone_aligner.") if k.startswith(p)), k)
+
+    # an old checkpoint: teacher.{phone_frames,adapter,encoder,ctc_head}.*, weights moved off what make() loads
+    old = {old_key(k): v + 1.0 if v.is_floating_point() else v for k, v in make().state_dict().items()}
+    assert {k.split(".")[1] for k in old if k.startswith("teacher.")} == {"phone_frames", "adapter", "encoder",
+                                                                          "ctc_head"}
+    checkpoint = {"state_dict": dict(old)}
+    resumed = make()
+    resumed.on_load_checkpoint(checkpoint)  # what Lightning calls before it loads checkpoint["state_dict"]
+    assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
+    resumed.load_state_dict(checkpoint["state_dict"], strict=True)
+    assert all(torch.equal(v, old[old_key(k)]) for k, v in resumed.state_dict().items())
 
 
 def test_pretrain_ctc_on_characters(exports, tiny_corpus, tmp_path):

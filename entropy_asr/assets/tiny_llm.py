@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 from entropy_asr.assets import CARD, ROOT, card, expected_data
-from entropy_asr.model.export import replace_dir, sha256_file
+from entropy_asr.io import replace_dir
+from entropy_asr.model.export import sha256_file
 
 NAME = "tiny_llm"
 PROMPT = {"system": None, "user": "Transcribe: <speech>"}  # the prompt it was trained with; the tiny configs use it

@@ -133,14 +133,12 @@ def encode_flac(x: np.ndarray, sr: int = SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
-_FLOOR: torch.Tensor | None = None
-
-
 def _kaldi_fbank(w: torch.Tensor, sr: int) -> torch.Tensor:
     return kaldi.fbank(w, num_mel_bins=NUM_MEL_BINS, frame_length=FRAME_LENGTH_MS, frame_shift=FRAME_SHIFT_MS,
                        dither=0.0, energy_floor=0.0, sample_frequency=float(sr))
 
 
+@functools.cache
 def fbank_floor() -> torch.Tensor:
     """(80,) per-bin floor of the log-Mel energies: their mean on unit-variance white noise.
 
@@ -148,13 +146,10 @@ def fbank_floor() -> torch.Tensor:
     digital silence (the synthetic corpus' padding, gaps in real recordings) gives log(eps) =
     -15.9 in every bin, and the global CMVN, stretched over that gap, squeezes all speech into
     about 0.2 standard deviations: phone CTC then barely learns. Flooring instead of dithering
-    keeps features deterministic. Computed once from a fixed-seed signal.
+    keeps features deterministic. Computed once from a fixed-seed signal (cached: do not modify it in place).
     """
-    global _FLOOR
-    if _FLOOR is None:
-        noise = torch.randn(1, 10 * SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
-        _FLOOR = _kaldi_fbank(noise, SAMPLE_RATE).mean(0)
-    return _FLOOR
+    noise = torch.randn(1, 10 * SAMPLE_RATE, generator=torch.Generator().manual_seed(0))
+    return _kaldi_fbank(noise, SAMPLE_RATE).mean(0)
 
 
 def fbank(x: np.ndarray | torch.Tensor, sr: int = SAMPLE_RATE) -> torch.Tensor:

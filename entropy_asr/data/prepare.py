@@ -36,7 +36,6 @@ from entropy_asr.data.shards import (
     NoUtterancesError,
     SkipCounter,
     Utterance,
-    atomic_write_json,
     prepare_utterance,
     read_text,
     safe_key,
@@ -45,6 +44,7 @@ from entropy_asr.data.shards import (
     write_shards,
 )
 from entropy_asr.errors import UserError, run_main
+from entropy_asr.io import atomic_write_json
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _require_file(audio: str, where: str) -> str:
     return audio
 
 
-def read_jsonl(path: Path, nonspeech: bool = False) -> list[Record]:
+def read_manifest(path: Path, nonspeech: bool = False) -> list[Record]:
     """A JSONL manifest: {"audio": path, "text": str, optional "id", "language", "speaker", "start", "end"}.
 
     "language": "none" marks a clip without speech (its text must be empty); `nonspeech` makes every
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     if a.nonspeech and a.format != "jsonl":
         p.error("--nonspeech takes a jsonl manifest (one {\"audio\": path} per line)")
     skips = SkipCounter()
-    records = {"jsonl": lambda: read_jsonl(a.input, a.nonspeech), "kaldi": lambda: read_kaldi(a.input, skips),
+    records = {"jsonl": lambda: read_manifest(a.input, a.nonspeech), "kaldi": lambda: read_kaldi(a.input, skips),
                "librispeech": lambda: read_librispeech(a.input),
                "aishell": lambda: read_aishell(a.input, a.split, skips)}[a.format]()
     source = a.source or f"{a.format}:{a.input.name}" + (f"/{a.split}" if a.split else "")

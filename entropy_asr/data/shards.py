@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
 import re
 import tarfile
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -38,6 +36,7 @@ from entropy_asr.data.audio import (
     to_pcm16,
 )
 from entropy_asr.errors import UserError, UserFileNotFound
+from entropy_asr.io import atomic_open, atomic_write_json
 from entropy_asr.text import (
     INVENTORY_VERSION,
     Phonemizer,
@@ -51,21 +50,6 @@ log = logging.getLogger(__name__)
 LANGUAGES = ("zh", "en", "mix", "none")
 INDEX_VERSION = 1
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same dir + rename (atomic on POSIX)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write `obj` as pretty, key-sorted JSON (byte-stable for equal objects)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode())
 
 
 def safe_key(key: str) -> str:
@@ -100,9 +84,6 @@ class Utterance:
         }
 
 
-_WARNED: set[str] = set()  # kinds already warned about in this process (counters are per shard)
-
-
 def read_text(path: Path) -> str:
     """A transcript or manifest file as text: UTF-8 (a byte-order mark allowed), or one line naming where it is not."""
     data = path.read_bytes()
@@ -116,14 +97,33 @@ def read_text(path: Path) -> str:
 
 
 class SkipCounter(Counter):
-    """Counts skipped/adjusted inputs by kind, warning once per kind and process (never a silent drop)."""
+    """Counts skipped/adjusted inputs by kind, warning once per kind and stream (never a silent drop).
+
+    `warned` is the set of kinds already warned about in the stream: the counters of one run's shards share
+    one (run_shard_jobs); by default a counter has its own. A `quiet` counter warns about nothing and keeps each
+    kind's first detail in `details` for its caller to report (a worker process's: the parent warns).
+    """
+
+    def __init__(self, iterable=None, /, *, warned: set[str] | None = None, quiet: bool = False):
+        super().__init__(iterable)
+        self.warned = set() if warned is None else warned
+        self.quiet = quiet
+        self.details: dict[str, str] = {}  # the first detail of each kind
 
     def add(self, kind: str, detail: str) -> None:
-        """Count one occurrence of `kind`; log a warning with `detail` the first time in this process."""
-        if kind not in _WARNED:
-            _WARNED.add(kind)
-            log.warning("%s: %s (further '%s' cases are counted in index.json, not logged)", kind, detail, kind)
+        """Count one occurrence of `kind`; log a warning with `detail` the first time in this stream."""
+        self.details.setdefault(kind, detail)
+        if not self.quiet:
+            warn_skips({kind: detail}, self.warned)
         self[kind] += 1
+
+
+def warn_skips(details: dict[str, str], warned: set[str]) -> None:
+    """Log each kind's detail unless `warned` (the kinds already warned about in this stream) has it; add it."""
+    for kind, detail in details.items():
+        if kind not in warned:
+            warned.add(kind)
+            log.warning("%s: %s (further '%s' cases are counted in index.json, not logged)", kind, detail, kind)
 
 
 def prepare_utterance(
@@ -189,32 +189,24 @@ class ShardStats:
 def write_shard(path: Path, utterances: Iterable[Utterance], phonemizer: Phonemizer,
                 skips: SkipCounter) -> ShardStats:
     """Write `utterances` into the tar `path` (atomically) and its stats file; return the stats."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
     cmvn, seconds, count, langs = CMVNStats.zeros(), 0.0, 0, Counter()
     seen: set[str] = set()
-    try:
-        with open(tmp, "wb") as f:
-            # mtime/user fixed and members sorted per key: equal input gives byte-identical tars.
-            sink = wds.TarWriter(f, user="entropy-asr", group="entropy-asr", mtime=0.0, encoder=False)
-            for utt in utterances:
-                if utt.key in seen:
-                    raise UserError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
-                seen.add(utt.key)
-                meta = utt.metadata(phonemizer)
-                pcm = to_pcm16(utt.samples)
-                sink.write({"__key__": utt.key, "flac": encode_flac(utt.samples),
-                            "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
-                cmvn.add(fbank(pcm / 32768.0))  # statistics of exactly what a reader decodes
-                seconds += meta["duration"]
-                count += 1
-                langs[meta["language"]] += 1
-            sink.close()
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # nothing half-written stays behind (e.g. a duplicate key)
-        raise
-    os.replace(tmp, path)
+    with atomic_open(path) as f:  # nothing half-written stays behind (e.g. a duplicate key)
+        # mtime/user fixed and members sorted per key: equal input gives byte-identical tars.
+        sink = wds.TarWriter(f, user="entropy-asr", group="entropy-asr", mtime=0.0, encoder=False)
+        for utt in utterances:
+            if utt.key in seen:
+                raise UserError(f"{path.name}: duplicate utterance key {utt.key!r}; keys must be unique")
+            seen.add(utt.key)
+            meta = utt.metadata(phonemizer)
+            pcm = to_pcm16(utt.samples)
+            sink.write({"__key__": utt.key, "flac": encode_flac(utt.samples),
+                        "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode()})
+            cmvn.add(fbank(pcm / 32768.0))  # statistics of exactly what a reader decodes
+            seconds += meta["duration"]
+            count += 1
+            langs[meta["language"]] += 1
+        sink.close()
     if phonemizer.unk_counts:
         skips["unk_phone_tokens"] += sum(phonemizer.unk_counts.values())
         phonemizer.unk_counts.clear()
@@ -254,11 +246,13 @@ def _init_worker() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _run_job(args: tuple[Callable[..., Iterator[Utterance]], Path, Any]) -> tuple[str, ShardStats]:
+def _run_job(args: tuple[Callable[..., Iterator[Utterance]], Path, Any],
+             warned: set[str] | None = None) -> tuple[str, ShardStats, dict[str, str]]:
+    """Write one shard; its skips are warned about against `warned`, or (None: in a worker) returned to report."""
     make, path, job = args
-    skips = SkipCounter()
+    skips = SkipCounter(warned=warned, quiet=warned is None)
     stats = write_shard(path, make(job, skips), _phonemizer(), skips)
-    return f"{path.parent.name}/{path.name}", stats
+    return f"{path.parent.name}/{path.name}", stats, skips.details
 
 
 def write_shards(
@@ -287,17 +281,22 @@ def write_shards(
 
 
 def run_shard_jobs(items: list[tuple[Callable[..., Iterator[Utterance]], Path, Any]], num_workers: int) -> None:
-    """Write each (make_utterances, shard path, job) item, in a process pool when num_workers > 1."""
+    """Write each (make_utterances, shard path, job) item, in a process pool when num_workers > 1.
+
+    Each kind of skipped input is warned about once in the run (by this process, for the workers' shards too).
+    """
+    warned: set[str] = set()
     if num_workers > 1 and len(items) > 1:
         # spawn, not fork: a child forked after torch ran an OpenMP region hangs in its first
         # parallel op (libgomp is not fork-safe); one torch thread per worker process.
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(num_workers, len(items)), mp_context=ctx, initializer=_init_worker) as pool:
-            for name, st in pool.map(_run_job, items):
+            for name, st, details in pool.map(_run_job, items):
+                warn_skips(details, warned)
                 log.info("%s: %d utterances, %.1f s", name, st.count, st.seconds)
     else:
         for item in items:
-            _run_job(item)
+            _run_job(item, warned)
 
 
 class NoUtterancesError(UserError):

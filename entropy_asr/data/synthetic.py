@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from entropy_asr.data.audio import SAMPLE_RATE, resample
-from entropy_asr.data.augment import colored_noise
+from entropy_asr.data.augment import colored_noise, pad_silence
 from entropy_asr.data.espeak import (
     ENGLISH_ACCENTS,
     MAX_RANGE_ABOVE_PITCH,
@@ -49,7 +49,6 @@ from entropy_asr.data.sentences import GRAMMAR_VERSION, SentenceGenerator
 from entropy_asr.data.shards import (
     SkipCounter,
     Utterance,
-    atomic_write_json,
     is_finished,
     prepare_utterance,
     run_shard_jobs,
@@ -57,6 +56,7 @@ from entropy_asr.data.shards import (
     write_index,
 )
 from entropy_asr.errors import UserError, run_main
+from entropy_asr.io import atomic_write_json
 from entropy_asr.text import normalize_text
 
 log = logging.getLogger(__name__)
@@ -220,8 +220,7 @@ def render(specs: list[UttSpec], skips: SkipCounter) -> Iterator[Utterance]:
         else:
             spk = s.speaker
             x = resample(synthesize_text(engine, s.text, spk), engine.sample_rate, SAMPLE_RATE)
-            left, right = (rng.uniform(0, MAX_SILENCE_PAD, 2) * SAMPLE_RATE).astype(int)
-            x = np.concatenate([np.zeros(left, np.float32), x.astype(np.float32), np.zeros(right, np.float32)])
+            x = pad_silence(x.astype(np.float32), rng, MAX_SILENCE_PAD)
             utt = prepare_utterance(s.key, x, SAMPLE_RATE, s.text, s.language, spk.name, "synthetic", skips,
                                     max_duration=60.0)
         if utt is None:

@@ -1,12 +1,11 @@
 """Metrics: error rates, and the entropy-allocation metrics (linear CKA, spectral entropy, accessible
 information: PAI and CSAI on the encoder side, H0/H1 on the LLM side)."""
 
+from entropy_asr.metrics.alignment import frame_phone_positions
 from entropy_asr.metrics.cka import LinearCKA, hsic_unbiased, linear_cka
 from entropy_asr.metrics.llm_info import TranscriptInformation
 from entropy_asr.metrics.probe import (
            accessible_information,
-           frame_phone_labels,
-           frame_phone_positions,
            semantic_accessible_information,
            unit_rows,
 )
@@ -22,7 +21,6 @@ __all__ = [
            "SpectralEntropy",
            "TranscriptInformation",
            "accessible_information",
-           "frame_phone_labels",
            "frame_phone_positions",
            "hsic_unbiased",
            "linear_cka",

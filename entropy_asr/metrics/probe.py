@@ -7,7 +7,8 @@ Computational Constraints") with V = linear softmax probes, in bits per frame:
     PAI = CE_test(best constant) - CE_test(linear probe on the features)
 
 - Labels: one phone class per encoder frame (the blank/silence class included), from a CTC
-  forced alignment of the transcript with the model's own phone head (`frame_phone_labels`).
+  forced alignment of the transcript with the model's own phone head
+  (entropy_asr.metrics.alignment.frame_phone_positions).
 - Best constant: the training frames' label frequencies (add-one smoothed); its held-out
   cross-entropy estimates H(phone).
 - Probe: multinomial logistic regression on the training frames' features, standardized with
@@ -41,20 +42,6 @@ import math
 
 import torch
 from torch import Tensor
-
-from entropy_asr.model.pseudo_speech import aligned_layout, aligned_phone_positions
-
-
-def frame_phone_labels(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
-                       max_frames_per_phone: int = 5) -> Tensor:
-    """(B, T') phone id per encoder frame (0 = blank/silence) from a CTC forced alignment (see aligned_layout)."""
-    return aligned_layout(log_probs, lens, phones, phone_lens, max_frames_per_phone)
-
-
-def frame_phone_positions(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
-                          max_frames_per_phone: int = 5) -> Tensor:
-    """(B, T') index of the transcript phone per encoder frame (-1 = silence; see aligned_phone_positions)."""
-    return aligned_phone_positions(log_probs, lens, phones, phone_lens, max_frames_per_phone)
 
 
 def unit_rows(frames: Tensor, positions: Tensor, units: list[list[tuple[str, tuple[str, ...]]]]

@@ -1,13 +1,9 @@
 """The plain-torch model: speech encoder, CTC head, adapter, LLM, prompt, and their composition."""
 
 from entropy_asr.model.encoder import (
-    ENCODERS,
     ConformerEncoder,
     EncoderConfig,
-    build_encoder,
     chunk_attention_mask,
-    paper_conformer,
-    tiny_conformer,
 )
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
@@ -17,7 +13,6 @@ from entropy_asr.model.prompt import (
     build_train_inputs,
     generate,
     max_new_tokens_for,
-    transcript_nll,
     transcript_scores,
 )
 from entropy_asr.model.tokenizer import (
@@ -27,7 +22,6 @@ from entropy_asr.model.tokenizer import (
 )
 
 __all__ = [
-    "ENCODERS",
     "SPEECH_TOKEN",
     "Adapter",
     "CTCHead",
@@ -35,7 +29,6 @@ __all__ = [
     "EncoderConfig",
     "LLMConfig",
     "SpeechPrompt",
-    "build_encoder",
     "build_generation_inputs",
     "build_llm",
     "build_train_inputs",
@@ -44,9 +37,6 @@ __all__ = [
     "llm_embed",
     "load_tokenizer",
     "max_new_tokens_for",
-    "paper_conformer",
-    "tiny_conformer",
     "train_bpe_tokenizer",
-    "transcript_nll",
     "transcript_scores",
 ]

@@ -1,7 +1,7 @@
 """The speech encoder: a FireRedASR-AED-style Conformer over 80-dim fbank, 4x subsampled to 25 Hz.
 
 Read top to bottom: config -> subsampling -> rotary positions -> chunk masks -> the block's
-parts (FFN, self-attention, conv module) -> block -> encoder -> builders.
+parts (FFN, self-attention, conv module) -> block -> encoder (the sizes: experiments/models/).
 
 Streaming (docs/method.md, "Encoder": dynamic-chunk attention, as in WeNet's U2): in training, each
 batch may get a chunk mask; frame i then attends to its own chunk and some previous chunks,
@@ -15,7 +15,7 @@ Transformer-XL relative positions (see `rotary_tables`).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,13 +23,19 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from entropy_asr.errors import UserError
+from entropy_asr.model.masks import length_mask
 
 MIN_INPUT_FRAMES = 7  # the smallest T two no-padding 3x3/stride-2 convs turn into one output frame
 
 
 @dataclass
 class EncoderConfig:
-    """Shape and streaming behaviour of a ConformerEncoder; defaults are the tiny CPU model."""
+    """Shape and streaming behaviour of a ConformerEncoder.
+
+    The defaults are a small ~5.4M-parameter Conformer (d_model 192, ffn 768, dropout 0.1), not a size any
+    config trains: the sizes are experiments/models/<size>/encoder.yaml (tiny: d_model 144, ffn 576, 3.1M;
+    paper: d_model 1280, ~600M).
+    """
 
     input_dim: int = 80  # fbank bins
     d_model: int = 192
@@ -38,8 +44,8 @@ class EncoderConfig:
     ffn_dim: int = 768
     conv_kernel: int = 15  # depthwise conv width, odd so "same" padding keeps frames aligned
     dropout: float = 0.1
-    # Channels of both 3x3 convs in the 4x subsampler; 64, not 192: the subsampler at 192 doubled the
-    # tiny model's CPU step time (16 x 5 s: 2.1 s vs 1.1 s fwd+bwd on 2 cores) for 0.8M more weights.
+    # Channels of both 3x3 convs in the 4x subsampler; 64, not 192: at 192 they doubled the CPU step time of
+    # this d_model-192 model (16 x 5 s: 2.1 s vs 1.1 s fwd+bwd on 2 cores) for 0.8M more weights.
     subsampling_channels: int = 64
     dynamic_chunk: bool = False  # sample a chunk mask per training batch (see sample_chunk)
     max_chunk: int = 25  # chunk sizes are drawn from [1, max_chunk] output frames (25 = 1 s)
@@ -268,7 +274,7 @@ class ConformerEncoder(nn.Module):
 
         x, out_lens = self.subsampling(feats, feat_lens)  # (B, T', D), (B,)
         T = x.size(1)
-        valid = torch.arange(T, device=x.device)[None, :] < out_lens[:, None]  # (B, T')
+        valid = length_mask(out_lens, T)  # (B, T')
 
         if chunk_size is None and self.training and self.config.dynamic_chunk:
             chunk_size, left_chunks = sample_chunk(self.config)
@@ -289,33 +295,4 @@ class ConformerEncoder(nn.Module):
             else:
                 x = layer(x, mask, valid, cos, sin)
         return self.norm(x) * valid[..., None], out_lens
-
-
-def _build(defaults: dict, overrides: dict) -> ConformerEncoder:
-    unknown = sorted(set(overrides) - set(asdict(EncoderConfig())))
-    if unknown:
-        raise TypeError(f"unknown encoder option(s) {unknown}; valid ones: {sorted(asdict(EncoderConfig()))}")
-    return ConformerEncoder(EncoderConfig(**{**defaults, **overrides}))
-
-
-def tiny_conformer(**overrides) -> ConformerEncoder:
-    """A ~5.4M-parameter Conformer that trains on a laptop CPU (EncoderConfig defaults)."""
-    return _build({}, overrides)
-
-
-def paper_conformer(**overrides) -> ConformerEncoder:
-    """The paper's ~600M encoder, FireRedASR-AED-L shape, with dynamic-chunk training on."""
-    # 32 subsampling channels as in FireRedASR's Conv2dSubsampling; the blocks hold ~99.9% of the weights.
-    return _build({"d_model": 1280, "num_layers": 16, "num_heads": 20, "ffn_dim": 5120, "conv_kernel": 33,
-                   "subsampling_channels": 32, "dynamic_chunk": True}, overrides)
-
-
-ENCODERS = {"tiny": tiny_conformer, "paper": paper_conformer}
-
-
-def build_encoder(name: str, **overrides) -> ConformerEncoder:
-    """Build the encoder registered as `name` in ENCODERS, with EncoderConfig field overrides."""
-    if name not in ENCODERS:
-        raise UserError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
-    return ENCODERS[name](**overrides)
 

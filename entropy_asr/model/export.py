@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -15,6 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from entropy_asr.errors import UserError, UserFileNotFound
+from entropy_asr.io import atomic_write_via
 
 
 def sha256_file(path: str | Path) -> str:
@@ -26,28 +24,13 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def replace_dir(tmp: str | Path, out: str | Path) -> None:
-    """Put the finished dir `tmp` at `out`, replacing what is there (rename() cannot replace a non-empty dir,
-    so the old one is moved aside first, then deleted): a reader sees the old dir or the new one, never a mix."""
-    tmp, out = Path(tmp), Path(out)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def save_component(module: nn.Module, path: str | Path, component: str, meta: dict | None = None) -> Path:
     """Write a module's state dict as safetensors (temp file + rename), tagged with its component name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"component": component, "meta": json.dumps(meta or {})})
-    os.replace(tmp, path)
-    return path
+    metadata = {"component": component, "meta": json.dumps(meta or {})}
+    return atomic_write_via(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def _unreadable(path: Path, component: str | None, e: Exception) -> UserError:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from entropy_asr.errors import UserError
+from entropy_asr.model.masks import length_mask
 
 
 class CTCHead(nn.Module):
@@ -56,12 +56,12 @@ class Adapter(nn.Module):
         """Map frames (B, T, D) with lengths (B,) to tokens (B, ceil(T/k), out_dim) with lengths ceil(lens/k)."""
         B, T, D = x.shape
         k = self.k
-        valid = torch.arange(T, device=x.device)[None, :] < lens[:, None]  # (B, T)
+        valid = length_mask(lens, T)  # (B, T)
         # Zero padding first: an utterance's last token may stack a few padded frames, which must read as silence.
         x = x * valid[..., None]
         x = nn.functional.pad(x, (0, 0, 0, -T % k))  # (B, ceil(T/k)*k, D)
         x = x.reshape(B, -1, k * D)  # (B, T/k, k*D): frames kj .. kj+k-1 side by side
         out_lens = (lens + k - 1) // k
-        token_valid = torch.arange(x.size(1), device=x.device)[None, :] < out_lens[:, None]  # (B, T/k)
+        token_valid = length_mask(out_lens, x.size(1))  # (B, T/k)
         return self.net(x) * token_valid[..., None], out_lens
 

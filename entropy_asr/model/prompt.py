@@ -190,9 +190,3 @@ def transcript_scores(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed
         return torch.zeros(targets.shape, dtype=v.dtype, device=v.device).masked_scatter(scored, v).sum(1)
 
     return {"nll": per_sample(nll), "entropy": per_sample(entropy), "tokens": scored.sum(1)}
-
-
-def transcript_nll(model: PreTrainedModel, prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor | None,
-                   speech_lens: torch.Tensor | None, transcripts: list[str]) -> torch.Tensor:
-    """(B,) summed NLL in nats of each transcript + EOS under the LLM (transcript_scores' "nll")."""
-    return transcript_scores(model, prompt, embed, speech, speech_lens, transcripts)["nll"]

@@ -22,6 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from entropy_asr.errors import UserError
+from entropy_asr.metrics.alignment import frame_phone_positions
+from entropy_asr.model.masks import length_mask
 from entropy_asr.text import PHONE_TO_ID, PHONES
 
 SILENCE_ID = PHONE_TO_ID["<blank>"]  # the CTC blank doubles as "no phone here"
@@ -101,45 +103,14 @@ class PhoneFrames(nn.Module):
         x = self.table(frame_ids)  # (B, T, dim)
         if noise and self.cfg.noise > 0:
             x = x + self.cfg.noise * self.table.weight.detach().std() * torch.randn_like(x)
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lens.to(x.device)[:, None]  # (B, T)
+        valid = length_mask(lens.to(x.device), x.shape[1])  # (B, T)
         return x * valid[..., None]
-
-
-def aligned_phone_positions(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
-                            max_frames_per_phone: int = 5) -> Tensor:
-    """(B, T') index of the transcript phone each encoder frame belongs to (-1 = silence), by CTC forced alignment.
-
-    log_probs (B, T', V) are a CTC head's phone log-posteriors over encoder frames; phones (B, S)
-    with phone_lens (B,) the transcript's phones. CTC marks each phone with a spike, so phone i is
-    held from its first aligned frame to phone i+1's, at most `max_frames_per_phone` frames (longer
-    gaps are pauses); frames before the first phone and after the last are silence. Utterances the
-    alignment cannot fit (more phones than frames) are all silence.
-    """
-    from torchaudio.functional import forced_align  # torchaudio's CTC Viterbi alignment
-
-    B, T = log_probs.shape[:2]
-    out = torch.full((B, T), -1, dtype=torch.long)
-    lp = log_probs.detach().float().cpu()
-    for b in range(B):
-        n, s = int(lens[b]), int(phone_lens[b])
-        target = phones[b, :s].cpu()
-        repeats = int((target[1:] == target[:-1]).sum()) if s > 1 else 0
-        if s == 0 or n < s + repeats:  # CTC needs a blank between repeated phones
-            continue
-        path, _ = forced_align(lp[b:b + 1, :n], target[None], blank=SILENCE_ID)  # (1, n) token per frame
-        path = path[0]
-        prev = torch.cat([torch.tensor([SILENCE_ID]), path[:-1]])
-        starts = ((path != SILENCE_ID) & (path != prev)).nonzero()[:, 0].tolist()  # first frame of each phone
-        for i, start in enumerate(starts):
-            end = min(starts[i + 1] if i + 1 < len(starts) else n, start + max_frames_per_phone)
-            out[b, start:end] = i
-    return out
 
 
 def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor,
                    max_frames_per_phone: int = 5) -> Tensor:
     """Frame-level phone ids (B, T') of real speech in PhoneFrames' layout (SILENCE_ID off the phones),
-    from a CTC forced alignment (aligned_phone_positions)."""
-    pos = aligned_phone_positions(log_probs, lens, phones, phone_lens, max_frames_per_phone)  # (B, T')
+    from a CTC forced alignment (entropy_asr.metrics.alignment.frame_phone_positions)."""
+    pos = frame_phone_positions(log_probs, lens, phones, phone_lens, max_frames_per_phone)  # (B, T')
     ids = phones.cpu().gather(1, pos.clamp_min(0).clamp_max(phones.shape[1] - 1))  # (B, T')
     return torch.where(pos >= 0, ids, torch.full_like(ids, SILENCE_ID))

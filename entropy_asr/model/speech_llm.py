@@ -18,6 +18,7 @@ from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
 from entropy_asr.model.losses import chunked_lm_loss
+from entropy_asr.model.masks import length_mask
 from entropy_asr.model.prompt import (
     DEFAULT_SYSTEM,
     DEFAULT_USER,
@@ -176,7 +177,7 @@ class SpeechLLM(nn.Module):
         if self.reads_posteriors:
             posteriors = F.softmax(self.ctc_head(frames).float(), dim=-1)  # (B, T', phones)
             frames = (posteriors @ self.phone_frames.table.weight.float()).to(frames.dtype)  # (B, T', dim)
-            frames = frames * (torch.arange(frames.shape[1], device=frames.device)[None, :] < lens[:, None])[..., None]
+            frames = frames * length_mask(lens, frames.shape[1])[..., None]
         return self.adapter(frames, lens)
 
     def speech_embeddings(self, feats: Tensor, feat_lens: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,8 +7,6 @@ know which kind it got.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from entropy_asr.errors import UserError, UserFileNotFound
-from entropy_asr.model.export import replace_dir
+from entropy_asr.io import atomic_write_dir
 
 SPEECH_TOKEN = "<speech>"  # replaced by the adapter's speech embeddings (docs/method.md: the prompt)
 PAD_TOKEN = "<|endoftext|>"  # Qwen's document separator doubles as padding
@@ -64,15 +62,9 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Pa
 
 
 def _save_atomically(tokenizer: PreTrainedTokenizerBase, out_dir: Path) -> None:
-    # A crash mid-save must never leave a half-written tokenizer that a later run loads.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tokenizer.save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the tokenizer is a shared artefact
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # A crash mid-save must never leave a half-written tokenizer that a later run loads; the dir gets mode 755
+    # (the tokenizer is a shared artefact).
+    atomic_write_dir(out_dir, tokenizer.save_pretrained)
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

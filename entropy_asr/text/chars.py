@@ -69,7 +69,7 @@ class CharInventory:
         return cls(symbols)
 
     def save(self, path: str | Path) -> Path:
-        from entropy_asr.data.shards import atomic_write_json
+        from entropy_asr.io import atomic_write_json
 
         atomic_write_json(Path(path), {"kind": "ctc_chars", "symbols": list(self.symbols)})
         return Path(path)

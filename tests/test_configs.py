@@ -1,0 +1,91 @@
+"""The stage configs compose: one definition per model size, the pipeline's paths from `vars`, nothing restated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from experiments.pipeline import llm_source, stage_args
+from experiments.run import build_cli
+from experiments.sizes import MODELS, encoder_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ["pretrain_ctc", "align", "ia_sft", "joint_sft"]
+TINY = ["pretrain_ctc", "align", "ia_sft", "joint_sft", "pretrain_lm"]
+
+
+@pytest.fixture(scope="module")
+def parser():
+    """The run.py parser (a CLI built once from a tiny config; parse_args below only parses)."""
+    cli = build_cli(["--config", str(ROOT / "experiments" / "tiny" / "pretrain_ctc.yaml"), "--run_dir", "/tmp/unused",
+                     "--wandb", "disabled"])
+    return cli.parser
+
+
+def _parse(parser, *args: str) -> dict:
+    return yaml.safe_load(parser.dump(parser.parse_args(list(args)), skip_none=False, skip_validation=True))
+
+
+def _paths(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.endswith((".safetensors", "/snapshots", "/llm")) else []
+    if isinstance(value, list):
+        return [p for v in value for p in _paths(v)]
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _paths(v)]
+    return []
+
+
+@pytest.mark.parametrize("config", [f"{s}.yaml" for s in PAPER] + [f"tiny/{s}.yaml" for s in TINY])
+def test_every_stage_config_takes_its_encoder_from_the_size_files(parser, config):
+    size = "tiny" if config.startswith("tiny/") else "paper"
+    text = (ROOT / "experiments" / config).read_text()
+    assert "d_model" not in text  # no size restated in a stage config
+    cfg = _parse(parser, "--config", str(ROOT / "experiments" / config))
+    encoder = cfg["model"]["init_args"]["encoder"]
+    if encoder is not None:  # the text step has no encoder
+        assert encoder == {**encoder, **vars(encoder_config(size))}
+    if size == "paper" and config in ("align.yaml", "ia_sft.yaml"):
+        assert cfg["model"]["init_args"]["llm"]["name_or_path"] == yaml.safe_load(
+            (MODELS / "paper" / "llm.yaml").read_text())["name_or_path"]
+
+
+def test_a_size_field_is_overridden_on_the_command_line(parser):
+    cfg = _parse(parser, "--config", str(ROOT / "experiments" / "tiny" / "align.yaml"),
+                 "--model.init_args.encoder.num_layers", "2")
+    assert cfg["model"]["init_args"]["encoder"]["num_layers"] == 2
+    assert cfg["model"]["init_args"]["encoder"]["d_model"] == encoder_config("tiny").d_model
+
+
+@pytest.mark.parametrize("pipeline", ["pipeline.yaml", "pipeline_long.yaml"])
+def test_the_pipeline_moves_every_stage_path_with_its_run_dir(parser, tmp_path, pipeline):
+    """Every path a stage reads (init weights, snapshots, the aligner, the LLM) is under the pipeline's run_dir or
+    the LLM's dir, and names the pipeline's first snapshot: vars.runs / vars.llm / vars.first_snapshot, not text
+    the pipeline restates."""
+    config = yaml.safe_load((ROOT / "experiments" / "tiny" / pipeline).read_text())
+    run_dir, llm = str(tmp_path / "runs"), str(tmp_path / "my_llm")
+    first = (config.get("vars") or {}).get("first_snapshot", "step00001200")
+    assert f"snapshot-{first}.json" in next(s["wait_for"] for s in config["stages"] if s["name"] == "align")
+    for stage in config["stages"]:
+        if stage.get("when"):
+            continue
+        args = stage_args(stage, run_dir, [], llm, config.get("vars"))
+        cfg = _parse(parser, *args)
+        assert cfg["run_dir"] == f"{run_dir}/{stage['name']}"
+        paths = _paths({"model": cfg["model"], "callbacks": cfg["trainer"]["callbacks"]})
+        assert stage["name"] == "pretrain_ctc" or paths
+        for path in paths:
+            assert path.startswith((run_dir + "/", llm + "/")), (stage["name"], path)
+            if "/snapshots/" in path and "-step" in path:
+                assert first in path, (stage["name"], path)
+
+
+def test_the_pipeline_reads_the_llm_from_the_asset_unless_retrained(tmp_path):
+    config = yaml.safe_load((ROOT / "experiments" / "tiny" / "pipeline.yaml").read_text())
+    assert llm_source({}, "runs/x", retrain=False) is None  # no `llm`: the stage configs' own vars.llm
+    args = stage_args({"name": "align", "config": "c.yaml"}, "runs/x", ["--a", "b"], "L", {"first_snapshot": "s1"})
+    assert args == ["--config", "c.yaml", "--run_dir", "runs/x/align", "--vars.runs", "runs/x", "--vars.llm", "L",
+                    "--vars.first_snapshot", "s1", "--a", "b"]
+    assert config["llm"]["stage"] == "pretrain_lm"
