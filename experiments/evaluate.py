@@ -19,7 +19,7 @@ Writes (atomically) OUT/metrics.json, OUT/hyps.jsonl (each utterance with its op
 flags) and OUT/report.md (the table, the worst utterances, the flagged ones), and, unless W&B is
 disabled (--wandb, else $WANDB_MODE, else offline as in training), a W&B run with the scores and
 a transcript table per set. The scoring and
-the flags are entropy_asr/metrics/scoring.py's; the schema is in the README.
+the flags are entropy_asr/metrics/scoring.py's; the schema is in docs/evaluation.md.
 """
 
 from __future__ import annotations
