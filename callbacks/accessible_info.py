@@ -7,10 +7,11 @@ On a fixed probe set (the first `probe_batches` validation batches), before the 
   (entropy_asr/metrics/probe.py), and the NSE of the same frames. PAI's label space is the phone
   classes that occur in the probe set. Both probes overfit on small probe sets, which biases
   PAI and, more, CSAI low (negative CSAI = overfitting, not information): `csai_train_units`
-  says how many unit occurrences the CSAI probes fit on; aim for thousands. Frame labels come from a CTC forced alignment of the
-  transcript's phones, with the module's own encoder and CTC head, or with a fixed `aligner`
-  ({encoder, ctc_head} exports, e.g. a pretraining snapshot) for stages that have no head of
-  their own, or whose head would not follow the encoder (IA-SFT swaps, joint SFT trains it).
+  says how many unit occurrences the CSAI probes fit on; aim for thousands. Frame labels come from
+  a CTC forced alignment of the transcript's phones, with the module's own encoder and CTC head, or
+  with a fixed `aligner` ({encoder, ctc_head} exports, e.g. a pretraining snapshot) for stages that
+  have no head of their own, or whose head would not follow the encoder (IA-SFT swaps, joint SFT
+  trains it).
   Utterances with index % test_every == test_every - 1 are held out: the probes fit on the rest.
 - H0, H1, I = H0 - H1 (bits per character), the share resolved and the per-token predictive
   entropy of the transcript under the LLM (entropy_asr/metrics/llm_info.py), for stages with an

@@ -22,7 +22,8 @@ def evenly_spaced(frames: torch.Tensor, max_frames: int) -> torch.Tensor:
     return frames[idx]
 
 
-def first_validation_batches(trainer, n: int, who: str, fields: tuple[str, ...] = ("feats", "feat_lens")) -> list[tuple]:
+def first_validation_batches(trainer, n: int, who: str,
+                             fields: tuple[str, ...] = ("feats", "feat_lens")) -> list[tuple]:
     """A fixed probe set: the first n validation batches, each a tuple of `fields` (tensors kept on the CPU).
 
     The batches are those one process would read (the datamodule's probe_dataloader), the same on every rank:

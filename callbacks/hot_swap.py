@@ -70,8 +70,9 @@ def _marker_step(marker: Path) -> int | None:
 
 
 def _check_marker(meta, step: int) -> None:
-    """A marker's fields as the drift monitor writes them, or ValueError (a bad marker, of any kind, is skipped): its step (the file name's), its files
-    (bare names inside the snapshot dir, an encoder among them) and a checksum for each."""
+    """A marker's fields as the drift monitor writes them, or ValueError (a bad marker, of any kind, is skipped):
+    its step (the file name's), its files (bare names inside the snapshot dir, an encoder among them) and a
+    checksum for each."""
     if not isinstance(meta, dict) or type(meta.get("step")) is not int or meta["step"] != step:
         raise UserError(f"the marker's step {meta.get('step') if isinstance(meta, dict) else meta!r} is not the "
                         f"file name's {step}")

@@ -108,5 +108,6 @@ class SpectralEntropyLogger(MeasuredCallback):
     @rank_zero_only
     def _append(self, trainer, entry: dict) -> None:
         path = append_jsonl(Path(trainer.default_root_dir) / "entropy.jsonl", entry)
-        plot_series(read_jsonl_log(path), [f"{n}/{k}" for k in ("nse", "effective_rank") for n in ("encoder", "adapter", "llm")],
+        plot_series(read_jsonl_log(path),
+                    [f"{n}/{k}" for k in ("nse", "effective_rank") for n in ("encoder", "adapter", "llm")],
                     path.with_suffix(".png"), "spectral entropy of the representations")

@@ -148,7 +148,8 @@ class SpeechDataModule(L.LightningDataModule):
         for key in need:
             if not getattr(self, key):
                 raise UserError(f"data.init_args.{key} is not set: point it at a shard dir (index.json + "
-                                "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set data.init_args.synthetic")
+                                "shard-*.tar) from `python -m entropy_asr.data.prepare`, or set "
+                                "data.init_args.synthetic")
         if stage == "fit":  # every dir the run will read, checked now: a typo must not surface after hours of training
             for key, dirs in (("train_dir", [self.train_dir]), ("val_dir", [self.val_dir]),
                               ("test_dirs", list(self.test_dirs or [])), ("nonspeech_dirs", list(self.nonspeech_dirs))):

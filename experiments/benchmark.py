@@ -393,9 +393,11 @@ def run(o: Options, out: Path | None = None, record: Path | None = None, corpus:
         atomic_write_json(out, result)
     if record:
         record.parent.mkdir(parents=True, exist_ok=True)
-        old = record.read_text() if record.exists() else "# Benchmarks\n\nWritten by experiments/benchmark.py --record.\n"
+        old = (record.read_text() if record.exists()
+               else "# Benchmarks\n\nWritten by experiments/benchmark.py --record.\n")
         section = (f"\n## {result['date']}: {name}, {o.size} size\n\n`{result['command']}` (torch {torch.__version__}"
-                   f"{', torch.compile' if o.compile else ''}{', activation checkpointing' if o.activation_checkpointing else ''})"
+                   f"{', torch.compile' if o.compile else ''}"
+                   f"{', activation checkpointing' if o.activation_checkpointing else ''})"
                    f"\n\n{table}\n")
         atomic_write_bytes(record, (old + section).encode())
     return result
@@ -414,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile each Conformer block and LLM layer")
     p.add_argument("--activation-checkpointing", action="store_true")
     p.add_argument("--data-workers", type=int, default=1)
-    p.add_argument("--corpus", type=Path, help="corpus root (train/, dev/ shard dirs) for the data benchmark (default: a synthetic one)")
+    p.add_argument("--corpus", type=Path,
+                   help="corpus root (train/, dev/ shard dirs) for the data benchmark (default: a synthetic one)")
     p.add_argument("--skip-data", action="store_true")
     p.add_argument("--tokenizer", help="tokenizer dir (default: one trained on generated sentences)")
     p.add_argument("--device", default=Options().device)
@@ -422,8 +425,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--record", type=Path, help="append the table to this markdown file (docs/benchmarks.md)")
     a = p.parse_args(argv)
     o = Options(size=a.size, stages=tuple(a.stages), batch=a.batch, seconds=a.seconds, steps=a.steps,
-                decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache, compile=a.compile,
-                activation_checkpointing=a.activation_checkpointing, data_workers=a.data_workers,
+                decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache,
+                compile=a.compile, activation_checkpointing=a.activation_checkpointing, data_workers=a.data_workers,
                 tokenizer=a.tokenizer, device=a.device)
     if o.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -158,7 +158,8 @@ def read_description(path: Path) -> dict:
 
 
 def check_description(desc, where: str) -> dict:
-    """A model description (model.json's, or the one a checkpoint holds) with what a build needs, or one line why not."""
+    """A model description (model.json's, or the one a checkpoint holds) with what a build needs, or one line
+    why not."""
     fix = "re-export the stage, or give its run dir (config.yaml, export/)"
     if not isinstance(desc, dict):
         raise UserError(f"{where}: expected a JSON object with class_path and init_args, got {type(desc).__name__}; "
@@ -215,9 +216,9 @@ def resolve_source(checkpoint: Path, cmvn: Path | None, scratch: Path) -> ModelS
     if not (export / MODEL_FILE).exists():
         what = "an export written before exports described themselves" if any(export.glob("*.safetensors")) \
             else "not a stage's run dir or export dir"
-        raise UserFileNotFound(f"--checkpoint {checkpoint}: no config.yaml and no {MODEL_FILE} ({what}); give a stage's "
-                               f"run dir (config.yaml, export/), an export dir with {MODEL_FILE} or a .ckpt under its "
-                               f"checkpoints/")
+        raise UserFileNotFound(f"--checkpoint {checkpoint}: no config.yaml and no {MODEL_FILE} ({what}); give a "
+                               f"stage's run dir (config.yaml, export/), an export dir with {MODEL_FILE} or a .ckpt "
+                               f"under its checkpoints/")
     desc = read_description(export / MODEL_FILE)
     if cmvn is None and not (export / CMVN_FILE).is_file():
         raise UserFileNotFound(f"--checkpoint {checkpoint}: no {export / CMVN_FILE}; pass --cmvn PATH (the cmvn.json "

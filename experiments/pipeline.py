@@ -3,15 +3,15 @@
 Each stage is one `experiments/run.py` run on its own config, in run_dir/<stage name>, in order, in
 this process. Every stage gets `--vars.runs run_dir` (and `--vars.llm`, below, and the config's own
 `vars`): the stage configs name earlier stages' outputs as `${vars.runs}/<stage>/export/...`, so they
-follow the pipeline's run_dir with no restated paths; a stage's `overrides` are for what really differs. A stage with `background: true` runs as its own
-process beside the stages after it (its output in <stage dir>/stdout.log, its [drift] lines echoed
-here): that is how pretraining and IA-SFT run side by side, sharing the snapshot directory. A
-stage with `wait_for: FILE` starts once FILE exists (e.g. pretraining's first snapshot marker),
-and fails if the background stage that should write it dies or `wait_timeout_s` passes. CPU
-threads are shared: a background stage gets all cores while nothing else runs, half of them while
-a foreground stage trains, all again while that stage waits for a snapshot, and the foreground gets
-them all once the background is done (callbacks/thread_share.py applies each process's budget at
-step boundaries).
+follow the pipeline's run_dir with no restated paths; a stage's `overrides` are for what really
+differs. A stage with `background: true` runs as its own process beside the stages after it (its
+output in <stage dir>/stdout.log, its [drift] lines echoed here): that is how pretraining and IA-SFT
+run side by side, sharing the snapshot directory. A stage with `wait_for: FILE` starts once FILE
+exists (e.g. pretraining's first snapshot marker), and fails if the background stage that should
+write it dies or `wait_timeout_s` passes. CPU threads are shared: a background stage gets all cores
+while nothing else runs, half of them while a foreground stage trains, all again while that stage
+waits for a snapshot, and the foreground gets them all once the background is done
+(callbacks/thread_share.py applies each process's budget at step boundaries).
 
 A stage whose results.json exists is finished and skipped; an interrupted one resumes from its
 last.ckpt. At the end it waits for the background stages, plots the drift curves (`drift_plot`),

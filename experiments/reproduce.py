@@ -38,8 +38,8 @@ verdict: reproduces / does not / undecided (the interval spans 0).
 
 Per run: OUT/seed<s>/<recipe>/summary.json; finished runs are skipped, an interrupted stage
 resumes from its last checkpoint. --jobs N runs N pretraining runs or recipes at a time as their own
-processes, each pinned to its share of the cores (logs in OUT/logs/). At the end: OUT/table.md and OUT/results.json (every seed's
-value, the intervals and verdicts).
+processes, each pinned to its share of the cores (logs in OUT/logs/). At the end: OUT/table.md and
+OUT/results.json (every seed's value, the intervals and verdicts).
 
   python experiments/reproduce.py --jobs 2             # tiny: seeds 0 1 2, recipes a-f, this 2-core CPU
   python experiments/reproduce.py --size gpu           # 4x the steps, bf16 on a GPU, 5 seeds
@@ -482,7 +482,8 @@ def measure(study: Study, name: str, stress: dict[str, Path], probe: list) -> di
     summary["nse_by_layer"] = [normalized_spectral_entropy(x) for x in layers]
     pretrained = study.pretrained_encoder(name)
     if pretrained is not None:
-        summary["cka_to_pretrained"] = linear_cka(layers[-1], encoder_layers(pretrained, final / "config.yaml", probe)[-1])
+        summary["cka_to_pretrained"] = linear_cka(layers[-1],
+                                                  encoder_layers(pretrained, final / "config.yaml", probe)[-1])
     swaps = run / "ia_sft" / "swaps.jsonl"
     summary["swaps"] = [e["step"] for e in _read_jsonl(swaps)]
     summary["fit_seconds"] = {p.parent.name: json.loads(p.read_text()).get("fit_seconds")
@@ -601,9 +602,11 @@ class Evidence:
                 got = [utterance_arrays(recs, row) for recs in per_seed]
                 ids = {tuple(g[0]) for g in got}
                 if len(ids) > 1:
-                    raise ValueError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; rerun the eval")
+                    raise ValueError(f"recipe {recipe}: the seeds decoded different {row[1]} utterances; "
+                                     "rerun the eval")
                 if got and got[0][0]:
-                    self.arrays[recipe][row[0]] = (got[0][0], np.stack([g[1] for g in got]), np.stack([g[2] for g in got]))
+                    self.arrays[recipe][row[0]] = (got[0][0], np.stack([g[1] for g in got]),
+                                                   np.stack([g[2] for g in got]))
 
     def model_values(self, recipe: str, label: str) -> list[float | None]:
         path = next(p for lab, p, _ in MODEL_ROWS if lab == label)

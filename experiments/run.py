@@ -3,9 +3,10 @@
 Any config key can be overridden on the command line (`--trainer.devices 8`,
 `--trainer.precision bf16-mixed`, `--model.init_args.optim.lr 1e-4`). OmegaConf interpolation works in
 the YAML and is resolved after the overrides: a config names the outputs of earlier stages as
-`${vars.runs}/<stage>/export/...`, so `--vars.runs DIR` moves them all. One run: fit (resuming from `--ckpt_path last` or a path), export the trained
-components, test on the datamodule's test sets, and write results.json into --run_dir, next to
-the resolved config (config.yaml), the checkpoints and the logs.
+`${vars.runs}/<stage>/export/...`, so `--vars.runs DIR` moves them all. One run: fit (resuming from
+`--ckpt_path last` or a path), export the trained components, test on the datamodule's test sets, and
+write results.json into --run_dir, next to the resolved config (config.yaml), the checkpoints and the
+logs.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class EntropyCLI(LightningCLI):
                                  "`wandb sync` later), online, or disabled; unset = $WANDB_MODE, else offline")
         parser.add_argument("--wandb_project", type=str, default="entropy-asr", help="W&B project")
         parser.add_argument("--vars", type=dict[str, str], default={},
-                            help="named values the config uses as ${vars.NAME} (resolved after every config and override is read): e.g. --vars.runs DIR moves a tiny stage and the earlier stages it reads from")
+                            help="named values the config uses as ${vars.NAME} (resolved after every config and "
+                                 "override is read): e.g. --vars.runs DIR moves a tiny stage and the earlier stages "
+                                 "it reads from")
         parser.add_argument("--threads_file", type=str | None, default=None,
                             help="follow the CPU thread budget written in this file (callbacks.ThreadShare): set by "
                                  "experiments/pipeline.py for a stage running beside others; not kept in config.yaml")

@@ -44,5 +44,6 @@ def encoder_config(size: str, **overrides) -> EncoderConfig:
     fields = component("encoder.yaml", MODELS / size)
     unknown = sorted(set(overrides) - set(EncoderConfig.__dataclass_fields__))
     if unknown:
-        raise UserError(f"unknown encoder option(s) {unknown}; valid ones: {sorted(EncoderConfig.__dataclass_fields__)}")
+        raise UserError(f"unknown encoder option(s) {unknown}; "
+                        f"valid ones: {sorted(EncoderConfig.__dataclass_fields__)}")
     return EncoderConfig(**{**fields, **overrides})

@@ -92,8 +92,10 @@ class OptimConfig:
             raise UserError(f"optim.lr must be a finite number > 0, got {self.lr}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             raise UserError(f"optim.weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas) or not (math.isfinite(self.eps) and self.eps > 0):
-            raise UserError(f"optim.betas must be two numbers in [0, 1) and optim.eps > 0, got {self.betas}, {self.eps}")
+        if (not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas)
+                or not (math.isfinite(self.eps) and self.eps > 0)):
+            raise UserError(f"optim.betas must be two numbers in [0, 1) and optim.eps > 0, "
+                            f"got {self.betas}, {self.eps}")
         if self.warmup_steps < 0:
             raise UserError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -389,7 +391,8 @@ class SpeechLLMModule(L.LightningModule):
 
         if not finite_on_all_ranks(self.trainer, self):
             raise RuntimeError(f"{self.stage}: the weights hold NaN/inf at step {self.global_step}; nothing exported. "
-                               f"Resume from the last good checkpoint in {Path(self.trainer.default_root_dir) / 'checkpoints'}")
+                               "Resume from the last good checkpoint in "
+                               f"{Path(self.trainer.default_root_dir) / 'checkpoints'}")
         with full_weights(self):  # every rank enters (FSDP gathers); rank zero writes
             self.export(self.export_dir, final=True)
 

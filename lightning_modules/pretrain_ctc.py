@@ -11,7 +11,8 @@ from entropy_asr.model.masks import length_mask
 from lightning_modules.base import SpeechLLMModule
 
 
-def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor, phone_lens: torch.Tensor) -> torch.Tensor:
+def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor,
+             phone_lens: torch.Tensor) -> torch.Tensor:
     """CTC summed over the batch, divided by the batch size; log_probs (B, T, V), blank = 0.
 
     Impossible alignments (fewer frames than the label needs) give 0 instead of inf, so one

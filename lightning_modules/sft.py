@@ -169,7 +169,8 @@ class SpeechSFT(SpeechLLMModule):
                 log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
             ids = aligned_layout(log_probs, lens, batch["phones"], batch["phone_lens"],
                                  self.distill.max_frames_per_phone).to(frames.device)  # (B, T')
-            target, _ = self.distill_reader["adapter"](self.distill_reader["phone_frames"](ids, lens), lens)  # (B, N, H)
+            target, _ = self.distill_reader["adapter"](
+                self.distill_reader["phone_frames"](ids, lens), lens)  # (B, N, H)
         valid = length_mask(speech_lens, speech.shape[1])  # (B, N)
         err = (speech.float() - target.float()).pow(2).mean(-1)  # (B, N)
         return err[valid].mean() / target.float()[valid].var().clamp_min(1e-8)

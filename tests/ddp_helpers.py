@@ -27,7 +27,8 @@ class KeyRecorder(L.Callback):
         path.write_text(json.dumps({"train": self.train, "val": self.val, "world_size": trainer.world_size}))
 
 
-def publish_snapshot(directory: Path, encoder: str | Path, ctc_head: str | Path, step: int, final: bool = False) -> None:
+def publish_snapshot(directory: Path, encoder: str | Path, ctc_head: str | Path, step: int,
+                     final: bool = False) -> None:
     """Write a snapshot as the drift monitor does: a perturbed copy of `encoder` (seeded by `step`), a copy of
     `ctc_head`, then the marker with their checksums."""
     import torch

@@ -45,7 +45,8 @@ def test_the_tiny_configs_use_the_prompt_the_asset_was_trained_with():
     import yaml
 
     for stage in ("align", "ia_sft", "joint_sft"):
-        prompt = yaml.safe_load((REPO / "experiments" / "tiny" / f"{stage}.yaml").read_text())["model"]["init_args"]["prompt"]
+        prompt = (yaml.safe_load((REPO / "experiments" / "tiny" / f"{stage}.yaml").read_text())
+                  ["model"]["init_args"]["prompt"])
         assert prompt == PROMPT, stage
 
 
@@ -110,8 +111,8 @@ def test_pipeline_refuses_a_mismatched_asset_in_one_line(tmp_path):
     cfg["run_dir"] = str(tmp_path / "runs")
     cfg["llm"]["asset"] = "no_such_asset"
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
-    out = subprocess.run([sys.executable, str(REPO / "experiments" / "pipeline.py"), "--config", str(tmp_path / "p.yaml")],
-                         capture_output=True, text=True, cwd=REPO, check=False)
+    out = subprocess.run([sys.executable, str(REPO / "experiments" / "pipeline.py"), "--config",
+                          str(tmp_path / "p.yaml")], capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr
     assert "no asset 'no_such_asset'" in out.stderr and not (tmp_path / "runs").exists()
 

@@ -39,7 +39,8 @@ def test_drift_below_threshold_exports_snapshots_then_a_final_one(tiny_corpus, t
 
     saved = []
     real_save = cka_drift.save_component
-    monkeypatch.setattr(cka_drift, "save_component", lambda m, path, *a: saved.append(path.name) or real_save(m, path, *a))
+    monkeypatch.setattr(cka_drift, "save_component",
+                        lambda m, path, *a: saved.append(path.name) or real_save(m, path, *a))
     snaps = pretrain(tiny_corpus, tmp_path / "drift", threshold=1.0)  # any change counts as drift
     checks = [json.loads(line) for line in (snaps / "drift.jsonl").read_text().splitlines()]
     assert [c["step"] for c in checks] == [1, 2, 3, 4, 4]  # every step, then the final check
@@ -299,7 +300,8 @@ def test_an_intact_snapshot_of_another_encoder_size_is_skipped_and_the_current_o
     big = save_component(ConformerEncoder(EncoderConfig(**{**ENC, "d_model": ENC["d_model"] * 2})),
                          tmp_path / "encoder-step00000020.safetensors", "encoder")
     atomic_write_json(tmp_path / "snapshot-step00000020.json",
-                      {"step": 20, "final": False, "files": {"encoder": big.name}, "sha256": {"encoder": sha256_file(big)}})
+                      {"step": 20, "final": False, "files": {"encoder": big.name},
+                       "sha256": {"encoder": sha256_file(big)}})
     assert cb.poll(module) is None and cb.current["step"] == 10  # no crash, still on snapshot 10
     assert cb.poll(module) is None  # and not tried again
     assert sum("does not fit" in r.message for r in caplog.records) == 1

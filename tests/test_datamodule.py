@@ -82,7 +82,7 @@ def test_training_epoch_length_and_batch_contents(tiny_corpus):
         assert int(b["feat_lens"].max()) == T
         assert B * T * 0.01 <= 30.0 + 1e-6  # padded seconds under the cap
         assert b["phones"].shape[0] == B and (b["phone_lens"] > 0).all()
-        assert 0 <= int(b["phones"].min()) and int(b["phones"].max()) < len(PHONES)
+        assert int(b["phones"].min()) >= 0 and int(b["phones"].max()) < len(PHONES)
         for i in range(B):  # padding is zero beyond each length
             assert float(b["feats"][i, b["feat_lens"][i]:].abs().sum()) == 0.0
         assert set(b["language"]) <= {"zh", "en", "mix"}
@@ -208,7 +208,8 @@ def test_test_loaders_one_per_dir(tiny_corpus):
     loaders = dm.test_dataloader()
     assert len(loaders) == 3  # test, test_unseen_voice, nonspeech
     nonspeech = [b for b in loaders[2]]
-    assert nonspeech and all(lang == "none" and text == "" for b in nonspeech for lang, text in zip(b["language"], b["text"]))
+    assert nonspeech and all(lang == "none" and text == ""
+                             for b in nonspeech for lang, text in zip(b["language"], b["text"]))
     assert all(int(b["phone_lens"].max()) == 0 for b in nonspeech)
     with pytest.raises(ValueError, match="data.test_dirs is not set"):
         SpeechDataModule(val_dir=str(tiny_corpus / "dev"), num_workers=0).test_dataloader()

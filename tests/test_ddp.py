@@ -27,14 +27,16 @@ from tests.test_stages import (
     small_models,
 )
 
-# the two ways this project shards training across processes; FSDP runs on CPUs too (gloo), see lightning_modules.SpeechFSDP
+# the two ways this project shards training across processes; FSDP runs on CPUs too (gloo), see
+# lightning_modules.SpeechFSDP
 STRATEGIES = {"ddp": "ddp", "fsdp": json.dumps({"class_path": "lightning_modules.SpeechFSDP"})}
 
 
 def test_two_ddp_ranks_train_on_different_shards_and_validate_every_utterance_once(tiny_corpus, tmp_path):
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
     recorder = [{"class_path": "tests.ddp_helpers.KeyRecorder", "init_args": {"out": str(tmp_path / "keys")}}]
-    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"),
+           "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
            "--run_dir", str(tmp_path / "run"), "--trainer.accelerator", "cpu", "--trainer.devices", "2",
            "--trainer.strategy", "ddp", "--trainer.max_steps", "4", "--trainer.callbacks", json.dumps(recorder),
            "--trainer.enable_progress_bar", "false", "--test", "false", "--wandb", "disabled",
@@ -72,7 +74,8 @@ def _metric_worker(rank: int, world: int, init: str, out: str) -> None:
 
 
 def _metrics() -> dict:
-    return {"rates": ErrorRates(), "per": PhoneErrorRate(), "cka": LinearCKA(8, 6), "cka_u": LinearCKA(8, 6, debiased=True)}
+    return {"rates": ErrorRates(), "per": PhoneErrorRate(), "cka": LinearCKA(8, 6),
+            "cka_u": LinearCKA(8, 6, debiased=True)}
 
 
 def _data():
@@ -125,7 +128,8 @@ def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_l
     helper = {"class_path": "tests.ddp_helpers.LaggingSnapshot",
               "init_args": {"snapshot_dir": str(snaps), "source": str(exports["encoder"]), "at": 2, "new_step": 50,
                             "lag": 2, "out": str(tmp_path / "rec")}}
-    swap = {"class_path": "callbacks.EncoderHotSwap", "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1}}
+    swap = {"class_path": "callbacks.EncoderHotSwap",
+            "init_args": {"snapshot_dir": str(snaps), "poll_every_n_steps": 1}}
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args("ia_sft", exports, tmp_path / "run"),
            "--trainer.callbacks", json.dumps([helper, swap]),
            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", STRATEGIES[strategy],
@@ -147,10 +151,12 @@ def _pretrain(tiny_corpus, run_dir: Path, devices: int, strategy: str = "ddp", l
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
     callbacks = [{"class_path": "callbacks.CKADriftMonitor",
                   "init_args": {"every_n_steps": 2, "threshold": 1.0, "warmup_steps": 0, "probe_batches": 2}},
-                 {"class_path": "callbacks.SpectralEntropyLogger", "init_args": {"every_n_steps": 2, "probe_batches": 2}},
+                 {"class_path": "callbacks.SpectralEntropyLogger",
+                  "init_args": {"every_n_steps": 2, "probe_batches": 2}},
                  {"class_path": "callbacks.AccessibleInformationProbe",
                   "init_args": {"every_n_steps": 4, "probe_batches": 3, "at_start": True}}]
-    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"),
+           "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
            "--run_dir", str(run_dir), "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
            "--trainer.max_steps", "4", "--trainer.callbacks", json.dumps(callbacks), "--trainer.limit_val_batches", "0",
            "--trainer.enable_progress_bar", "false", "--test", "false", "--wandb", "disabled",

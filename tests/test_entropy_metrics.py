@@ -245,7 +245,7 @@ def test_csai_is_what_features_tell_beyond_the_pronunciation():
                                             torch.randn(1500, 6, generator=g), ute, pte)
     assert abs(noise["csai_bits"]) < 0.05
     # Features independent of everything: csai within 3 SE of 0 (measured |csai| / SE <= 1.3 over 4 seeds).
-    assert 0 < noise["csai_se_bits"] and abs(noise["csai_bits"]) < 3 * noise["csai_se_bits"]
+    assert noise["csai_se_bits"] > 0 and abs(noise["csai_bits"]) < 3 * noise["csai_se_bits"]
 
 
 def test_csai_rare_units_share_the_other_class_and_bad_input_is_refused():

@@ -129,7 +129,8 @@ def tiny_pipeline(tmp_path_factory) -> dict:
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "pipeline.py"), "--config",
                           str(ROOT / "experiments" / "tiny" / "pipeline.yaml"), "--run_dir", str(runs),
                           "--trainer.enable_progress_bar", "false"],
-                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
+                         capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                         check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     return {**json.loads((runs / "results.json").read_text()), "_runs": runs, "_stdout": out.stdout}
 
@@ -141,8 +142,8 @@ def test_tiny_pipeline_runs_pretraining_and_ia_sft_side_by_side(tiny_pipeline):
     swaps = [json.loads(line) for line in (runs / "ia_sft" / "swaps.jsonl").read_text().splitlines()]
     assert len([s for s in swaps if not s["final"]]) >= 2 and swaps[-1]["final"], swaps
     assert [s["snapshot_step"] for s in swaps] == sorted({s["snapshot_step"] for s in swaps})  # newer each time
-    final = json.loads((runs / "pretrain_ctc" / "export" / "snapshots" / f"snapshot-step{swaps[-1]['snapshot_step']:08d}"
-                                                                         f".json").read_text())
+    final = json.loads((runs / "pretrain_ctc" / "export" / "snapshots"
+                        / f"snapshot-step{swaps[-1]['snapshot_step']:08d}.json").read_text())
     ia_cfg = yaml.safe_load((runs / "ia_sft" / "config.yaml").read_text())
     hot_swap = next(c for c in ia_cfg["trainer"]["callbacks"] if c["class_path"].endswith("EncoderHotSwap"))
     assert final["final"] and swaps[-1]["step"] <= hot_swap["init_args"]["final_by_step"]  # the last steps train on it
@@ -165,9 +166,10 @@ def _dev_rates(stage: dict) -> dict[str, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="the README's error targets (test CER/WER <= 20%, MER <= 25%) are not reached on 2 CPU cores in 20 minutes: "
-                   "test CER/WER/MER 55.0-59.4 / 70.3-72.1 / 42.7-47.1% (runs of 2026-12-01), and joint SFT "
-                   "does not improve every dev rate; the phone CTC encoder (PER 25%) is the limit (README)")
+@pytest.mark.xfail(strict=True, reason="the README's error targets (test CER/WER <= 20%, MER <= 25%) are not reached "
+                   "on 2 CPU cores in 20 minutes: test CER/WER/MER 55.0-59.4 / 70.3-72.1 / 42.7-47.1% (runs of "
+                   "2026-12-01), and joint SFT does not improve every dev rate; the phone CTC encoder (PER 25%) is "
+                   "the limit (README)")
 def test_tiny_pipeline_reaches_issue_targets(tiny_pipeline):
     """The miniature's targets: a recognizer that works, says nothing on non-speech, holds on unseen voices, and
     gets better at every stage on dev (joint SFT included). The wall time (<= 20 minutes) is reported in

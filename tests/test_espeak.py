@@ -136,7 +136,8 @@ def test_deterministic_in_a_fresh_process(engine):
 
 def test_variants_lists_the_wheels_voice_variants(engine):
     every = variants()
-    assert every == variants(engine.data_path) == tuple(sorted(os.listdir(os.path.join(engine.data_path, "voices", "!v"))))
+    assert every == variants(engine.data_path) == tuple(
+        sorted(os.listdir(os.path.join(engine.data_path, "voices", "!v"))))
     assert len(every) >= 50 and {"m1", "f1", "klatt", "whisper"} <= set(every)
     assert {s.variant for s in SPEAKERS} <= set(every)
 
@@ -241,10 +242,13 @@ def test_the_private_library_copy_lives_in_the_users_cache_and_a_planted_one_is_
     assert root.startswith(str(tmp_path / "cache" / "espeak"))
     assert stat.S_IMODE(os.stat(tmp_path / "cache" / "espeak").st_mode) == 0o700
     copy = os.path.join(root, "libespeak-ng-private.so")
-    assert open(copy, "rb").read() == open(lib, "rb").read()
+    with open(copy, "rb") as a, open(lib, "rb") as b:
+        assert a.read() == b.read()
     with open(copy, "wb") as f:  # someone swaps the library in place
         f.write(b"\x7fELF planted")
-    assert _private_copy(lib, data) == root and open(copy, "rb").read() == open(lib, "rb").read()
+    assert _private_copy(lib, data) == root
+    with open(copy, "rb") as a, open(lib, "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_a_cache_dir_writable_by_others_is_refused(tmp_path, monkeypatch):

@@ -70,8 +70,8 @@ def test_the_stage_and_callback_examples_train(examples, tiny_corpus, tmp_path):
     logger = {"class_path": "callbacks.smoothness.SmoothnessLogger", "init_args": {"every_n_steps": 1,
                                                                                    "probe_batches": 1}}
     out = run(["--config", str(config), "--vars.runs", str(pre), "--trainer.max_steps", "2",
-               "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1", "--trainer.callbacks", json.dumps([logger]),
-               *_small_data(tiny_corpus)])
+               "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "1",
+               "--trainer.callbacks", json.dumps([logger]), *_small_data(tiny_corpus)])
     assert out["global_step"] == 2
     before = _load(pre / "pretrain_ctc" / "export" / "encoder.safetensors")
     after = _load(pre / "ctc_top" / "export" / "encoder.safetensors")

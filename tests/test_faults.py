@@ -82,12 +82,13 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
     drift = {"class_path": "callbacks.CKADriftMonitor",
              "init_args": {"every_n_steps": 2, "threshold": 1.0, "warmup_steps": 2, "probe_batches": 1}}
     kill = {"class_path": "tests.ddp_helpers.KillAt", "init_args": {"step": 9}}
-    base = [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+    base = [sys.executable, str(ROOT / "experiments" / "run.py"),
+            "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
             "--run_dir", str(run_dir), "--trainer.max_steps", "12", "--checkpoint.every_n_train_steps", "5",
             "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0", "--test", "false",
-            "--trainer.enable_progress_bar", "false", "--wandb", "disabled", "--model.init_args.encoder", json.dumps(ENC),
-            "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0",
-            "--data.init_args.batches_per_epoch", "4"]
+            "--trainer.enable_progress_bar", "false", "--wandb", "disabled",
+            "--model.init_args.encoder", json.dumps(ENC), "--data.init_args.synthetic", syn,
+            "--data.init_args.num_workers", "0", "--data.init_args.batches_per_epoch", "4"]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     whole = [*base[:base.index("--run_dir") + 1], str(tmp_path / "whole"), *base[base.index("--run_dir") + 2:]]
     uninterrupted = subprocess.run([*whole, "--trainer.callbacks", json.dumps([drift])], cwd=ROOT, env=env,
@@ -150,14 +151,16 @@ def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(expor
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     def swaps(run: Path) -> list[tuple]:
-        return [(e["step"], e["snapshot_step"]) for e in map(json.loads, (run / "swaps.jsonl").read_text().splitlines())]
+        return [(e["step"], e["snapshot_step"])
+                for e in map(json.loads, (run / "swaps.jsonl").read_text().splitlines())]
 
     assert swaps(tmp_path / "whole") == [(2, 10), (4, 20), (6, 30)]
     # the killed run logged the step-6 swap before dying; the resumed one makes it again, from the step-5 state
     assert swaps(tmp_path / "run") == [(2, 10), (4, 20), (6, 30), (6, 30)]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [s["step"] for s in results["encoder_swaps"]] == [2, 4, 6]
-    losses = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "run" / "metrics.csv") if r.get("train/loss")}
+    losses = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "run" / "metrics.csv")
+              if r.get("train/loss")}
     want = {int(r["step"]): float(r["train/loss"]) for r in _rows(tmp_path / "whole" / "metrics.csv")
             if r.get("train/loss")}
     assert losses == pytest.approx(want, rel=1e-5)
@@ -192,11 +195,13 @@ def test_a_run_dir_in_use_is_refused_and_a_dead_holders_lock_is_taken_over(tmp_p
 
 def _pretrain_cmd(tiny_corpus, run_dir: Path, callbacks: list, *extra: str) -> list[str]:
     syn = json.dumps({"root": str(tiny_corpus), "utterances": 60, "seed": 7, "shard_size": 8})
-    return [sys.executable, str(ROOT / "experiments" / "run.py"), "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
+    return [sys.executable, str(ROOT / "experiments" / "run.py"),
+            "--config", str(ROOT / "experiments/tiny/pretrain_ctc.yaml"),
             "--run_dir", str(run_dir), "--trainer.max_steps", "8", "--checkpoint.every_n_train_steps", "2",
             "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0", "--test", "false",
-            "--trainer.enable_progress_bar", "false", "--wandb", "disabled", "--model.init_args.encoder", json.dumps(ENC),
-            "--model.init_args.max_bad_steps", "3", "--trainer.callbacks", json.dumps(callbacks),
+            "--trainer.enable_progress_bar", "false", "--wandb", "disabled",
+            "--model.init_args.encoder", json.dumps(ENC), "--model.init_args.max_bad_steps", "3",
+            "--trainer.callbacks", json.dumps(callbacks),
             "--data.init_args.synthetic", syn, "--data.init_args.num_workers", "0", *extra]
 
 
@@ -215,7 +220,8 @@ def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(
     assert grad.returncode == 0, grad.stderr[-3000:]
     results = json.loads((tmp_path / "grad" / "results.json").read_text())
     assert results["global_step"] == 8 and results["skipped_batches"] == 1
-    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / "grad" / "export" / "encoder.safetensors").values())
+    assert all(torch.isfinite(v).all()
+               for v in load_file(tmp_path / "grad" / "export" / "encoder.safetensors").values())
     # a weight turned NaN after step 4: the step-4 checkpoint is not written, the losses go NaN, the run stops;
     # last.ckpt is still step 2's, checks out, and the run resumes from it to the end
     run_dir = tmp_path / "weight"
@@ -233,7 +239,8 @@ def test_a_nan_gradient_skips_the_step_and_nan_weights_never_reach_a_checkpoint(
     data = bytearray(last.read_bytes())
     data[len(data) // 2] ^= 0xFF
     last.write_bytes(bytes(data))
-    flipped = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10", "--ckpt_path", "last"),
+    flipped = subprocess.run(_pretrain_cmd(tiny_corpus, run_dir, [], "--trainer.max_steps", "10",
+                                           "--ckpt_path", "last"),
                              cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, check=False)
     assert flipped.returncode == 2 and "does not match its checksum" in flipped.stderr
     state["state_dict"][next(iter(state["state_dict"]))].view(-1)[0] = float("nan")

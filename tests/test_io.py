@@ -84,7 +84,7 @@ def test_concurrent_writers_never_leave_a_torn_file(tmp_path):
         try:
             for _ in range(15):
                 atomic_write_bytes(path, data)
-        except BaseException as e:  # noqa: BLE001 (reported below)
+        except BaseException as e:
             errors.append(e)
 
     def reader():

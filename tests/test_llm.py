@@ -94,7 +94,8 @@ def test_speech_token_is_one_special_id(tokenizer):
     assert tokenizer.decode(ids, skip_special_tokens=True) == "abcdef "
 
 
-@pytest.mark.parametrize("text", ["今天天气很好 hello world", "我们去 Beijing 学习语音识别!", "生僻字：龘靐 emoji 🙂 tab\tend"])
+@pytest.mark.parametrize("text", ["今天天气很好 hello world", "我们去 Beijing 学习语音识别!",
+                                  "生僻字：龘靐 emoji 🙂 tab\tend"])
 def test_byte_level_bpe_decodes_mixed_text_exactly(tokenizer, text):
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert tokenizer.decode(ids) == text
@@ -141,7 +142,8 @@ def test_prompt_splits_at_speech(tokenizer, prompt):
 def test_prompt_passes_enable_thinking_false(tokenizer):
     # Qwen3's template adds an empty think block when enable_thinking is false; a look-alike template checks it.
     qwen3_like = tokenizer.chat_template + "{%- if add_generation_prompt and enable_thinking is defined " \
-                                           "and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+                                           "and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}" \
+                                          "{%- endif %}"
     original = tokenizer.chat_template
     try:
         tokenizer.chat_template = qwen3_like
@@ -251,7 +253,8 @@ def test_transcript_nll_equals_hf_loss(tokenizer, prompt):
     nll = transcript_nll(model, prompt, model.get_input_embeddings(), speech, lens, texts)
     with torch.no_grad():
         for b in range(2):
-            batch = build_train_inputs(prompt, model.get_input_embeddings(), speech[b:b + 1], lens[b:b + 1], texts[b:b + 1])
+            batch = build_train_inputs(prompt, model.get_input_embeddings(), speech[b:b + 1], lens[b:b + 1],
+                                       texts[b:b + 1])
             mean = model(**batch).loss  # HF's mean over the scored tokens of one sample
             assert float(nll[b]) == pytest.approx(float(mean) * len(prompt.transcript_ids(texts[b])), rel=1e-4)
         # speech None = zero speech positions: the same as an empty (B, 0, H) speech tensor

@@ -131,7 +131,7 @@ def test_kaldi_segments_resample_and_speakers(tmp_path):
     utts = read_shards(out)
     assert utts["rec1-b"]["json"]["language"] == "mix" and utts["rec1-b"]["json"]["speaker"] == "spk1"
     assert utts["rec1-a"]["json"]["duration"] == pytest.approx(1.5, abs=1e-3)
-    samples, sr = utts["rec1-a"]["audio"]
+    samples, _ = utts["rec1-a"]["audio"]
     expected = resample(tone(4.0, sr=8000)[:12000], 8000, 16000)
     np.testing.assert_allclose(samples, expected, atol=2e-4)
 
@@ -355,12 +355,14 @@ def test_duplicate_ids_are_refused_before_anything_is_written_and_a_fixed_rerun_
     for name in ("a", "b"):
         write_audio(tmp_path / f"{name}.wav", 1.0)
     m = tmp_path / "m.jsonl"
-    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u1"}\n')
+    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n'
+                 '{"audio": "b.wav", "text": "good day", "id": "u1"}\n')
     out = tmp_path / "out"
     with pytest.raises(ManifestError, match=r"utterance id 'u1' is used more than once .*a\.wav.*b\.wav"):
         prepare(read_manifest(m), out, source="t", num_workers=1)
     assert not out.exists() or not any(out.iterdir())  # no plan.json, no *.tmp
-    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n{"audio": "b.wav", "text": "good day", "id": "u2"}\n')
+    m.write_text('{"audio": "a.wav", "text": "hello there", "id": "u1"}\n'
+                 '{"audio": "b.wav", "text": "good day", "id": "u2"}\n')
     assert prepare(read_manifest(m), out, source="t", num_workers=1)["utterances"] == 2
 
 

@@ -57,7 +57,8 @@ def test_line_progress_prints_every_interval_with_the_rate_since_start(monkeypat
     assert lines == ["[pretrain_ctc] step 35/100 (35%) | 2.00 s/step, 2m 10s left | train/loss 2.5"]
     trainer.progress_bar_metrics["val/per"] = 0.25
     bar.on_validation_end(trainer, module)  # at each validation's end, whatever the interval
-    assert capsys.readouterr().out == "[pretrain_ctc] step 40/100 (40%) | 2.00 s/step, 2m 00s left | train/loss 2.5 val/per 0.25\n"
+    assert capsys.readouterr().out == ("[pretrain_ctc] step 40/100 (40%) | 2.00 s/step, 2m 00s left | "
+                                       "train/loss 2.5 val/per 0.25\n")
     for quiet in (fake_trainer(sanity_checking=True), fake_trainer(state=SimpleNamespace(fn="validate")),
                   fake_trainer(is_global_zero=False)):
         bar.on_validation_end(quiet, module)

@@ -60,7 +60,7 @@ def test_substitution_only_in_training_and_never_blank_or_unk():
 def test_deletion_only_in_training():
     pf = fixed(deletion=0.5)
     phones = [list(range(2, 42))]
-    clean, lens = pf.layout(phones, random.Random(0), train=False)
+    _, lens = pf.layout(phones, random.Random(0), train=False)
     assert int(lens[0]) == 2 + 2 * 40  # every phone held 2 frames, 1 frame of silence at each end
     dropped, lens = pf.layout(phones, random.Random(0), train=True)
     kept = [t for t in dropped[0, 1:int(lens[0]) - 1:2].tolist()]

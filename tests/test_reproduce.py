@@ -35,7 +35,8 @@ def test_every_recipe_gets_the_same_total_optimizer_steps(size, tmp_path):
         assert steps + pretraining == s.total, name
         assert stages[-1]["name"] == "joint_sft"
     assert study.pretraining("chars")["overrides"]["model.init_args.ctc_head"]["units"] == "chars"
-    assert "--seed_everything" in study.common() and study.common()[study.common().index("--seed_everything") + 1] == "1"
+    assert ("--seed_everything" in study.common()
+            and study.common()[study.common().index("--seed_everything") + 1] == "1")
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
@@ -90,7 +91,8 @@ def test_schedules_table_names_every_recipe_with_its_steps_and_adapter(tmp_path)
     md = schedules(SIZES["tiny"], {r: study.adapter_of(r) for r in RECIPES})
     assert md.count("\n") == len(RECIPES) + 1
     assert "joint SFT of a fresh encoder 1800 @ 0.0005" in md and "IA-SFT 300 @ 0.0005, no swaps" in md
-    assert "| d: as c, character-CTC pretraining | character CTC pretraining 1200 @ 0.004 → as c | as c | encoder frames |" in md
+    assert ("| d: as c, character-CTC pretraining | character CTC pretraining 1200 @ 0.004 → as c | as c | "
+            "encoder frames |") in md
     assert md.count("| phone posteriors through the asset's phone table |") == 4  # a, b, c, e
 
 
@@ -197,14 +199,15 @@ def test_posteriors_mode_bridges_every_stage_and_refuses_the_character_recipe(tm
     for r in "abce":
         for st in study.recipe(r):
             o = st["overrides"]
-            assert "model.init_args.adapter" not in o and "model.init_args.ctc_head" not in o  # the tiny configs' bridge
+            assert "model.init_args.adapter" not in o and "model.init_args.ctc_head" not in o  # tiny configs' bridge
             init = o["model.init_args.init"]
             assert init["phone_frames"] == table or init["phone_frames"].endswith("export/phone_frames.safetensors")
             assert r == "a" or init["ctc_head"].rsplit("/", 1)[-1].startswith("ctc_head")
     c_align, c_ia, c_joint = study.recipe("c")
     # the snapshot's head with its encoder; joint SFT from IA-SFT's exports (the last swapped head among them)
     assert c_align["overrides"]["model.init_args.init"]["ctc_head"].endswith("ctc_head-step00000500.safetensors")
-    assert c_ia["overrides"]["model.init_args.init"]["ctc_head"] == c_align["overrides"]["model.init_args.init"]["ctc_head"]
+    assert (c_ia["overrides"]["model.init_args.init"]["ctc_head"]
+            == c_align["overrides"]["model.init_args.init"]["ctc_head"])
     assert c_joint["overrides"]["model.init_args.init"]["ctc_head"].endswith("c/ia_sft/export/ctc_head.safetensors")
     (a,) = study.recipe("a")
     assert "ctc_head.*" in a["overrides"]["model.init_args.trainable"]  # a fresh head trains with the fresh encoder

@@ -52,7 +52,8 @@ def test_repetition_flag_is_a_loop_the_reference_does_not_have():
     assert score_utterance("hello world", "hello hello hello hello world", "en").flags == ["repetition"]
     assert score_utterance("very very very good", "very very very good", "en").flags == []  # it was said
     assert "repetition" in score_utterance("今天天气很好", "哈哈哈哈哈哈哈哈哈哈", "zh").flags
-    assert longest_loop(["a", "b", "c", "a", "b", "c", "a", "b", "c", "d"], 4) == 3 and longest_loop(["a", "b", "c", "d"], 4) == 1
+    assert (longest_loop(["a", "b", "c", "a", "b", "c", "a", "b", "c", "d"], 4) == 3
+            and longest_loop(["a", "b", "c", "d"], 4) == 1)
 
 
 def test_summary_rates_per_language_and_overall():

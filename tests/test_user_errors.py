@@ -67,7 +67,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_run_py_bad_config_values_end_in_one_line_with_exit_code_2(case, tmp_path):
     override = {"negative lr": ["--model.init_args.optim", '{"lr": -1}'],
                 "synthetic typo": ["--data.init_args.synthetic", '{"utterance": 60}'],
-                "missing init export": ["--model.init_args.init", json.dumps({"encoder": str(tmp_path / "no.safetensors")})],
+                "missing init export": ["--model.init_args.init",
+                                        json.dumps({"encoder": str(tmp_path / "no.safetensors")})],
                 }[case]
     expect = {"negative lr": "error: optim.lr must be a finite number > 0, got -1.0",
               "synthetic typo": "error: data.synthetic: unknown key(s) ['utterance']; the keys are root, utterances",
@@ -96,7 +97,8 @@ def test_a_damaged_init_export_names_its_file_and_component(tmp_path):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ({"ref": "你好", "hyp": None, "language": "zh"}, r"h\.jsonl:2: hyp must be a string, got null; write \"\" for no output"),
+    ({"ref": "你好", "hyp": None, "language": "zh"},
+     r"h\.jsonl:2: hyp must be a string, got null; write \"\" for no output"),
     ({"ref": 12345, "hyp": "x", "language": "en"}, r"h\.jsonl:2: ref must be a string, got 12345"),
     ({"ref": "hello", "hyp": "", "language": "none"}, r"h\.jsonl:2: language none .* has the reference 'hello'"),
     ({"id": "u1", "ref": "b", "hyp": "b", "language": "en"}, r"h\.jsonl:2: id 'u1' repeats line 1"),
@@ -127,7 +129,7 @@ def test_an_error_raised_while_handling_a_user_error_is_not_reported_as_it():
         try:
             raise UserError("marker x: bad step")
         except UserError:
-            raise OSError("stat failed")
+            raise OSError("stat failed")  # noqa: B904 (no `from` on purpose: the case under test)
     except OSError as e:
         assert user_error_of(e) is None  # (a cause is followed: the first test of this module)
 
@@ -136,5 +138,6 @@ def test_score_without_ids_numbers_the_lines(tmp_path):
     from experiments.evaluate import read_hyps
 
     hyps = tmp_path / "h.jsonl"
-    hyps.write_text("".join(json.dumps({"id": None, "ref": "a", "hyp": "a", "language": "en"}) + "\n" for _ in range(2)))
+    hyps.write_text("".join(json.dumps({"id": None, "ref": "a", "hyp": "a", "language": "en"}) + "\n"
+                            for _ in range(2)))
     assert [r["id"] for r in read_hyps(hyps)] == ["h-1", "h-2"]

@@ -107,8 +107,8 @@ def read_audio(path: str | Path, start: float = 0.0, end: float | None = None) -
             raise TruncatedAudioError(f"{path}: truncated: its header declares {declared} bytes of audio "
                                       f"({declared / max(present, 1) * f.frames / sr:.2f} s), the file holds {present} "
                                       f"({f.frames / sr:.2f} s); re-copy or re-export it")
-        first = int(round(start * sr))
-        last = f.frames if end is None else int(round(end * sr))
+        first = round(start * sr)
+        last = f.frames if end is None else round(end * sr)
         if last > f.frames + MAX_OVERSHOOT_S * sr:
             raise TruncatedAudioError(f"{path}: the segment [{start:g}, {end:g}] s ends past the audio "
                                       f"({f.frames / sr:.2f} s); fix its times or the file")

@@ -82,7 +82,7 @@ def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _speed_resampler(factor: float) -> T.Resample:
     # The sinc kernel is built once per factor and reused (per process).
-    return T.Resample(int(round(SAMPLE_RATE * factor / 100)), SAMPLE_RATE // 100)
+    return T.Resample(round(SAMPLE_RATE * factor / 100), SAMPLE_RATE // 100)
 
 
 def pad_silence(x: np.ndarray, rng: np.random.Generator, max_seconds: float) -> np.ndarray:

@@ -191,7 +191,8 @@ class _Runtime:
         try:
             _declare(lib)
             # speak_lib.h: `path` is the directory that contains espeak-ng-data.
-            rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, self.root.encode(), espeakINITIALIZE_DONT_EXIT)
+            rate = lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, _BUFFER_MS, self.root.encode(),
+                                         espeakINITIALIZE_DONT_EXIT)
             if rate <= 0:
                 raise RuntimeError(f"espeak_Initialize failed on {self.root!r} (returned {rate})")
             try:
@@ -368,7 +369,7 @@ def split_languages(text: str) -> list[tuple[str, str]]:
         else:
             langs.append(None)
     spoken = [i for i, lang in enumerate(langs) if lang is not None]
-    for i, (script, run) in enumerate(tokens):
+    for i, (script, _) in enumerate(tokens):
         if script == "latin" and langs[i] is None:  # a number: Mandarin if next to any Han run
             before = [langs[j] for j in spoken if j < i][-1:]
             after = [langs[j] for j in spoken if j > i][:1]

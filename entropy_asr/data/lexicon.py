@@ -29,13 +29,55 @@ _EN_WORD = re.compile(r"[a-z]+")
 _HAN_WORD = re.compile(r"[\u4e00-\u9fff]+")
 
 # Profanity, slurs, sexual, violent and self-harm words, so random juxtapositions stay inoffensive.
-EN_BLOCK = frozenset(["ass", "asses", "asshole", "bastard", "bitch", "bitches", "bollocks", "boob", "boobs", "cock", "cocks", "crap", "cum", "cunt", "damn", "dick", "dicks", "dildo", "dyke", "fag", "faggot", "fags", "fuck", "fucked", "fucker", "fucking", "fucks", "goddamn", "hoe", "horny", "jerk", "kike", "motherfucker", "nazi", "nigga", "niggas", "nigger", "niggers", "nude", "naked", "orgasm", "penis", "piss", "porn", "porno", "pussy", "queer", "rape", "raped", "rapist", "retard", "retarded", "sex", "sexy", "shit", "shits", "shitty", "slut", "sluts", "suicide", "tits", "twat", "vagina", "whore", "whores", "wank", "kill", "killer", "murder", "murderer", "terrorist", "terrorism", "genocide", "abuse", "abortion", "slave", "slavery", "erotic", "lesbian", "gay", "negro", "breast", "breasts", "bullet", "gun", "guns", "bomb", "corpse", "torture", "porn", "prostitute", "prostitution", "drug", "drugs", "cocaine", "heroin"])
+EN_BLOCK = frozenset(["ass", "asses", "asshole", "bastard", "bitch", "bitches", "bollocks", "boob", "boobs", "cock",
+                      "cocks", "crap", "cum", "cunt", "damn", "dick", "dicks", "dildo", "dyke", "fag", "faggot", "fags",
+                      "fuck", "fucked", "fucker", "fucking", "fucks", "goddamn", "hoe", "horny", "jerk", "kike",
+                      "motherfucker", "nazi", "nigga", "niggas", "nigger", "niggers", "nude", "naked", "orgasm",
+                      "penis", "piss", "porn", "porno", "pussy", "queer", "rape", "raped", "rapist", "retard",
+                      "retarded", "sex", "sexy", "shit", "shits", "shitty", "slut", "sluts", "suicide", "tits", "twat",
+                      "vagina", "whore", "whores", "wank", "kill", "killer", "murder", "murderer", "terrorist",
+                      "terrorism", "genocide", "abuse", "abortion", "slave", "slavery", "erotic", "lesbian", "gay",
+                      "negro", "breast", "breasts", "bullet", "gun", "guns", "bomb", "corpse", "torture", "porn",
+                      "prostitute", "prostitution", "drug", "drugs", "cocaine", "heroin"])
 ZH_BLOCK_CHARS = frozenset("操屌婊逼淫妓尸")  # words containing these are dropped
-ZH_BLOCK = frozenset(["妈的", "他妈的", "傻逼", "牛逼", "婊子", "鸡巴", "色情", "强奸", "做爱", "性交", "自杀", "屁股", "混蛋", "王八蛋", "贱", "骚", "裸体", "卖淫", "妓女", "尼玛", "去死", "草泥马", "日你", "滚", "杀人", "恐怖", "恐怖分子", "暴力", "毒品", "吸毒", "黑鬼", "杀", "死", "尸体", "枪", "炸弹", "屠杀", "谋杀", "性", "性感"])
+ZH_BLOCK = frozenset(["妈的", "他妈的", "傻逼", "牛逼", "婊子", "鸡巴", "色情", "强奸", "做爱", "性交", "自杀", "屁股",
+                      "混蛋", "王八蛋", "贱", "骚", "裸体", "卖淫", "妓女", "尼玛", "去死", "草泥马", "日你", "滚",
+                      "杀人", "恐怖", "恐怖分子", "暴力", "毒品", "吸毒", "黑鬼", "杀", "死", "尸体", "枪", "炸弹",
+                      "屠杀", "谋杀", "性", "性感"])
 
 # Function and grammar words: the grammar supplies them itself, so content slots get content words.
-EN_FUNCTION = frozenset(["a", "an", "the", "and", "or", "but", "if", "so", "as", "of", "to", "in", "on", "at", "by", "for", "from", "with", "about", "into", "over", "under", "than", "then", "that", "this", "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "not", "no", "yes", "i", "me", "my", "mine", "you", "your", "yours", "he", "him", "his", "she", "her", "hers", "it", "its", "we", "us", "our", "ours", "they", "them", "their", "theirs", "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "done", "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "just", "also", "very", "too", "only", "even", "still", "all", "any", "some", "each", "every", "both", "either", "neither", "anyone", "everyone", "someone", "anything", "everything", "something", "nothing", "nobody", "somebody", "everybody", "anybody", "none", "another", "other", "others", "such", "same", "own", "whether", "though", "although", "unless", "until", "since", "during", "without", "within", "upon", "among", "across", "toward", "towards", "around", "because", "before", "after", "above", "below", "between", "through", "against", "along", "yet", "already", "again", "ever", "never", "always", "often", "sometimes", "really", "quite", "rather", "almost", "maybe", "perhaps", "up", "out", "off", "down", "back", "well", "now", "once", "like", "else", "instead", "however", "therefore", "http", "https", "www", "com", "org", "net", "html", "pdf", "etc", "lol", "omg", "im", "dont", "ive", "thats", "ok", "okay", "yeah", "hey", "oh", "wow", "got", "went", "gone", "said", "made", "lets", "much", "many", "more", "most", "less", "least", "few", "lot", "lots", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "hundred", "thousand", "million", "billion", "first", "second", "third", "several", "various", "numerous", "multiple", "countless", "mr", "mrs", "ms", "dr", "st", "vs"])
-ZH_FUNCTION = frozenset(["的", "了", "是", "在", "和", "有", "不", "也", "就", "都", "而", "及", "与", "着", "吗", "呢", "吧", "啊", "把", "被", "给", "让", "从", "对", "于", "之", "以", "将", "并", "或", "等", "个", "这", "那", "其", "我", "你", "他", "她", "它", "我们", "你们", "他们", "她们", "您", "自己", "这个", "那个", "这些", "那些", "什么", "怎么", "为什么", "哪里", "谁", "么", "们", "地", "得", "所", "一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百", "千", "万", "两", "第", "很", "又", "还", "再", "才", "却", "已", "已经", "则", "即", "便", "如", "若", "因", "由", "为", "向", "跟", "比", "但", "但是", "因为", "所以", "如果", "虽然", "而且", "或者", "还是", "就是", "只是", "不是", "不过", "然后", "以及", "由于", "对于", "关于", "作为", "根据", "没有", "没", "要", "会", "能", "可以", "想", "应该", "可能", "觉得", "知道", "说", "去", "来", "做", "看", "到", "过", "上", "下", "里", "中", "好", "大", "小", "多", "少"])
+EN_FUNCTION = frozenset(["a", "an", "the", "and", "or", "but", "if", "so", "as", "of", "to", "in", "on", "at", "by",
+                         "for", "from", "with", "about", "into", "over", "under", "than", "then", "that", "this",
+                         "these", "those", "there", "here", "what", "which", "who", "whom", "whose", "when", "where",
+                         "why", "how", "not", "no", "yes", "i", "me", "my", "mine", "you", "your", "yours", "he", "him",
+                         "his", "she", "her", "hers", "it", "its", "we", "us", "our", "ours", "they", "them", "their",
+                         "theirs", "is", "am", "are", "was", "were", "be", "been", "being", "do", "does", "did", "done",
+                         "have", "has", "had", "having", "will", "would", "shall", "should", "can", "could", "may",
+                         "might", "must", "just", "also", "very", "too", "only", "even", "still", "all", "any", "some",
+                         "each", "every", "both", "either", "neither", "anyone", "everyone", "someone", "anything",
+                         "everything", "something", "nothing", "nobody", "somebody", "everybody", "anybody", "none",
+                         "another", "other", "others", "such", "same", "own", "whether", "though", "although", "unless",
+                         "until", "since", "during", "without", "within", "upon", "among", "across", "toward",
+                         "towards", "around", "because", "before", "after", "above", "below", "between", "through",
+                         "against", "along", "yet", "already", "again", "ever", "never", "always", "often", "sometimes",
+                         "really", "quite", "rather", "almost", "maybe", "perhaps", "up", "out", "off", "down", "back",
+                         "well", "now", "once", "like", "else", "instead", "however", "therefore", "http", "https",
+                         "www", "com", "org", "net", "html", "pdf", "etc", "lol", "omg", "im", "dont", "ive", "thats",
+                         "ok", "okay", "yeah", "hey", "oh", "wow", "got", "went", "gone", "said", "made", "lets",
+                         "much", "many", "more", "most", "less", "least", "few", "lot", "lots", "one", "two", "three",
+                         "four", "five", "six", "seven", "eight", "nine", "ten", "hundred", "thousand", "million",
+                         "billion", "first", "second", "third", "several", "various", "numerous", "multiple",
+                         "countless", "mr", "mrs", "ms", "dr", "st", "vs"])
+ZH_FUNCTION = frozenset(["的", "了", "是", "在", "和", "有", "不", "也", "就", "都", "而", "及", "与", "着", "吗", "呢",
+                         "吧", "啊", "把", "被", "给", "让", "从", "对", "于", "之", "以", "将", "并", "或", "等", "个",
+                         "这", "那", "其", "我", "你", "他", "她", "它", "我们", "你们", "他们", "她们", "您", "自己",
+                         "这个", "那个", "这些", "那些", "什么", "怎么", "为什么", "哪里", "谁", "么", "们", "地", "得",
+                         "所", "一", "二", "三", "四", "五", "六", "七", "八", "九", "十", "百", "千", "万", "两", "第",
+                         "很", "又", "还", "再", "才", "却", "已", "已经", "则", "即", "便", "如", "若", "因", "由",
+                         "为", "向", "跟", "比", "但", "但是", "因为", "所以", "如果", "虽然", "而且", "或者", "还是",
+                         "就是", "只是", "不是", "不过", "然后", "以及", "由于", "对于", "关于", "作为", "根据", "没有",
+                         "没", "要", "会", "能", "可以", "想", "应该", "可能", "觉得", "知道", "说", "去", "来", "做",
+                         "看", "到", "过", "上", "下", "里", "中", "好", "大", "小", "多", "少"])
 
 
 @dataclass(frozen=True)
@@ -101,7 +143,7 @@ def _package_file(package: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"the sentence generator needs the package {package!r}; pip install -e . installs it")
-    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.is_file():
         raise UserFileNotFound(f"{path}: the data file the sentence generator reads from {package!r} is missing; "
                                f"reinstall {package}")

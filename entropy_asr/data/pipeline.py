@@ -220,10 +220,12 @@ class Featurizer:
             x = resample(x, sr)
         duration = len(x) / SAMPLE_RATE
         if duration > self.batch.max_duration:
-            self.counts.add("too_long", f"{where}: {duration:.1f} s > max_duration {self.batch.max_duration} s; skipped")
+            self.counts.add("too_long", f"{where}: {duration:.1f} s > max_duration "
+                                        f"{self.batch.max_duration} s; skipped")
             return None
         if duration < self.batch.min_duration:
-            self.counts.add("too_short", f"{where}: {duration:.3f} s < min_duration {self.batch.min_duration} s; skipped")
+            self.counts.add("too_short", f"{where}: {duration:.3f} s < min_duration "
+                                         f"{self.batch.min_duration} s; skipped")
             return None
         if language != "none" and not text.strip():
             self.counts.add("empty_text", f"{where}: empty transcript with language {language!r}; skipped")
@@ -261,8 +263,9 @@ class Featurizer:
 def collate(samples: list[dict], counts: dict | None = None) -> dict:
     """Pad a list of featurized samples into a batch.
 
-    feats (B, T, 80) zero-padded (and feats2, the second view, with augment.views 2), feat_lens (B,), phones (B, S) padded with 0 (= <blank>, never
-    a target; use phone_lens), phone_lens (B,), and lists text / norm_text / language / keys.
+    feats (B, T, 80) zero-padded (and feats2, the second view, with augment.views 2), feat_lens (B,), phones (B, S)
+    padded with 0 (= <blank>, never a target; use phone_lens), phone_lens (B,), and lists text / norm_text /
+    language / keys.
     """
     B = len(samples)
     feat_lens = torch.tensor([s["feats"].shape[0] for s in samples], dtype=torch.long)

@@ -191,7 +191,8 @@ def read_librispeech(split_dir: Path) -> list[Record]:
     """A LibriSpeech split dir: SPK/CHAPTER/SPK-CHAPTER.trans.txt + SPK-CHAPTER-UTT.flac."""
     trans = sorted(split_dir.glob("*/*/*.trans.txt"))
     if not trans:
-        raise ManifestError(f"{split_dir}: no SPK/CHAPTER/*.trans.txt; point at a split dir such as LibriSpeech/dev-clean")
+        raise ManifestError(f"{split_dir}: no SPK/CHAPTER/*.trans.txt; point at a split dir such as "
+                            "LibriSpeech/dev-clean")
     records = []
     for t in trans:
         for n, line in enumerate(read_text(t).splitlines(), 1):
@@ -208,12 +209,13 @@ def read_aishell(root: Path, split: str | None, skips: SkipCounter | None = None
     skips = skips if skips is not None else SkipCounter()
     transcript = root / "transcript" / "aishell_transcript_v0.8.txt"
     if not transcript.exists():
-        raise ManifestError(f"{root}: no transcript/aishell_transcript_v0.8.txt; point at the AISHELL-1 root (data_aishell)")
+        raise ManifestError(f"{root}: no transcript/aishell_transcript_v0.8.txt; point at the AISHELL-1 root "
+                            "(data_aishell)")
     splits = sorted(p.name for p in (root / "wav").glob("*") if p.is_dir())
     if split is None or split not in splits:
         raise ManifestError(f"{root}: choose the split with --split (found: {', '.join(splits) or 'none'})")
     text = {}
-    for n, line in enumerate(read_text(transcript).splitlines(), 1):
+    for line in read_text(transcript).splitlines():
         utt, _, words = line.strip().partition(" ")
         if utt:
             text[utt] = "".join(words.split())  # the transcript is word-segmented with spaces
@@ -264,7 +266,8 @@ def prepare(records: list[Record], out: str | Path, *, source: str, shard_size: 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     # The plan fingerprint guards resumption: finished shards are reused only for the same input.
-    plan = hashlib.sha256(json.dumps([asdict(r) for r in records] + [shard_size, max_duration, source]).encode()).hexdigest()[:16]
+    plan = hashlib.sha256(json.dumps([asdict(r) for r in records]
+                                     + [shard_size, max_duration, source]).encode()).hexdigest()[:16]
     plan_file = out / "plan.json"
     if plan_file.exists() and json.loads(plan_file.read_text())["fingerprint"] != plan:
         raise ManifestError(f"{out} holds shards of a different input or settings; use a new --out or delete {out}")

@@ -81,8 +81,8 @@ _CONTRACT = {("I", "am"): "I'm", ("you", "are"): "you're", ("we", "are"): "we're
 
 # ---- Mandarin closed classes ---------------------------------------------------------------------
 _ZH_PRONOUNS = ("我", "你", "他", "她", "我们", "你们", "他们", "大家", "咱们", "您")
-_ZH_PEOPLE = ("老师", "我朋友", "经理", "我妈妈", "他爸爸", "我哥哥", "她姐姐", "医生", "同事", "邻居", "老板", "学生们",
-              "小王", "小李", "张老师", "王经理", "李阿姨", "孩子们", "我同学", "司机")
+_ZH_PEOPLE = ("老师", "我朋友", "经理", "我妈妈", "他爸爸", "我哥哥", "她姐姐", "医生", "同事", "邻居", "老板",
+              "学生们", "小王", "小李", "张老师", "王经理", "李阿姨", "孩子们", "我同学", "司机")
 _ZH_TIMES = ("今天", "明天", "昨天", "上午", "下午", "晚上", "周末", "明年", "去年", "刚才", "现在", "每天", "下个月",
              "上个星期", "早上", "中午", "后天", "前天", "最近", "以前", "将来", "今年", "这几天", "星期一", "星期五",
              "下周三", "过几天", "春节的时候", "八点半", "三点钟")
@@ -99,7 +99,8 @@ _ZH_SAY = ("觉得", "知道", "认为", "听说", "发现", "希望", "相信",
 _ZH_SUB = (("因为", "所以"), ("虽然", "但是"), ("如果", "就"), ("只要", "就"), ("既然", "就"), ("即使", "也"),
            ("不但", "而且"), ("除非", "否则"))
 _ZH_CONJ = ("但是", "所以", "而且", "不过", "然后", "可是", "因此", "于是", "同时", "另外", "结果")
-_ZH_NOT_PLACES = frozenset(["城市", "东西", "美丽", "英雄", "福利", "哥哥", "太阳", "上市", "云", "南", "北", "东", "德", "美", "西", "中华", "东方"])
+_ZH_NOT_PLACES = frozenset(["城市", "东西", "美丽", "英雄", "福利", "哥哥", "太阳", "上市", "云", "南", "北", "东",
+                            "德", "美", "西", "中华", "东方"])
 # Words Mandarin speakers commonly switch into English for; all in CMUdict.
 _CODE_SWITCH = {
     "en": ("meeting", "deadline", "project", "email", "schedule", "team", "manager", "report",
@@ -130,7 +131,7 @@ def _pick(rng: random.Random, words: Words):
 
 
 def _sizes(total: int, shares: dict[str, float]) -> dict[str, int]:
-    return {k: max(1, int(round(total * s))) for k, s in shares.items()}
+    return {k: max(1, round(total * s)) for k, s in shares.items()}
 
 
 class SentenceGenerator:
@@ -525,7 +526,8 @@ class SentenceGenerator:
             return form.format(s=self._zh_np(rng) if rng.random() < 0.6 else subj, d=rng.choice(_ZH_DEGREE),
                                a=self._zh_adj(rng)), "zh/adj"
         if kind == "compare":
-            return f"{self._zh_np(rng)}比{self._zh_np(rng)}{rng.choice(('更', '还', ''))}{self._zh_adj(rng)}", "zh/compare"
+            return (f"{self._zh_np(rng)}比{self._zh_np(rng)}{rng.choice(('更', '还', ''))}"
+                    f"{self._zh_adj(rng)}", "zh/compare")
         if kind == "ba":
             return f"{subj}{frame}把{obj}{verb}{rng.choice(('了', '好了', '完了', '一下', '掉了'))}", "zh/ba"
         if kind == "bei":
@@ -564,8 +566,8 @@ class SentenceGenerator:
 
     def _zh_command(self, rng: random.Random) -> tuple[str, str]:
         verb, obj = self._zh_verb(rng), self._zh_np(rng)
-        form = rng.choice(("请{v}一下{o}", "请你{t}{v}{o}", "别忘了{v}{o}", "我们一起{v}{o}吧", "快点{v}{o}", "麻烦你帮我{v}{o}",
-                           "不要{v}{o}", "先{v}{o}再说", "把{o}{v}一下", "你去{v}{o}吧"))
+        form = rng.choice(("请{v}一下{o}", "请你{t}{v}{o}", "别忘了{v}{o}", "我们一起{v}{o}吧", "快点{v}{o}",
+                           "麻烦你帮我{v}{o}", "不要{v}{o}", "先{v}{o}再说", "把{o}{v}一下", "你去{v}{o}吧"))
         return form.format(v=verb, o=obj, t=rng.choice(_ZH_TIMES)), "zh/command"
 
 

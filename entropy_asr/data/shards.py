@@ -350,7 +350,8 @@ def read_index(data_dir: str | Path) -> dict:
         )
     index = json.loads(path.read_text())
     outside = [s.get("name") for s in index.get("shards", [])
-               if not isinstance(s.get("name"), str) or Path(s["name"]).name != s["name"] or s["name"] in ("", ".", "..")]
+               if not isinstance(s.get("name"), str) or Path(s["name"]).name != s["name"]
+               or s["name"] in ("", ".", "..")]
     if outside:
         raise UserError(f"{path}: shard names must be file names inside {data_dir}, got {outside[:3]}; "
                         "rebuild the index (entropy_asr.data.prepare)")

@@ -247,7 +247,8 @@ def build_corpus(out: str | Path, utterances: int, seed: int = 0, *, shard_size:
         if info.get("fingerprint") == fp:
             log.info("%s: corpus already built", out)
             return info
-        raise UserError(f"{out} holds a different synthetic corpus ({info.get('settings')}); use another --out or delete it")
+        raise UserError(f"{out} holds a different synthetic corpus ({info.get('settings')}); use another --out or "
+                        "delete it")
     out.mkdir(parents=True, exist_ok=True)
     partial = out / "building.json"
     if partial.exists() and json.loads(partial.read_text()).get("fingerprint") != fp:
@@ -295,7 +296,8 @@ def corpus_dir(root: str | None = None, utterances: int = 2000, seed: int = 0, *
     if unknown:
         raise UserError(f"data.synthetic: unknown key(s) {unknown}; the keys are root, utterances, seed, shard_size, "
                         "num_workers")
-    for key, value, low in (("utterances", utterances, 1), ("seed", seed, 0), ("shard_size", build.get("shard_size", 1), 1)):
+    for key, value, low in (("utterances", utterances, 1), ("seed", seed, 0),
+                            ("shard_size", build.get("shard_size", 1), 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise UserError(f"data.synthetic.{key}: expected an integer >= {low}, got {value!r}")
     # the version is in the name, so a cache built by older code is never mistaken for this one

@@ -136,7 +136,8 @@ class SpeechLLM(nn.Module):
         self.ctc_head = self.adapter = self.llm = self.tokenizer = self.prompt = None
         self.loss_chunk = llm.loss_chunk_tokens if llm is not None else 4096
         if ctc_head is not None:
-            self.ctc_head = CTCHead(self.encoder.output_dim, ctc_head.vocab_size(), ctc_head.hidden_dim, ctc_head.dropout)
+            self.ctc_head = CTCHead(self.encoder.output_dim, ctc_head.vocab_size(), ctc_head.hidden_dim,
+                                    ctc_head.dropout)
         if llm is not None:
             source = llm.tokenizer_name_or_path
             if source is None:

@@ -21,12 +21,11 @@ from entropy_asr.text.inventory import ERHUA, PHONE_TO_ID, UNK
 # when 儿 is not their first character; 儿-initial words only where 儿 also starts a segmenter word,
 # so that erhua words running into them (一会儿时间 = 一会儿 + 时间) are not mistaken for them.
 NON_ERHUA_WORDS = frozenset(
-    """
-    女儿 儿女 儿子 儿孙 儿媳 儿童 儿科 儿歌 儿戏 儿时 儿郎 儿化 儿皇帝 儿茶 儿马
-    婴儿 幼儿 孤儿 健儿 男儿 少儿 胎儿 患儿 犬儿 豚儿 宠儿 弃儿 孙儿 妻儿 乳儿 育儿 侄儿
-    托儿所 新生儿 早产儿 混血儿 低能儿 弄潮儿 宁馨儿 幸运儿 产儿 骄儿 娇儿 麒麟儿
-    小儿科 小儿麻痹 黄口小儿 生儿育女 养儿防老 干儿子 干儿女 健儿们 孤儿院 婴幼儿 少年儿童
-    """.split()
+    ["女儿", "儿女", "儿子", "儿孙", "儿媳", "儿童", "儿科", "儿歌", "儿戏", "儿时", "儿郎", "儿化", "儿皇帝", "儿茶",
+     "儿马", "婴儿", "幼儿", "孤儿", "健儿", "男儿", "少儿", "胎儿", "患儿", "犬儿", "豚儿", "宠儿", "弃儿", "孙儿",
+     "妻儿", "乳儿", "育儿", "侄儿", "托儿所", "新生儿", "早产儿", "混血儿", "低能儿", "弄潮儿", "宁馨儿", "幸运儿",
+     "产儿", "骄儿", "娇儿", "麒麟儿", "小儿科", "小儿麻痹", "黄口小儿", "生儿育女", "养儿防老", "干儿子", "干儿女",
+     "健儿们", "孤儿院", "婴幼儿", "少年儿童"]
 )
 _NON_ERHUA_INNER = tuple(w for w in NON_ERHUA_WORDS if not w.startswith("儿"))
 _NON_ERHUA_INITIAL = tuple(w for w in NON_ERHUA_WORDS if w.startswith("儿"))

@@ -50,7 +50,8 @@ def _strip_symbols(text: str) -> str:
 
 
 def _piece_tokens(piece: str) -> list[str]:
-    """Tokens of a non-Han piece: Whisper-normalized words if it has Latin letters, else the cleaned-up rest (digits)."""
+    """Tokens of a non-Han piece: Whisper-normalized words if it has Latin letters, else the cleaned-up rest
+    (digits)."""
     if has_latin(piece):
         return _english_normalizer()(piece).split()
     return _strip_symbols(piece).lower().split()

@@ -76,7 +76,7 @@ def _inflect():
     return inflect.engine()
 
 
-_EN_DIGITS = "zero one two three four five six seven eight nine".split()
+_EN_DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 
 def en_number_words(s: str, *, ordinal: bool = False) -> list[str]:

@@ -94,7 +94,8 @@ class Phonemizer:
         return units, len(unks)
 
     def _pieces(self, text: str, language: str | None) -> list[tuple[str, str]]:
-        """Cut `text` into ("zh", Han text) / ("en", Latin run) / ("unk", token); numbers become Chinese numerals in zh."""
+        """Cut `text` into ("zh", Han text) / ("en", Latin run) / ("unk", token); numbers become Chinese numerals
+        in zh."""
         text = _THOUSANDS_COMMA.sub("", unicodedata.normalize("NFKC", text))
         runs = split_by_script(text)
         fallback = "zh" if has_han(text) or language == "zh" else "en"

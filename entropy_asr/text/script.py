@@ -6,7 +6,8 @@ import re
 
 # CJK Unified Ideographs (+ Extension A and compatibility ideographs); 〇 counts as Han.
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3007"
-_RUNS = re.compile(rf"(?P<han>[{_HAN}]+)|(?P<latin>[A-Za-z0-9'\u00c0-\u024f]+(?:[-.][A-Za-z0-9']+)*)|(?P<other>[^{_HAN}A-Za-z0-9'\u00c0-\u024f]+)")
+_RUNS = re.compile(rf"(?P<han>[{_HAN}]+)|(?P<latin>[A-Za-z0-9'\u00c0-\u024f]+(?:[-.][A-Za-z0-9']+)*)"
+                   rf"|(?P<other>[^{_HAN}A-Za-z0-9'\u00c0-\u024f]+)")
 
 
 def split_by_script(text: str) -> list[tuple[str, str]]:
