@@ -13,7 +13,8 @@ of `--seconds`-long utterances with transcripts:
     peak measured in this run by a large bf16 matmul (float32 on a CPU);
 then decoding RTFx (batched greedy decoding of `--decode-batch` utterances, exactly
 `--decode-tokens` new tokens each, so random weights cannot stop early or run long) and the data
-pipeline's audio seconds per second per CPU worker (reading, fbank, augmentation, batching).
+pipeline's audio seconds per second per CPU core (entropy_asr.data.benchmark's measurement: reading, fbank,
+augmentation, batching, one worker on one thread).
 
 Prints one table, writes JSON (--out) and, with --record, appends the table with the card's name,
 the command and the date to docs/benchmarks.md. --size tiny runs on a CPU in seconds (the tests).
@@ -71,7 +72,7 @@ class Options:
     static_cache: bool = False
     compile: bool = False
     activation_checkpointing: bool = False
-    data_workers: int = 1
+    data_seconds: float = 10.0  # how long the data pipeline is measured
     tokenizer: str | None = None
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
@@ -298,31 +299,17 @@ def bench_decode(o: Options) -> dict:
             "decode_s": t, "rtfx": audio / t, "tokens_per_s": o.decode_batch * n / t}
 
 
-def bench_data(o: Options, corpus: Path | None, batches: int = 30) -> dict:
-    """The training pipeline (read, decode, fbank, speed perturbation, SpecAugment, bucketing) per CPU worker."""
-    from datamodules.speech import SpeechDataModule
-    from entropy_asr.data.augment import AugmentConfig
-    from entropy_asr.data.pipeline import BatchConfig
+def bench_data(o: Options, corpus: Path | None) -> dict:
+    """The training pipeline (read, decode, fbank, augmentation, bucketing) per CPU core: the data benchmark's
+    measurement (entropy_asr.data.benchmark, one worker on one thread) on the corpus' train split."""
+    from entropy_asr.data.benchmark import measure
+    from entropy_asr.data.synthetic import ensure_corpus
 
-    where = {"synthetic": {"utterances": 200, "seed": 0}} if corpus is None else \
-        {"train_dir": str(corpus / "train"), "val_dir": str(corpus / "dev")}
-    data = SpeechDataModule(**where, num_workers=o.data_workers, shuffle_buffer=100,
-                            batches_per_epoch=batches, augment=AugmentConfig(),
-                            batch=BatchConfig(max_batch_seconds=160.0, max_batch_size=64))
-    data.prepare_data()
-    data.setup("fit")
-    loader = data.train_dataloader()
-    audio, n = 0.0, 0
-    it = iter(loader)
-    first = next(it)  # workers start and fill the shuffle buffer: not counted
-    t = time.perf_counter()
-    for batch in it:
-        audio += float(batch["durations"].sum())
-        n += 1
-    wall = time.perf_counter() - t
-    del first
-    return {"stage": "data", "workers": o.data_workers, "batches": n, "audio_s": audio,
-            "audio_s_per_s_per_worker": audio / wall / max(o.data_workers, 1)}
+    if corpus is None:  # a small synthetic corpus, built once into the cache
+        corpus = ensure_corpus(utterances=200, seed=0)
+    m = measure(corpus / "train", seconds=o.data_seconds)
+    return {"stage": "data", "workers": 1, "batches": m["batches"], "audio_s": m["audio_seconds"],
+            "audio_s_per_s_per_worker": m["audio_sec_per_sec_per_worker"]}
 
 
 def format_table(rows: list[dict], device: str) -> str:
@@ -415,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--static-cache", action="store_true", help="decode with a static KV cache (compiled decoding step)")
     p.add_argument("--compile", action="store_true", help="torch.compile each Conformer block and LLM layer")
     p.add_argument("--activation-checkpointing", action="store_true")
-    p.add_argument("--data-workers", type=int, default=1)
+    p.add_argument("--data-seconds", type=float, default=10.0, help="how long the data pipeline is measured")
     p.add_argument("--corpus", type=Path,
                    help="corpus root (train/, dev/ shard dirs) for the data benchmark (default: a synthetic one)")
     p.add_argument("--skip-data", action="store_true")
@@ -426,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     o = Options(size=a.size, stages=tuple(a.stages), batch=a.batch, seconds=a.seconds, steps=a.steps,
                 decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache,
-                compile=a.compile, activation_checkpointing=a.activation_checkpointing, data_workers=a.data_workers,
+                compile=a.compile, activation_checkpointing=a.activation_checkpointing, data_seconds=a.data_seconds,
                 tokenizer=a.tokenizer, device=a.device)
     if o.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -15,7 +15,7 @@ from experiments.benchmark import STAGES, Options, format_table, run
 def result(tiny_corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     o = Options(size="tiny", batch=2, seconds=2.0, steps=1, decode_batch=2, decode_tokens=5, device="cpu",
-                tokenizer=None)
+                tokenizer=None, data_seconds=1.0)
     with pytest.MonkeyPatch.context() as mp:  # not left behind for later tests
         if "ENTROPY_ASR_CACHE" not in os.environ:
             mp.setenv("ENTROPY_ASR_CACHE", str(out))
