@@ -235,9 +235,11 @@ def _run_dir_source(checkpoint: Path, ckpt: Path | None, run_dir: Path, cmvn: Pa
     _check_transcribes(checkpoint, model_cfg.get("class_path"), args)
     cls = model_class(model_cfg.get("class_path"), str(config))
     config_arg = str(config)
-    if "encoder_snapshots" in args:  # saved while IASFT had a fixed swap schedule (callbacks.EncoderHotSwap swaps now)
-        del args["encoder_snapshots"]
-        config_arg = yaml.safe_dump(saved, allow_unicode=True, sort_keys=False)  # the config without it, as a string
+    gone = sorted(set(args) - cls.init_arg_names())  # saved by an older version (IASFT's encoder_snapshots, ...)
+    if gone:
+        for key in gone:
+            del args[key]
+        config_arg = yaml.safe_dump(saved, allow_unicode=True, sort_keys=False)  # the config without them, as a string
     export = run_dir / "export"
     if not ckpt and not (export.is_dir() and any(export.iterdir())):
         raise UserFileNotFound(f"--checkpoint {checkpoint}: no export/ there, so the stage has not finished and has no "
@@ -264,7 +266,25 @@ def _ckpt_source(ckpt: Path, cmvn: Path | None, scratch: Path) -> ModelSource:
     if cmvn is None:
         raise UserFileNotFound(f"--checkpoint {ckpt}: it holds no CMVN statistics; pass --cmvn PATH (the cmvn.json of "
                                f"the data the stage trained on)")
+    # the stage builds from its init files before the checkpoint's weights go over them: build it from the
+    # checkpoint's own (the files the run started from may be on another machine); the LLM's dir still gives its
+    # config and tokenizer
+    desc = {**desc, "init_args": {**desc["init_args"], "init": _components_of(saved["state_dict"], scratch,
+                                                                               desc["init_args"].get("init") or {})}}
     return _described_source(ckpt, desc, where, cmvn, state=saved["state_dict"])
+
+
+def _components_of(state: dict, scratch: Path, init: dict) -> dict:
+    """init.* pointed at the checkpoint's own weights, one safetensors file per component in `scratch`."""
+    from entropy_asr.model.export import save_tensors
+
+    out = {}
+    for component, described in init.items():
+        prefix = f"net.{component}."
+        tensors = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        out[component] = str(save_tensors(tensors, scratch / f"{component}.safetensors", component)) if tensors \
+            else described  # not a module the checkpoint holds: the described file
+    return out
 
 
 def _described_source(checkpoint: Path, desc: dict, where: str, cmvn: Path, export: Path | None = None,

@@ -63,17 +63,24 @@ _TEACHER_KEYS = {"teacher.phone_frames.": "distill_reader.phone_frames.", "teach
                  "teacher.encoder.": "phone_aligner.encoder.", "teacher.ctc_head.": "phone_aligner.ctc_head."}
 
 
-def rename_teacher_keys(state_dict: dict) -> dict:
-    """Map an old checkpoint's `teacher.*` keys to `distill_reader.*` / `phone_aligner.*`, in place (key order
-    kept); returns it."""
-    if not any(k.startswith("teacher.") for k in state_dict):
+def rename_teacher_keys(state_dict: dict, prefix: str = "") -> dict:
+    """Map an old checkpoint's `teacher.*` keys (under `prefix`) to `distill_reader.*` / `phone_aligner.*`, in place
+    (key order kept); returns it."""
+    olds = {prefix + o: prefix + n for o, n in _TEACHER_KEYS.items()}
+    if not any(k.startswith(prefix + "teacher.") for k in state_dict):
         return state_dict
     items = list(state_dict.items())
     state_dict.clear()
     for k, v in items:
-        old = next((o for o in _TEACHER_KEYS if k.startswith(o)), None)
-        state_dict[_TEACHER_KEYS[old] + k[len(old):] if old else k] = v
+        old = next((o for o in olds if k.startswith(o)), None)
+        state_dict[olds[old] + k[len(old):] if old else k] = v
     return state_dict
+
+
+def _rename_teacher_keys_hook(module, state_dict, prefix, *args) -> None:
+    """load_state_dict pre-hook: every load path (a resume under any strategy, FSDP's included, evaluate.py) sees
+    the new names."""
+    rename_teacher_keys(state_dict, prefix)
 
 
 class SpeechSFT(SpeechLLMModule):
@@ -89,6 +96,7 @@ class SpeechSFT(SpeechLLMModule):
 
     def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.register_load_state_dict_pre_hook(_rename_teacher_keys_hook)  # checkpoints from before the split
         own_head = self.configs["ctc_head"] is not None and "ctc_head" in self.init_from
         if distill is not None and distill.aligner is None and not own_head:
             raise UserError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
@@ -144,10 +152,6 @@ class SpeechSFT(SpeechLLMModule):
             if frozen is not None:
                 frozen.eval()
         return self
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rename_teacher_keys(checkpoint.get("state_dict", {}))
-        super().on_load_checkpoint(checkpoint)
 
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)

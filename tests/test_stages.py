@@ -498,8 +498,8 @@ def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(eva
 
 def test_evaluate_decodes_an_export_or_a_checkpoint_away_from_its_run(evaluated_align, tiny_corpus, tmp_path,
                                                                       monkeypatch):
-    """An export dir (model.json + cmvn.json) or a .ckpt copied anywhere decodes alone: no config.yaml next to it
-    and no data cache, with the transcripts of the run dir."""
+    """An export dir (model.json + cmvn.json) or a .ckpt away from its run decodes: no config.yaml next to it, no
+    data cache and (the .ckpt) none of the files the run started from, with the transcripts of the run dir."""
     from entropy_asr.errors import UserError
     from experiments import evaluate
 
@@ -523,11 +523,22 @@ def test_evaluate_decodes_an_export_or_a_checkpoint_away_from_its_run(evaluated_
     shutil.copy(run_dir / "checkpoints" / "last.ckpt", lone)
     evaluate.main(["--checkpoint", str(lone), *data, "--out", str(tmp_path / "from_ckpt"), "--beam", "1"])
     assert _hyps(tmp_path / "from_ckpt") == expected
+    # on another machine the files the run started from are gone: the checkpoint's own weights stand in for them
+    held = torch.load(lone, map_location="cpu", weights_only=True)
+    started = held["entropy_asr"]["model"]["init_args"]["init"]
+    assert {"encoder", "adapter"} <= set(started)
+    held["entropy_asr"]["model"]["init_args"]["init"] = {c: str(tmp_path / "gone" / f"{c}.st") for c in started}
+    away = tmp_path / "away" / "checkpoints" / "last.ckpt"
+    away.parent.mkdir(parents=True)
+    torch.save(held, away)
+    evaluate.main(["--checkpoint", str(away), *data, "--out", str(tmp_path / "from_away"), "--beam", "1"])
+    assert _hyps(tmp_path / "from_away") == expected
     # a run dir whose data config's statistics are gone (another cache or machine): the export's copy, else --cmvn
     moved = tmp_path / "moved"
     shutil.copytree(run_dir / "export", moved / "export")
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     config["data"]["init_args"]["synthetic"]["root"] = str(tmp_path / "gone")
+    config["model"]["init_args"]["encoder_snapshots"] = None  # a key an older version saved: dropped
     (moved / "config.yaml").write_text(yaml.safe_dump(config))
     evaluate.main(["--checkpoint", str(moved), *data, "--out", str(tmp_path / "from_moved"), "--beam", "1"])
     assert _hyps(tmp_path / "from_moved") == expected
@@ -598,12 +609,12 @@ def test_checkpoint_from_before_the_teacher_split_still_resumes(exports):
     old = {old_key(k): v + 1.0 if v.is_floating_point() else v for k, v in make().state_dict().items()}
     assert {k.split(".")[1] for k in old if k.startswith("teacher.")} == {"phone_frames", "adapter", "encoder",
                                                                           "ctc_head"}
-    checkpoint = {"state_dict": dict(old)}
     resumed = make()
-    resumed.on_load_checkpoint(checkpoint)  # what Lightning calls before it loads checkpoint["state_dict"]
-    assert not any(k.startswith("teacher.") for k in checkpoint["state_dict"])
-    resumed.load_state_dict(checkpoint["state_dict"], strict=True)
+    resumed.load_state_dict(dict(old), strict=True)  # every load path (any strategy's resume, evaluate) goes here
     assert all(torch.equal(v, old[old_key(k)]) for k, v in resumed.state_dict().items())
+    wrapped = torch.nn.ModuleDict({"stage": make()})  # and under a prefix, as a wrapper loads it
+    wrapped.load_state_dict({f"stage.{k}": v for k, v in old.items()}, strict=True)
+    assert all(torch.equal(v, old[old_key(k)]) for k, v in wrapped["stage"].state_dict().items())
 
 
 def test_pretrain_ctc_on_characters(exports, tiny_corpus, tmp_path):

@@ -26,9 +26,14 @@ def sha256_file(path: str | Path) -> str:
 
 def save_component(module: nn.Module, path: str | Path, component: str, meta: dict | None = None) -> Path:
     """Write a module's state dict as safetensors (temp file + rename), tagged with its component name."""
+    return save_tensors(module.state_dict(), path, component, meta)
+
+
+def save_tensors(tensors: dict, path: str | Path, component: str, meta: dict | None = None) -> Path:
+    """Write a component's state dict (e.g. cut out of a checkpoint's) as save_component does."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     metadata = {"component": component, "meta": json.dumps(meta or {})}
     return atomic_write_via(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
