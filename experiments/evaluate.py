@@ -196,7 +196,7 @@ def _check_transcribes(checkpoint: Path, class_path: str, args: dict) -> None:
 def resolve_source(checkpoint: Path, cmvn: Path | None, scratch: Path) -> ModelSource:
     """What --checkpoint names: a run dir (its config.yaml and export/, as in training), an export dir (its model.json
     and cmvn.json), or a .ckpt (its run's config.yaml, else the description it holds). `scratch`: a temp dir."""
-    from lightning_modules.base import CMVN_FILE, MODEL_FILE
+    from entropy_asr.model.export import CMVN_FILE, MODEL_FILE
 
     if cmvn is not None and not cmvn.is_file():
         raise UserFileNotFound(f"--cmvn {cmvn}: no such file; give the cmvn.json of the data the stage trained on (its "

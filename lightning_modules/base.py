@@ -20,7 +20,7 @@ from entropy_asr.errors import UserError
 from entropy_asr.io import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from entropy_asr.metrics.error_rate import ErrorRates
 from entropy_asr.model.encoder import EncoderConfig
-from entropy_asr.model.export import load_component, save_component
+from entropy_asr.model.export import CMVN_FILE, FILE_COMPONENTS, MODEL_FILE, load_component, save_component
 from entropy_asr.model.llm import LLMConfig
 from entropy_asr.model.params import (
     count_parameters,
@@ -41,11 +41,6 @@ from lightning_modules.strategies import full_weights
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("encoder", "ctc_head", "adapter", "llm", "phone_frames")
-# exported as <name>.safetensors; the LLM as an HF dir
-FILE_COMPONENTS = ("encoder", "ctc_head", "adapter", "phone_frames")
-# beside the exports, what decoding needs besides the weights (experiments/evaluate.py reads them): the module and
-# its init args (SpeechLLMModule.describe), and the CMVN statistics the run normalized its features with
-MODEL_FILE, CMVN_FILE = "model.json", "cmvn.json"
 MODEL_FORMAT = 1
 
 

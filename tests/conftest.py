@@ -37,3 +37,28 @@ def tiny_corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpus") / "syn"
     build_corpus(root, 60, seed=7, shard_size=8, num_workers=2)
     return root
+
+
+@pytest.fixture(scope="module")
+def exports(tiny_corpus, tmp_path_factory) -> dict[str, Path]:
+    """fast_dev_run of the two first stages; their exports feed the LLM stages (tests/stage_helpers.py shrinks them)."""
+    import json
+
+    from experiments.run import run
+    from tests.stage_helpers import PROBE, TINY, common, small_models
+
+    root = tmp_path_factory.mktemp("runs")
+    outs = {}
+    # pretraining's drift monitor exports the step-1 snapshot (encoder + CTC head, with its marker) as the real
+    # pipeline does: the LLM stages start from it and IA-SFT's hot-swap reads its directory
+    drift = {"class_path": "callbacks.CKADriftMonitor", "init_args": {"every_n_steps": 1, "probe_batches": 1}}
+    for stage in ("pretrain_lm", "pretrain_ctc"):
+        extra = ["--trainer.callbacks", json.dumps([PROBE, drift])] if stage == "pretrain_ctc" else []
+        outs[stage] = run(["--config", str(TINY / f"{stage}.yaml"), "--run_dir", str(root / stage),
+                           "--trainer.fast_dev_run", "true", *common(tiny_corpus), *small_models(stage), *extra])
+    lm = root / "pretrain_lm" / "export"
+    reader = {"phone_frames": str(lm / "phone_frames.safetensors"), "adapter": str(lm / "adapter.safetensors")}
+    return {"root": root, "outs": outs, "llm": lm / "llm", "reader": reader,
+            "encoder": root / "pretrain_ctc" / "export" / "encoder.safetensors",
+            "snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "encoder-step00000001.safetensors",
+            "ctc_snapshot": root / "pretrain_ctc" / "export" / "snapshots" / "ctc_head-step00000001.safetensors"}

@@ -14,6 +14,12 @@ from torch import nn
 from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.io import atomic_write_via
 
+# an export dir: <component>.safetensors for these, the LLM as a Hugging Face dir (llm/), and beside them what decoding
+# needs besides the weights: model.json (the stage's configs, lightning_modules.base: SpeechLLMModule.describe) and
+# cmvn.json (the statistics the run normalized its features with)
+FILE_COMPONENTS = ("encoder", "ctc_head", "adapter", "phone_frames")
+MODEL_FILE, CMVN_FILE = "model.json", "cmvn.json"
+
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""

@@ -131,6 +131,15 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     The caller puts the model in eval mode (dropout would make greedy decoding random).
     `kw` goes to `model.generate` and may override the defaults below.
     """
+    return [text for text, _ in generate_ended(model, tokenizer, prompt, speech, speech_lens, max_new_tokens,
+                                               num_beams, **kw)]
+
+
+def generate_ended(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: SpeechPrompt,
+                   speech: torch.Tensor, speech_lens: torch.Tensor, max_new_tokens: list[int] | int,
+                   num_beams: int = 1, **kw) -> list[tuple[str, bool]]:
+    """As `generate`, with whether each transcript ended with the end-of-turn token (False: it was cut by its
+    token limit or by a stopping criterion in `kw`)."""
     B = speech.shape[0]
     limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != B or min(limits) < 1:
@@ -145,9 +154,10 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt:
     texts = []
     for row, limit in zip(sequences.tolist(), limits):
         row = row[:limit]
-        if prompt.eos_id in row:
+        ended = prompt.eos_id in row
+        if ended:
             row = row[:row.index(prompt.eos_id)]
-        texts.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+        texts.append((tokenizer.decode(row, skip_special_tokens=True).strip(), ended))
     return texts
 
 
