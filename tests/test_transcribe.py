@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import tarfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from entropy_asr.data.audio import SAMPLE_RATE, decode_audio, resample
+from entropy_asr.data.audio import SAMPLE_RATE, resample
 from entropy_asr.errors import UserError
 from entropy_asr.inference import recognizer as rec
 from entropy_asr.inference.guards import RepetitionStop, cut_repetition
@@ -22,23 +20,7 @@ from entropy_asr.inference.streaming import StreamSession, final_text, stream
 from entropy_asr.inference.timestamps import UnitTime
 from entropy_asr.transcribe import cues, main, srt_time, to_srt
 from experiments.run import run
-from tests.stage_helpers import ENC, TINY, common
-
-
-def utterances(split_dir: Path) -> list[dict]:
-    """A shard dir's utterances: {key, text, language, audio (16 kHz float32), flac (bytes)}, in shard order."""
-    out = []
-    for shard in sorted(split_dir.glob("shard-*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(n for n in members if n.endswith(".flac")):
-                key = name[:-5]
-                meta = json.loads(tar.extractfile(members[key + ".json"]).read())
-                flac = tar.extractfile(members[name]).read()
-                x, sr = decode_audio(flac)
-                assert sr == SAMPLE_RATE
-                out.append({"key": key, "text": meta["text"], "language": meta["language"], "audio": x, "flac": flac})
-    return out
+from tests.stage_helpers import ENC, TINY, common, recording, utterances
 
 
 @pytest.fixture(scope="module")
@@ -184,28 +166,6 @@ def test_an_export_copied_alone_decodes_or_says_what_is_missing(model, tmp_path)
 
 
 # ---- long-form ---------------------------------------------------------------------------------------------------
-def recording(utts: list[dict], seconds: float, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float, str]]]:
-    """Utterances one after another (cycled) with 0.5-1.5 s pauses, light noise over everything, until `seconds`:
-    (audio, [(start, end, text)]), start and end being where each utterance's speech begins and ends."""
-    rng = np.random.default_rng(seed)
-    parts, truth, t = [], [], 0.0
-    i = 0
-    while t < seconds:
-        u = utts[i % len(utts)]
-        pause = np.zeros(int(rng.uniform(0.5, 1.5) * SAMPLE_RATE), np.float32)
-        parts += [pause, u["audio"]]
-        start = t + len(pause) / SAMPLE_RATE
-        t = start + len(u["audio"]) / SAMPLE_RATE
-        voiced = np.flatnonzero(np.abs(u["audio"]) > 1e-3)  # the corpus pads its utterances with silence
-        truth.append((start + voiced[0] / SAMPLE_RATE, start + (voiced[-1] + 1) / SAMPLE_RATE, u["text"]))
-        i += 1
-    parts.append(np.zeros(SAMPLE_RATE // 2, np.float32))
-    x = np.concatenate(parts)
-    speech_rms = float(np.sqrt(np.mean(np.concatenate([u["audio"] for u in utts]) ** 2)))
-    x = x + rng.standard_normal(len(x)).astype(np.float32) * speech_rms * 0.05  # ~26 dB below the speech
-    return x.astype(np.float32), truth
-
-
 class OracleRecognizer(Recognizer):
     """The Recognizer's long-form path with a decoder that knows the recording: it checks that each segment's audio
     is the recording's at its offset, and answers with the texts of the utterances the segment holds."""
