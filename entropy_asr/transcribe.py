@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="segments decoded together")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: the export's)")
+    p.add_argument("--max-segment-s", type=float, help="recordings longer than this are cut on pauses into segments of "
+                                                        "at most this (default: the model's training maximum)")
     p.add_argument("--no-guards", action="store_true", help="no repetition stop (raw decoding)")
     p.add_argument("--no-timestamps", action="store_true", help="skip the forced alignment")
     p.add_argument("--progress", action="store_true", help="a progress bar on stderr (default: several files on a "
@@ -121,6 +123,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_options(a, files: list[str]) -> None:
+    """Every option a user can get wrong, checked before the model loads: one line each."""
+    if not files:
+        raise UserError("no files to transcribe (stdin gave no paths)")
+    if a.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.max_segment_s is not None and not a.max_segment_s >= 1:
+        raise UserError(f"--max-segment-s must be >= 1 (seconds), got {a.max_segment_s}")
+    try:
+        device = torch.device(a.device)
+    except RuntimeError:
+        raise UserError(f"--device {a.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {a.device}: no CUDA device on this machine; use --device cpu")
+    if a.stream:
+        if a.chunk_ms < 40 or a.chunk_ms % 40:
+            raise UserError(f"--chunk-ms must be a positive multiple of 40 (the encoder's frame), got {a.chunk_ms}")
+        if a.left_chunks < 0:
+            raise UserError(f"--left-chunks must be >= 0, got {a.left_chunks}")
+        if a.out_dir or a.format == "srt":
+            raise UserError("--stream prints partial and final hypotheses as they come (text or json); drop --out-dir "
+                            "and --format srt, or transcribe without --stream")
+        return
+    if a.format == "srt" and len(files) > 1 and not a.out_dir:
+        raise UserError("--format srt with several files needs --out-dir (one .srt a file)")
+    if a.out_dir:
+        if a.out_dir.exists() and not a.out_dir.is_dir():
+            raise UserError(f"--out-dir {a.out_dir}: a file, not a directory; give a directory")
+        seen: dict[str, str] = {}
+        for f in files:
+            name = Path(f).stem + FORMATS[a.format]
+            if name in seen and seen[name] != f:
+                raise UserError(f"--out-dir: {seen[name]} and {f} would both write {a.out_dir / name}; give files with "
+                                f"distinct names, or transcribe them in separate runs")
+            seen[name] = f
+
+
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
@@ -128,14 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     from entropy_asr.inference.recognizer import Recognizer
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars: not the user's files
-    if a.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {a.batch_size}")
     files = read_paths(a.files)
-    if not files:
-        raise UserError("no files to transcribe (stdin gave no paths)")
-    if a.format == "srt" and len(files) > 1 and not a.out_dir and not a.stream:
-        raise UserError("--format srt with several files needs --out-dir (one .srt a file)")
-    asr = Recognizer.from_pretrained(a.export, device=a.device, cmvn=a.cmvn)
+    check_options(a, files)
+    asr = Recognizer.from_pretrained(a.export, device=a.device, cmvn=a.cmvn, max_segment_s=a.max_segment_s)
     if a.stream:
         return stream_files(asr, files, a)
     several = len(files) > 1

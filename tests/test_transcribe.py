@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,8 +116,9 @@ def test_bad_files_get_one_line_each_and_the_others_are_transcribed(model, tmp_p
     (tmp_path / "empty.flac").write_bytes(b"")
     sf.write(tmp_path / "zero.wav", np.zeros(0, np.float32), SAMPLE_RATE)
     sf.write(tmp_path / "tiny.wav", np.zeros(400, np.float32), SAMPLE_RATE)
+    (tmp_path / "cut.flac").write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])  # a copy cut short
     bad = [tmp_path / "missing.wav", tmp_path / "text.wav", tmp_path / "empty.flac", tmp_path / "zero.wav",
-           tmp_path / "tiny.wav", tmp_path]
+           tmp_path / "tiny.wav", tmp_path, tmp_path / "cut.flac"]
     assert main([str(model["export"]), str(bad[0]), str(good), *map(str, bad[1:])]) == 1
     out, err = capsys.readouterr()
     assert out.splitlines()[0].startswith(f"{good}\t") and len(out.splitlines()) == 1
@@ -163,6 +165,45 @@ def test_an_export_copied_alone_decodes_or_says_what_is_missing(model, tmp_path)
     (copy / "model.json").write_text(json.dumps(desc))
     with pytest.raises(FileNotFoundError, match="no CMVN statistics"):
         Recognizer.from_pretrained(copy)
+
+
+def test_array_inputs_of_any_pcm_type_and_bad_arrays_get_one_line(model):
+    asr = model["asr"]
+    x = model["utts"][0]["audio"]
+    want = asr.transcribe(x, guards=False)[0].text
+    pcm16 = np.round(x * 32767).astype(np.int16)
+    got = asr.transcribe([pcm16, torch.from_numpy(x), (np.stack([x, x], 1), SAMPLE_RATE), x.astype(np.float64)],
+                         guards=False)
+    assert [t.text for t in got] == [want] * 4
+    nan = x.copy()
+    nan[100] = np.nan
+    for bad, match in ((nan, "NaN or infinite"), (np.stack([x, x]), r"looks like \(channels, samples\)"),
+                       (x > 0, "not audio"), ((x, 0), "rate must be a positive integer"), (None, "give a path"),
+                       ([x[:10]], "too short")):
+        with pytest.raises(UserError, match=match):
+            asr.transcribe(bad)
+    (t,) = asr.iter_transcribe([nan])
+    assert t.error.startswith("input 0 (an array): NaN")
+
+
+def test_cli_options_are_checked_before_the_model_loads(model, tmp_path):
+    f = str(next(iter(model["files"].values())))
+    gone = str(tmp_path / "no_export")  # never read: each option fails first
+    for args, match in ((["--stream", "--chunk-ms", "50"], "multiple of 40"),
+                        (["--stream", "--left-chunks", "-1"], "left-chunks must be >= 0"),
+                        (["--stream", "--out-dir", str(tmp_path)], "--stream prints"),
+                        (["--device", "nonsense"], "not a torch device"), (["--max-segment-s", "0"], "max-segment-s"),
+                        (["--out-dir", f], "a file, not a directory")):
+        with pytest.raises(UserError, match=match):
+            main([gone, f, *args])
+    other = tmp_path / "elsewhere" / Path(f).name
+    other.parent.mkdir()
+    other.write_bytes(Path(f).read_bytes())
+    with pytest.raises(UserError, match="would both write"):
+        main([gone, f, str(other), "--out-dir", str(tmp_path / "out")])
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            main([gone, f, "--device", "cuda"])
 
 
 # ---- long-form ---------------------------------------------------------------------------------------------------
@@ -288,16 +329,40 @@ def test_streaming_partials_then_finals_and_endpoints(model):
     assert final_text(events) == join_texts(e.text for e in finals)
     with pytest.raises(UserError, match="multiple of 40 ms"):
         StreamSession(asr, chunk_s=0.05)
+    with pytest.raises(UserError, match="left_chunks"):
+        StreamSession(asr, left_chunks=2.5)
 
 
-def test_cli_stream_prints_partials_and_finals_and_reports_bad_files(model, tmp_path, capsys):
-    good = next(iter(model["files"].values()))
-    assert main([str(model["export"]), str(good), str(tmp_path / "missing.flac"), "--stream", "--format", "json"]) == 1
-    out, err = capsys.readouterr()
-    events = [json.loads(x) for x in out.splitlines()]
-    assert events and events[-1]["final"] and all(e["source"] == str(good) for e in events)
-    assert [e["audio_s"] for e in events] == sorted(e["audio_s"] for e in events)
-    assert "missing.flac" in err and "Traceback" not in err
+def test_stream_blocks_of_any_pcm_type_and_a_finished_session(model):
+    asr = model["asr"]
+    x = model["utts"][0]["audio"]
+    want = final_text(stream(asr, x))
+    pcm16 = np.round(x * 32767).astype(np.int16)
+    assert final_text(stream(asr, [pcm16[i:i + 999] for i in range(0, len(x), 999)])) == want
+    assert final_text(stream(asr, [np.stack([x, x], 1)])) == want  # (samples, channels)
+    assert final_text(stream(asr, model["files"][model["utts"][0]["key"]])) == want  # a path
+    session = asr.stream_session()
+    session.accept(x)
+    session.finish()
+    with pytest.raises(UserError, match="after finish"):
+        session.accept(x)
+    with pytest.raises(UserError, match="NaN"):
+        asr.stream_session().accept(np.full(100, np.nan, np.float32))
+
+
+def test_a_stream_the_ctc_head_hears_nothing_in_sends_one_empty_final_at_its_end(model, monkeypatch):
+    """45 s the CTC head calls blank throughout: no partials, no empty finals each time the utterance reaches the
+    training maximum, one empty final when the stream ends."""
+    asr = model["asr"]
+    blank = torch.full((1, 1, 100), -30.0)
+    blank[..., 0] = 0.0
+    monkeypatch.setattr(asr.net, "ctc_log_probs", lambda frames: blank.expand(*frames.shape[:2], -1))
+    rng = np.random.default_rng(0)
+    session = asr.stream_session(timestamps=False)
+    events = [e for i in range(45) for e in session.accept(rng.standard_normal(SAMPLE_RATE).astype(np.float32) * .01)]
+    assert events == [] and len(torch.cat(session.utt_blank)) < asr.max_segment_s / 0.04  # reset on the way
+    (last,) = session.finish()
+    assert last.final and last.text == ""
 
 
 # ---- guards ------------------------------------------------------------------------------------------------------
@@ -322,6 +387,7 @@ def test_repetition_stop_fires_per_row():
     ("the cat the cat the cat the cat the", False, False, ("the cat the cat the cat the cat the", "length")),
     ("a long sentence cut", False, True, ("a long sentence cut", "length")),
     ("a sentence.", True, True, ("a sentence.", None)),
+    ("two\nlines", True, True, ("two lines", None)),
 ])
 def test_guards_report_what_they_cut(model, monkeypatch, raw, ended, guards, want):
     monkeypatch.setattr(rec, "generate_ended", lambda *a, **k: [(raw, ended)])

@@ -66,6 +66,7 @@ class SegmentResult:
     def to_json(self) -> dict:
         """JSON types (units as {text, start, end, score})."""
         d = dataclasses.asdict(self)
+        d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
         d["units"] = None if self.units is None else [dataclasses.asdict(u) for u in self.units]
         return d
 
@@ -183,9 +184,10 @@ class Recognizer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", cmvn: str | Path | None = None,
-                        **kw) -> Recognizer:
+                        max_segment_s: float | None = None, **kw) -> Recognizer:
         """Build from a speech stage's export dir (or its run dir): model.json's configs, the exported weights
-        (components it did not export from where model.json says), cmvn.json (or `cmvn`)."""
+        (components it did not export from where model.json says), cmvn.json (or `cmvn`). Recordings longer than
+        `max_segment_s` (default: the run's batch.max_duration, the longest clip it trained on) are cut on pauses."""
         from entropy_asr.assets import check_if_asset
 
         export, desc = read_export(path)
@@ -219,11 +221,11 @@ class Recognizer:
             load_component(getattr(net, component), file, component)
         cmvn_path = Path(cmvn) if cmvn else export / CMVN_FILE
         if not cmvn_path.is_file():
-            raise UserFileNotFound(f"{cmvn_path}: no CMVN statistics; pass cmvn= (the cmvn.json of the data the stage "
-                                   f"trained on)")
+            raise UserFileNotFound(f"{cmvn_path}: no CMVN statistics; give the cmvn.json of the data the stage trained "
+                                   f"on (--cmvn PATH; from_pretrained(cmvn=PATH))")
         batch = (desc.get("data") or {}).get("batch") or {}
         return cls(net, load_cmvn(cmvn_path), configs["decode"] or DecodeConfig(),
-                   max_segment_s=float(batch.get("max_duration", 20.0)), device=device, **kw)
+                   max_segment_s=max_segment_s or float(batch.get("max_duration", 20.0)), device=device, **kw)
 
     # ---- features and decoding ----------------------------------------------------------------------
     def features(self, audio: np.ndarray) -> torch.Tensor:
@@ -275,6 +277,7 @@ class Recognizer:
                               num_beams=d.num_beams, **extra)
         out = []
         for i, (text, ended) in enumerate(rows):
+            text = " ".join(text.split())  # one line: a newline or tab the LLM wrote is a space
             truncated = None if ended else "length"
             if guards:
                 cut = cut_repetition(text, guard_repeats(self.params), self.params.max_ngram)
@@ -297,7 +300,10 @@ class Recognizer:
                    progress: bool = False) -> list[Transcript]:
         """Transcripts of `inputs` (a path or array, or a list of them; arrays are 16 kHz mono, or (array, rate)),
         in order. An input that cannot be read raises; `iter_transcribe` reports it in `error` and goes on."""
-        single = isinstance(inputs, (str, Path, np.ndarray, tuple))
+        single = isinstance(inputs, (str, Path, np.ndarray, tuple, torch.Tensor))
+        if not single and not isinstance(inputs, Iterable):
+            raise UserError(f"inputs: give a path, an array, (array, rate), or a list of them; got "
+                            f"{type(inputs).__name__}")
         out = list(self.iter_transcribe([inputs] if single else inputs, batch_size, timestamps, guards, progress,
                                         raise_errors=True))
         return out
@@ -335,10 +341,10 @@ class Recognizer:
                 yield t
 
         for k, item in enumerate(inputs):
-            name = str(item) if isinstance(item, (str, Path)) else f"array {k}"
+            name = str(item) if isinstance(item, (str, Path)) else f"input {k} (an array)"
             transcripts[k], open_segments[k] = Transcript(name), 0
             try:
-                for offset, audio, total in self._pieces(item):
+                for offset, audio, total in self._pieces(item, name):
                     transcripts[k].duration = total
                     if len(audio):
                         pending.append((k, offset, audio))
@@ -360,9 +366,19 @@ class Recognizer:
         if bar is not None:
             bar.close()
 
-    def _pieces(self, item) -> Iterator[tuple[float, np.ndarray, float]]:
+    def _pieces(self, item, name: str) -> Iterator[tuple[float, np.ndarray, float]]:
         """(offset s, 16 kHz audio, recording duration s) to decode for one input: the whole recording when it is
-        at most max_segment_s long, else its segments (silence left out)."""
+        at most max_segment_s long, else its segments (silence left out); a file libsndfile cannot decode to its end
+        (damaged, cut short) is a UserError naming it."""
+        try:
+            yield from self._read_pieces(item, name)
+        except (sf.LibsndfileError, RuntimeError) as e:
+            if not isinstance(item, (str, Path)) or isinstance(e, torch.OutOfMemoryError):
+                raise
+            raise UserError(f"{item}: cannot be decoded ({' '.join(str(e).split())}); the file is damaged or cut "
+                            f"short: re-copy or re-export it") from None
+
+    def _read_pieces(self, item, name: str) -> Iterator[tuple[float, np.ndarray, float]]:
         if isinstance(item, (str, Path)):
             path = Path(item)
             blocks = iter_audio(path)  # (checks the file: there, audio, not cut short)
@@ -371,13 +387,13 @@ class Recognizer:
             if duration <= self.max_segment_s:  # whole, as evaluate.py decodes a shard's utterance
                 x, sr = read_audio(path)
                 audio = resample(x, sr)
-                _check_length(len(audio), str(path))
+                _check_audio(audio, str(path))
                 yield 0.0, audio, len(audio) / SAMPLE_RATE
                 return
         else:
-            audio = _as_16k(item)
+            audio = as_16k_mono(item, name)
             duration = len(audio) / SAMPLE_RATE
-            _check_length(len(audio), "the array")
+            _check_audio(audio, name)
             if duration <= self.max_segment_s:
                 yield 0.0, audio, duration
                 return
@@ -386,6 +402,8 @@ class Recognizer:
         segmenter = Segmenter(max_segment_s=self.max_segment_s, pad_s=SEGMENT_PAD_S)
         yielded = False
         for block in blocks:
+            if not np.isfinite(block).all():
+                raise UserError(f"{name}: NaN or infinite samples; the audio is corrupt, fix or drop it")
             for s in segmenter.feed(block):
                 yielded = True
                 yield s.start, s.audio, duration
@@ -410,23 +428,47 @@ def with_original_case(text: str, units: list[UnitTime] | None) -> list[UnitTime
     return out
 
 
-def _check_length(samples: int, where: str) -> None:
-    if samples < MIN_SECONDS * SAMPLE_RATE:
-        raise UserError(f"{where}: {samples / SAMPLE_RATE:.3f} s of audio, too short to transcribe (at least "
+def _check_audio(x: np.ndarray, where: str) -> None:
+    """Audio a model can read: long enough, finite."""
+    if len(x) < MIN_SECONDS * SAMPLE_RATE:
+        raise UserError(f"{where}: {len(x) / SAMPLE_RATE:.3f} s of audio, too short to transcribe (at least "
                         f"{MIN_SECONDS} s)")
+    if not np.isfinite(x).all():
+        raise UserError(f"{where}: NaN or infinite samples; the audio is corrupt, fix or drop it")
 
 
-def _as_16k(item) -> np.ndarray:
-    """An array input (16 kHz mono, or (array, rate)) as 16 kHz mono float32."""
+def float_samples(item, where: str) -> np.ndarray:
+    """Samples as a float numpy array: a numpy array or torch tensor, float in [-1, 1] or integer PCM (scaled by its
+    type's range, as soundfile reads PCM files)."""
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().numpy()
+    if not isinstance(item, np.ndarray):
+        raise UserError(f"{where}: expected a numpy array or torch tensor of samples, got {type(item).__name__}")
+    if item.dtype.kind in "iu":  # integer PCM: full scale is the type's range
+        info = np.iinfo(item.dtype)
+        return (item.astype(np.float64) - (info.max + 1 + info.min) / 2) / ((info.max - info.min + 1) / 2)
+    if item.dtype.kind != "f":
+        raise UserError(f"{where}: samples of type {item.dtype} are not audio; give float samples in [-1, 1] or "
+                        f"integer PCM")
+    return item
+
+
+def as_16k_mono(item, where: str = "the array") -> np.ndarray:
+    """An array input as 16 kHz mono float32: samples (T,) or (T, channels) at 16 kHz, or (samples, rate)
+    (float_samples' types)."""
+    sr = SAMPLE_RATE
     if isinstance(item, tuple):
         if len(item) != 2:
-            raise UserError(f"an array input must be samples or (samples, rate), got a tuple of {len(item)}")
-        x, sr = item
-        return resample(to_mono(np.asarray(x, np.float32)), int(sr))
-    x = np.asarray(item, np.float32)
-    if x.ndim > 2:
-        raise UserError(f"an array input must be (samples,) or (samples, channels), got shape {x.shape}")
-    return to_mono(x)
+            raise UserError(f"{where}: an array input is samples or (samples, rate), got a tuple of {len(item)}")
+        item, sr = item
+        if isinstance(sr, bool) or not isinstance(sr, (int, np.integer)) or sr <= 0:
+            raise UserError(f"{where}: the rate must be a positive integer (Hz), got {sr!r}")
+    x = float_samples(item, where)
+    if x.ndim == 2 and x.shape[1] > x.shape[0]:
+        raise UserError(f"{where}: shape {x.shape} looks like (channels, samples); give (samples, channels): x.T")
+    if x.ndim not in (1, 2):
+        raise UserError(f"{where}: an array input is (samples,) or (samples, channels), got shape {x.shape}")
+    return resample(to_mono(x), int(sr))
 
 
 def _progress(total: int):

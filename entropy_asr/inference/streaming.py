@@ -31,16 +31,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from entropy_asr.data.audio import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE, fbank
 from entropy_asr.errors import UserError
-from entropy_asr.inference.recognizer import join_texts, with_original_case
+from entropy_asr.inference.recognizer import as_16k_mono, float_samples, join_texts, with_original_case
+from entropy_asr.inference.segment import iter_audio
 from entropy_asr.inference.timestamps import UnitTime, unit_times
 from entropy_asr.model.encoder import subsampled_lengths
-from entropy_asr.text import detect_language
+from entropy_asr.text import Phonemizer, detect_language
 
 FRAME_S = 0.04  # encoder frame: 4 fbank hops of 10 ms
 SUBSAMPLING = 4
@@ -71,9 +73,9 @@ class StreamSession:
         if chunk < 1 or abs(chunk * FRAME_S - chunk_s) > 1e-6:
             raise UserError(f"chunk_s must be a positive multiple of {FRAME_S * 1000:.0f} ms (the encoder's frame), "
                             f"got {chunk_s}")
-        if left_chunks < 0:
-            raise UserError(f"left_chunks must be >= 0 (a bounded left context), got {left_chunks}")
-        if partial_every < 1 or endpoint_s <= 0:
+        if isinstance(left_chunks, bool) or not isinstance(left_chunks, int) or left_chunks < 0:
+            raise UserError(f"left_chunks must be an integer >= 0 (a bounded left context), got {left_chunks!r}")
+        if not isinstance(partial_every, int) or partial_every < 1 or not endpoint_s > 0:
             raise UserError(f"partial_every must be >= 1 and endpoint_s > 0, got {partial_every}, {endpoint_s}")
         self.asr, self.chunk, self.left = recognizer, chunk, left_chunks
         self.partial_every, self.guards, self.timestamps = partial_every, guards, timestamps
@@ -92,12 +94,25 @@ class StreamSession:
         self.chunks_in_utt = 0
         self.last_partial = ""  # the current utterance's last partial text (a partial is sent only when it changes)
         self.compute_s = 0.0
+        self.finished = False
+        if timestamps and recognizer.phone_ctc:  # the pronunciation dictionaries load once (~1 s), not at a final
+            Phonemizer().units("a")
 
     # ---- input ---------------------------------------------------------------------------------------
     def accept(self, samples: np.ndarray) -> list[StreamEvent]:
         """Take 16 kHz mono float32 samples; returns the events the chunks they complete produce."""
+        if self.finished:
+            raise UserError("StreamSession.accept after finish(): the stream has ended; start a new session")
         t0 = time.perf_counter()
-        x = np.asarray(samples, np.float32).reshape(-1)
+        x = float_samples(samples if isinstance(samples, (np.ndarray, torch.Tensor)) else np.asarray(samples),
+                          "a streamed block")
+        if x.ndim == 2:  # (samples, channels)
+            x = x.mean(axis=1)
+        if x.ndim != 1:
+            raise UserError(f"a streamed block is (samples,) or (samples, channels) at 16 kHz, got shape {x.shape}")
+        if not np.isfinite(x).all():
+            raise UserError("a streamed block holds NaN or infinite samples; the audio is corrupt")
+        x = x.astype(np.float32)
         self.received += len(x)
         self.samples = np.concatenate([self.samples, x])
         self._frame()
@@ -109,6 +124,9 @@ class StreamSession:
 
     def finish(self) -> list[StreamEvent]:
         """The end of the stream: encode what is left, and the last utterance's final hypothesis."""
+        if self.finished:
+            raise UserError("StreamSession.finish called twice: the stream has ended; start a new session")
+        self.finished = True
         t0 = time.perf_counter()
         events = []
         rest = int(subsampled_lengths(self.n_feats)) - self.done if self.n_feats >= 7 else 0
@@ -155,7 +173,9 @@ class StreamSession:
         self.utt_blank.append(blank.cpu())
         self.chunks_in_utt += 1
         if self._endpoint():
-            return [self._final()]
+            spoke = self._has_speech()
+            final = self._final()
+            return [final] if spoke else []  # a stretch of silence or noise at the maximum length: nothing to say
         if partial and self.chunks_in_utt % self.partial_every == 0 and self._has_speech():
             event = self._decode(final=False)
             if event.text and event.text != self.last_partial:  # only news
@@ -169,7 +189,7 @@ class StreamSession:
     def _endpoint(self) -> bool:
         """The utterance ends: speech, then `endpoint_frames` of blanks; or it reached the training maximum."""
         blank = torch.cat(self.utt_blank)
-        if len(blank) >= self.max_frames:
+        if len(blank) + self.chunk > self.max_frames:  # another chunk would pass the training maximum
             return True
         if len(blank) <= self.endpoint_frames or not self._has_speech():
             return False
@@ -205,11 +225,16 @@ class StreamSession:
 
 
 def stream(recognizer, audio, chunk_s: float = 0.64, **kw) -> Iterator[StreamEvent]:
-    """The events of 16 kHz `audio` (an array, or an iterable of blocks such as iter_audio's) fed to a StreamSession
-    `chunk_s` at a time, as if it arrived live."""
+    """The events of `audio` fed to a StreamSession `chunk_s` at a time, as if it arrived live: a file path, an array
+    or (array, rate) (Recognizer.transcribe's array inputs), or an iterable of 16 kHz blocks (iter_audio's)."""
     session = StreamSession(recognizer, chunk_s=chunk_s, **kw)
     step = round(chunk_s * SAMPLE_RATE)
-    blocks = [audio] if isinstance(audio, np.ndarray) else audio
+    if isinstance(audio, (str, Path)):
+        blocks = iter_audio(audio)
+    elif isinstance(audio, (np.ndarray, torch.Tensor, tuple)):
+        blocks = [as_16k_mono(audio, "the streamed audio")]
+    else:
+        blocks = audio
     for block in blocks:
         for i in range(0, len(block), step):
             yield from session.accept(block[i:i + step])
