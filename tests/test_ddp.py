@@ -17,15 +17,14 @@ import torch.multiprocessing as mp
 
 from entropy_asr.metrics.cka import LinearCKA
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate
-from tests.test_datamodule import keys_in
-from tests.test_stages import (
+from tests.stage_helpers import (
     ENC,
     ROOT,
     common,
-    exports,  # noqa: F401 (a fixture)
     llm_stage_args,
     small_models,
 )
+from tests.test_datamodule import keys_in
 
 # the two ways this project shards training across processes; FSDP runs on CPUs too (gloo), see
 # lightning_modules.SpeechFSDP
@@ -116,7 +115,7 @@ def test_metric_states_all_reduce_to_the_single_process_values(tmp_path):
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
-def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(strategy, exports, tiny_corpus,  # noqa: F811
+def test_ia_sft_ranks_swap_the_same_snapshot_at_the_same_step_when_one_sees_it_late(strategy, exports, tiny_corpus,
                                                                                     tmp_path):
     # rank 0 publishes snapshot 50 at step 2; rank 1's view of the directory lags 2 steps (tests.ddp_helpers).
     # Rank 0 decides for both: both swap it in at step 2, and their encoders stay bitwise equal at every step.
@@ -197,7 +196,7 @@ def test_drift_and_probe_metrics_with_two_ranks_equal_the_single_process_values(
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("stage", ["align", "joint_sft"])
-def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, strategy, exports, tiny_corpus, tmp_path):  # noqa: F811
+def test_llm_stages_train_under_ddp_with_ranks_in_step(stage, strategy, exports, tiny_corpus, tmp_path):
     rec = {"class_path": "tests.ddp_helpers.KeyRecorder", "init_args": {"out": str(tmp_path / "keys")}}
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *llm_stage_args(stage, exports, tmp_path / "run"),
            "--trainer.callbacks", json.dumps([rec]), "--trainer.accelerator", "cpu", "--trainer.devices", "2",

@@ -22,15 +22,14 @@ from callbacks.cka_drift import quarantine_after
 from callbacks.hot_swap import complete_snapshots
 from experiments.run import RunCSVLogger
 from tests.ddp_helpers import publish_snapshot
-from tests.test_callbacks import write_snapshot
-from tests.test_stages import (
+from tests.stage_helpers import (
     ENC,
     ROOT,
     common,
-    exports,  # noqa: F401 (a fixture)
     llm_stage_args,
     small_models,
 )
+from tests.test_callbacks import write_snapshot
 
 
 def test_quarantine_moves_later_snapshots_and_drift_lines_aside_and_keeps_the_rest(tmp_path):
@@ -124,7 +123,7 @@ def test_a_killed_pretraining_run_resumes_with_its_logs_and_without_stale_snapsh
 
 
 @pytest.mark.slow  # the module's default part stays under a minute; pytest -m slow runs it
-def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(exports, tiny_corpus, tmp_path):  # noqa: F811
+def test_ia_sft_killed_mid_run_with_swaps_resumes_as_the_uninterrupted_run(exports, tiny_corpus, tmp_path):
     # replayed snapshots at pretraining steps 10, 20, 30 (visible at IA-SFT steps 2, 4, 6); checkpoint at step 5,
     # killed at step 7: the resumed run keeps the step-4 swap, makes the step-6 one, and matches the whole run
     snaps = tmp_path / "snapshots"

@@ -17,7 +17,7 @@ from entropy_asr.errors import (
     run_main,
     user_error_of,
 )
-from tests.test_stages import ROOT
+from tests.stage_helpers import ROOT
 
 
 def test_a_user_error_wrapped_by_a_config_parser_is_found_in_the_chain():

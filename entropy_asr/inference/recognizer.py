@@ -281,7 +281,8 @@ class Recognizer:
             truncated = None if ended else "length"
             if guards:
                 cut = cut_repetition(text, guard_repeats(self.params), self.params.max_ngram)
-                fired = stop.fired is not None and bool(stop.fired[i])
+                # (with beams the criterion sees B x beams rows: only the text's own loop counts then)
+                fired = stop.fired is not None and d.num_beams == 1 and bool(stop.fired[i])
                 if cut is not None:
                     text, truncated = cut, "repetition"
                 elif fired and not ended:
