@@ -16,6 +16,9 @@ srt: subtitles (with several files, --out-dir). --out-dir writes PATH's stem + .
 --stream reads each file as if it arrived live, chunk by chunk, and prints the partial hypotheses
 as they come and the final one per utterance, with the audio time each was emitted at.
 --no-guards turns off the repetition stop (the length cap stays: it is the model's decoding config).
+--hotwords FILE (one a line, thousands are fine): the entries the audio probably holds, by matching their
+phones against the phone CTC head's posteriors (entropy_asr.inference.hotwords), listed in the json output
+with score and time. Retrieval only: biasing the decoding with them needs a context-SFT model.
 """
 
 from __future__ import annotations
@@ -113,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: the export's)")
     p.add_argument("--max-segment-s", type=float, help="recordings longer than this are cut on pauses into segments of "
                                                         "at most this (default: the model's training maximum)")
+    p.add_argument("--hotwords", type=Path, help="a text file of hotwords (names, terms), one a line: those the "
+                                                  "audio probably holds are listed per file (json), found with the "
+                                                  "phone CTC head; decoding is unchanged")
+    p.add_argument("--hotword-threshold", type=float, default=-1.0,
+                   help="log-likelihood ratio per phone a hotword must reach (<= 0; nearer 0 = stricter)")
     p.add_argument("--no-guards", action="store_true", help="no repetition stop (raw decoding)")
     p.add_argument("--no-timestamps", action="store_true", help="skip the forced alignment")
     p.add_argument("--progress", action="store_true", help="a progress bar on stderr (default: several files on a "
@@ -121,6 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ms", type=int, default=640, help="streaming chunk (a multiple of 40 ms)")
     p.add_argument("--left-chunks", type=int, default=4, help="streaming: previous chunks the encoder sees")
     return p
+
+
+def read_hotwords(path: Path) -> list[str]:
+    """A hotword file's entries: one a line, blank lines and lines starting with # skipped."""
+    if not path.is_file():
+        raise UserError(f"--hotwords {path}: no such file; give a text file with one hotword a line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"--hotwords {path}: not UTF-8 text; save it as UTF-8, one hotword a line") from None
+    words = [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    if not words:
+        raise UserError(f"--hotwords {path}: no hotwords in it (one a line)")
+    return words
 
 
 def check_options(a, files: list[str]) -> None:
@@ -137,7 +159,11 @@ def check_options(a, files: list[str]) -> None:
         raise UserError(f"--device {a.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {a.device}: no CUDA device on this machine; use --device cpu")
+    if not a.hotword_threshold <= 0:
+        raise UserError(f"--hotword-threshold must be <= 0 (a log-likelihood ratio), got {a.hotword_threshold}")
     if a.stream:
+        if a.hotwords:
+            raise UserError("--hotwords works offline (per segment); drop --stream to list them")
         if a.chunk_ms < 40 or a.chunk_ms % 40:
             raise UserError(f"--chunk-ms must be a positive multiple of 40 (the encoder's frame), got {a.chunk_ms}")
         if a.left_chunks < 0:
@@ -169,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars: not the user's files
     files = read_paths(a.files)
     check_options(a, files)
+    hotwords = read_hotwords(a.hotwords) if a.hotwords else None
     asr = Recognizer.from_pretrained(a.export, device=a.device, cmvn=a.cmvn, max_segment_s=a.max_segment_s)
+    if hotwords is not None:
+        asr.set_hotwords(hotwords, threshold=a.hotword_threshold)
     if a.stream:
         return stream_files(asr, files, a)
     several = len(files) > 1

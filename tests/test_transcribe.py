@@ -206,6 +206,44 @@ def test_cli_options_are_checked_before_the_model_loads(model, tmp_path):
             main([gone, f, "--device", "cuda"])
 
 
+def test_hotwords_are_retrieved_per_segment_and_listed_in_json(model, tmp_path, capsys, monkeypatch):
+    """--hotwords: the entries the phone CTC head finds, with their times, in the JSON; decoding is unchanged.
+    The one-step model's CTC head is random, so the posteriors are made certain of one hotword's phones."""
+    from entropy_asr.text import Phonemizer, phones_to_ids
+
+    asr = model["asr"]
+    f = next(iter(model["files"].values()))
+    ids = phones_to_ids(Phonemizer()("Zhang Wei", None))
+    real = asr.net.ctc_log_probs
+
+    def says_zhang_wei(frames):  # blank everywhere, the name's phones on frames 10, 12, ...
+        lp = torch.full((*frames.shape[:2], len(asr.net.ctc_head.out.bias)), -30.0)
+        lp[..., 0] = 0.0
+        for i, p in enumerate(ids):
+            lp[:, 10 + 2 * i, 0], lp[:, 10 + 2 * i, p] = -30.0, 0.0
+        return lp.log_softmax(-1)
+
+    monkeypatch.setattr(asr.net, "ctc_log_probs", says_zhang_wei)
+    plain = asr.transcribe(f, timestamps=False)[0]
+    asr.set_hotwords(["Zhang Wei", "hello world", "##", "张伟"], top_k=5)
+    try:
+        (t,) = asr.transcribe(f, timestamps=False)
+    finally:
+        asr.set_hotwords(None)
+        monkeypatch.setattr(asr.net, "ctc_log_probs", real)
+    assert t.text == plain.text  # retrieval only
+    assert [h.text for h in t.hotwords] == ["Zhang Wei"]  # (张伟 is other phones: the Mandarin reading)
+    assert t.hotwords[0].score == pytest.approx(0.0, abs=1e-5) and t.hotwords[0].start == pytest.approx(0.4)
+    hw = tmp_path / "hotwords.txt"
+    hw.write_text("# names\nZhang Wei\n\nhello world\n")
+    assert main([str(model["export"]), str(f), "--format", "json", "--hotwords", str(hw)]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert "hotwords" in record and all(h["score"] <= 0 for h in record["hotwords"])
+    with pytest.raises(UserError, match="no hotwords in it"):
+        (tmp_path / "empty.txt").write_text("# nothing\n")
+        main([str(model["export"]), str(f), "--hotwords", str(tmp_path / "empty.txt")])
+
+
 # ---- long-form ---------------------------------------------------------------------------------------------------
 class OracleRecognizer(Recognizer):
     """The Recognizer's long-form path with a decoder that knows the recording: it checks that each segment's audio

@@ -36,6 +36,7 @@ from transformers import StoppingCriteriaList
 from entropy_asr.data.audio import SAMPLE_RATE, fbank, load_cmvn, read_audio, resample, to_mono
 from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.inference.guards import RepetitionStop, cut_repetition, guard_repeats
+from entropy_asr.inference.hotwords import DEFAULT_THRESHOLD, HotwordHit, HotwordIndex
 from entropy_asr.inference.segment import Segmenter, iter_audio
 from entropy_asr.inference.timestamps import UnitTime, unit_times
 from entropy_asr.metrics.scoring import HallucinationParams
@@ -62,12 +63,15 @@ class SegmentResult:
     text: str
     truncated: str | None = None  # "repetition" or "length" when a guard cut the hypothesis
     units: list[UnitTime] | None = None  # per word / character; None: no timestamps (see Transcript.units)
+    hotwords: list[HotwordHit] | None = None  # entries of the hotword list the audio probably holds (with one)
 
     def to_json(self) -> dict:
         """JSON types (units as {text, start, end, score})."""
         d = dataclasses.asdict(self)
         d["start"], d["end"] = round(self.start, 3), round(self.end, 3)
         d["units"] = None if self.units is None else [dataclasses.asdict(u) for u in self.units]
+        if self.hotwords is None:
+            d.pop("hotwords")
         return d
 
 
@@ -103,15 +107,30 @@ class Transcript:
             return None
         return [u for s in self.segments for u in s.units]
 
+    @property
+    def hotwords(self) -> list[HotwordHit] | None:
+        """The hotwords found in any segment (best score first, each once), or None without a hotword list."""
+        if all(s.hotwords is None for s in self.segments):
+            return None
+        best: dict[str, HotwordHit] = {}
+        for h in (h for s in self.segments for h in s.hotwords or []):
+            if h.text not in best or h.score > best[h.text].score:
+                best[h.text] = h
+        return sorted(best.values(), key=lambda h: -h.score)
+
     def to_json(self) -> dict:
         """The record `transcribe --format json` writes."""
         if self.error:
             return {"source": self.source, "error": self.error}
-        units = self.units
-        return {"source": self.source, "text": self.text, "language": self.language,
-                "duration": round(self.duration, 3), "truncated": self.truncated,
-                "units": None if units is None else [dataclasses.asdict(u) for u in units],
-                "segments": [s.to_json() for s in self.segments]}
+        units, hotwords = self.units, self.hotwords
+        out = {"source": self.source, "text": self.text, "language": self.language,
+               "duration": round(self.duration, 3), "truncated": self.truncated,
+               "units": None if units is None else [dataclasses.asdict(u) for u in units],
+               "segments": [s.to_json() for s in self.segments]}
+        if hotwords is not None:
+            out["hotwords"] = [{"text": h.text, "score": round(h.score, 4), "start": round(h.start, 3),
+                                "end": round(h.end, 3)} for h in hotwords]
+        return out
 
 
 def join_texts(texts: Iterable[str]) -> str:
@@ -181,6 +200,8 @@ class Recognizer:
         self.max_segment_s = max_segment_s
         self.device = torch.device(device)
         self.params = params or HallucinationParams()
+        self.hotwords: HotwordIndex | None = None  # set_hotwords: retrieval from the phone CTC head, per segment
+        self.hotword_threshold, self.hotword_top_k = DEFAULT_THRESHOLD, 10
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", cmvn: str | Path | None = None,
@@ -227,6 +248,17 @@ class Recognizer:
         return cls(net, load_cmvn(cmvn_path), configs["decode"] or DecodeConfig(),
                    max_segment_s=max_segment_s or float(batch.get("max_duration", 20.0)), device=device, **kw)
 
+    def set_hotwords(self, hotwords: list[str] | HotwordIndex | None, threshold: float = DEFAULT_THRESHOLD,
+                     top_k: int = 10) -> None:
+        """A hotword list (names, terms; thousands are fine) to retrieve from each segment with the phone CTC head
+        (entropy_asr.inference.hotwords); results in SegmentResult.hotwords / Transcript.hotwords. None: off.
+        Retrieval only: the decoding is unchanged (biasing the LLM with them needs a context-SFT model)."""
+        if hotwords is not None and not self.phone_ctc:
+            raise UserError("hotword retrieval needs a phone CTC head; this export has none (a character head, or "
+                            "none)")
+        self.hotwords = hotwords if hotwords is None or isinstance(hotwords, HotwordIndex) else HotwordIndex(hotwords)
+        self.hotword_threshold, self.hotword_top_k = threshold, top_k
+
     # ---- features and decoding ----------------------------------------------------------------------
     def features(self, audio: np.ndarray) -> torch.Tensor:
         """(T,) 16 kHz samples -> (frames, 80) normalized fbank, as the training data pipeline computes them."""
@@ -247,14 +279,17 @@ class Recognizer:
         frames, frame_lens = net.encode(x.to(self.device), lens.to(self.device))
         speech, speech_lens = net.adapt(frames, frame_lens)
         results = self._generate(speech.to(net.llm.dtype), speech_lens, durations, guards)
-        log_probs = net.ctc_log_probs(frames) if timestamps and self.phone_ctc else None
+        wants_ctc = self.phone_ctc and (timestamps or self.hotwords is not None)
+        log_probs = net.ctc_log_probs(frames) if wants_ctc else None
         out = []
         for i, (text, truncated) in enumerate(results):
-            units = None
-            if log_probs is not None:
-                lp = log_probs[i, :int(frame_lens[i])].cpu()
+            units = hits = None
+            lp = log_probs[i, :int(frame_lens[i])].cpu() if log_probs is not None else None
+            if lp is not None and timestamps:
                 units = with_original_case(text, unit_times(lp, text, detect_language(text), offset=offsets[i]))
-            out.append(SegmentResult(offsets[i], offsets[i] + durations[i], text, truncated, units))
+            if lp is not None and self.hotwords is not None:
+                hits = self.hotwords.search(lp, self.hotword_top_k, self.hotword_threshold, offset=offsets[i])
+            out.append(SegmentResult(offsets[i], offsets[i] + durations[i], text, truncated, units, hits))
         return out
 
     @property
