@@ -233,7 +233,7 @@ def test_hotwords_are_retrieved_per_segment_and_listed_in_json(model, tmp_path, 
         monkeypatch.setattr(asr.net, "ctc_log_probs", real)
     assert t.text == plain.text  # retrieval only
     assert [h.text for h in t.hotwords] == ["Zhang Wei"]  # (张伟 is other phones: the Mandarin reading)
-    assert t.hotwords[0].score == pytest.approx(0.0, abs=1e-5) and t.hotwords[0].start == pytest.approx(0.4)
+    assert t.hotwords[0].score == pytest.approx(0.0, abs=1e-5) and t.hotwords[0].start == pytest.approx(0.4225)
     hw = tmp_path / "hotwords.txt"
     hw.write_text("# names\nZhang Wei\n\nhello world\n")
     assert main([str(model["export"]), str(f), "--format", "json", "--hotwords", str(hw)]) == 0
@@ -242,6 +242,34 @@ def test_hotwords_are_retrieved_per_segment_and_listed_in_json(model, tmp_path, 
     with pytest.raises(UserError, match="no hotwords in it"):
         (tmp_path / "empty.txt").write_text("# nothing\n")
         main([str(model["export"]), str(f), "--hotwords", str(tmp_path / "empty.txt")])
+
+
+def test_a_segment_that_fails_to_decode_fails_its_own_input_only(model, monkeypatch):
+    """A batch holding several inputs' segments: one that cannot be decoded marks its own input, the others are
+    transcribed, in order, and nothing hangs."""
+    asr = model["asr"]
+    x = model["utts"][0]["audio"]
+    poison = np.concatenate([x, np.zeros(1234, np.float32)])  # a length that marks the bad one
+    real = asr.decode_audio
+
+    def decode(audios, *a, **k):
+        if any(len(v) == len(poison) for v in audios):
+            raise UserError("this segment cannot be decoded")
+        return real(audios, *a, **k)
+
+    monkeypatch.setattr(asr, "decode_audio", decode)
+    got = list(asr.iter_transcribe([x, poison, x, x], batch_size=4))
+    assert [t.error for t in got] == [None, "this segment cannot be decoded", None, None]
+    assert got[0].text == got[2].text == got[3].text
+    with pytest.raises(UserError, match="cannot be decoded"):
+        asr.transcribe([x, poison])
+
+
+def test_a_few_milliseconds_left_after_a_forced_cut_still_decode():
+    from entropy_asr.inference.recognizer import _at_least
+
+    assert len(_at_least(np.ones(50, np.float32))) == 1600 and _at_least(np.ones(50, np.float32))[:50].all()
+    assert len(_at_least(np.ones(2000, np.float32))) == 2000
 
 
 # ---- long-form ---------------------------------------------------------------------------------------------------
@@ -273,7 +301,7 @@ def test_ten_minutes_long_form_keeps_every_utterance_in_order_with_its_time(mode
     oracle = OracleRecognizer(sf.read(path, dtype="float32")[0], truth)
     (t,) = oracle.transcribe(path, batch_size=8)
     assert t.duration == pytest.approx(len(x) / SAMPLE_RATE, abs=1e-3) and len(t.segments) == len(truth)
-    assert t.text == " ".join(text for _, _, text in truth)
+    assert t.text == join_texts(text for _, _, text in truth)
     for (start, end, text), seg in zip(truth, t.segments, strict=True):
         assert seg.text == text and abs(seg.start - start) < 0.5 and seg.end >= end - 0.05
         assert seg.end - seg.start <= oracle.max_segment_s
@@ -306,7 +334,7 @@ def test_a_long_recording_of_noise_only_is_empty(model):
 def test_streaming_features_equal_the_whole_recordings(model):
     asr = model["asr"]
     x = model["utts"][0]["audio"]
-    session = StreamSession(asr, chunk_s=40.0)  # a chunk longer than the audio: nothing is encoded yet
+    session = StreamSession(asr, chunk_s=19.2)  # a chunk longer than the audio: nothing is encoded yet
     rng = np.random.default_rng(0)
     i = 0
     while i < len(x):
@@ -321,7 +349,7 @@ def test_streaming_with_one_chunk_equals_offline_decoding(model):
     asr = model["asr"]
     for u in model["utts"][:3]:
         offline = asr.decode_audio([u["audio"]])[0]
-        events = list(stream(asr, u["audio"], chunk_s=40.0))
+        events = list(stream(asr, u["audio"], chunk_s=19.2))  # one chunk (the utterances are shorter)
         assert [e.final for e in events] == [True] and events[0].text == offline.text
         assert [(v.text, v.start, v.end) for v in events[0].units] == [(v.text, v.start, v.end) for v in offline.units]
 
@@ -354,16 +382,28 @@ def test_streaming_encoder_matches_the_chunk_masked_offline_encoder(exports):
         assert len(short.feats) <= 4 * 16 * 3 + 3 + 64 + 4
 
 
-def test_streaming_partials_then_finals_and_endpoints(model):
+def test_streaming_partials_then_finals_and_endpoints(model, monkeypatch):
+    """The CTC head hears speech in chunks 0-4 and 9-12 (and blank elsewhere): an utterance ends 0.8 s into each
+    blank stretch (the second blank chunk), so two finals, at 4.48 s and 9.6 s; partials come before them."""
     asr = model["asr"]
     x, _truth = recording(model["many"][:4], 12.0)
-    events = list(stream(asr, x, chunk_s=0.64, left_chunks=4))
-    assert events and events[-1].final
-    assert all(a.audio_s <= b.audio_s for a, b in itertools.pairwise(events))
-    for e in events:
-        assert e.start <= e.end <= len(x) / SAMPLE_RATE + 0.04
+    speech = iter([True] * 5 + [False] * 4 + [True] * 4 + [False] * 100)  # one entry per 640 ms chunk
+
+    def heard(frames):  # called once per chunk (timestamps off)
+        lp = torch.full((*frames.shape[:2], 100), -30.0)
+        lp[..., 5 if next(speech) else 0] = 0.0
+        return lp
+
+    monkeypatch.setattr(asr.net, "ctc_log_probs", heard)
+    events = list(stream(asr, x, chunk_s=0.64, left_chunks=4, timestamps=False))
     finals = [e for e in events if e.final]
-    assert all(a.end <= b.start + 1e-9 for a, b in itertools.pairwise(finals))  # utterances follow each other
+    assert [(f.start, f.end) for f in finals] == [(0.0, pytest.approx(7 * 0.64)), (pytest.approx(7 * 0.64),
+                                                                                 pytest.approx(15 * 0.64))]
+    assert all(a.audio_s <= b.audio_s for a, b in itertools.pairwise(events))
+    assert all(e.start <= e.end <= len(x) / SAMPLE_RATE + 0.04 for e in events)
+    partials = [e for e in events if not e.final]
+    assert all(p.text for p in partials) and all(a.text != b.text for a, b in itertools.pairwise(partials)
+                                                  if a.start == b.start)  # only news
     assert final_text(events) == join_texts(e.text for e in finals)
     with pytest.raises(UserError, match="multiple of 40 ms"):
         StreamSession(asr, chunk_s=0.05)
@@ -388,9 +428,9 @@ def test_stream_blocks_of_any_pcm_type_and_a_finished_session(model):
         asr.stream_session().accept(np.full(100, np.nan, np.float32))
 
 
-def test_a_stream_the_ctc_head_hears_nothing_in_sends_one_empty_final_at_its_end(model, monkeypatch):
+def test_a_stream_the_ctc_head_hears_nothing_in_sends_no_finals(model, monkeypatch):
     """45 s the CTC head calls blank throughout: no partials, no empty finals each time the utterance reaches the
-    training maximum, one empty final when the stream ends."""
+    training maximum, nothing at the end either."""
     asr = model["asr"]
     blank = torch.full((1, 1, 100), -30.0)
     blank[..., 0] = 0.0
@@ -399,8 +439,7 @@ def test_a_stream_the_ctc_head_hears_nothing_in_sends_one_empty_final_at_its_end
     session = asr.stream_session(timestamps=False)
     events = [e for i in range(45) for e in session.accept(rng.standard_normal(SAMPLE_RATE).astype(np.float32) * .01)]
     assert events == [] and len(torch.cat(session.utt_blank)) < asr.max_segment_s / 0.04  # reset on the way
-    (last,) = session.finish()
-    assert last.final and last.text == ""
+    assert session.finish() == []
 
 
 # ---- guards ------------------------------------------------------------------------------------------------------
@@ -410,14 +449,20 @@ def test_cut_repetition_on_words_and_characters():
     assert cut_repetition("no no no", 4, 4) is None  # three copies: below the guard
     assert cut_repetition("a b c d e f", 4, 4) is None
     assert cut_repetition("Go, go, go, go!", 4, 4) == "Go"
+    # a hypothesis that ended by itself keeps what follows; the loop keeps min_repeats - 1 copies
+    assert cut_repetition("对对对对，我知道了，明天见。", 4, 4, ended=True) == "对对对，我知道了，明天见。"
+    assert cut_repetition("that is very very very very very good news", 4, 4, ended=True) == \
+        "that is very very very good news"
 
 
-def test_repetition_stop_fires_per_row():
+def test_repetition_stop_fires_per_row_on_loops_of_16_tokens_or_more():
     stop = RepetitionStop(4)
-    ids = torch.tensor([[5, 6, 5, 6, 5, 6, 5, 6], [1, 2, 3, 4, 5, 6, 7, 8], [9, 9, 9, 1, 9, 9, 9, 9]])
-    assert stop(ids, None).tolist() == [True, False, True]
-    assert stop(ids[:, :3], None).tolist() == [False, False, False]
-    assert stop.fired.tolist() == [True, False, True]  # remembered across steps
+    loop = [5, 6] * 8  # 16 tokens
+    number = [7, 8, 9, 1, 1, 1, 1, 1, 1, 1, 9, 9, 9, 9, 3, 2]  # a long number's digits: 7 ones are not a runaway
+    ids = torch.tensor([loop, list(range(16)), number, [4] * 16])
+    assert stop(ids, None).tolist() == [True, False, False, True]
+    assert stop(ids[:, :12], None).tolist() == [False, False, False, False]  # under 16 tokens: never
+    assert stop.fired_at.tolist() == [16, -1, -1, 16]  # when it first fired
 
 
 @pytest.mark.parametrize("raw,ended,guards,want", [
@@ -426,6 +471,8 @@ def test_repetition_stop_fires_per_row():
     ("a long sentence cut", False, True, ("a long sentence cut", "length")),
     ("a sentence.", True, True, ("a sentence.", None)),
     ("two\nlines", True, True, ("two lines", None)),
+    ("对对对对，我知道了。", True, True, ("对对对，我知道了。", "repetition")),
+    ("对对对对，我知道了。", True, False, ("对对对对，我知道了。", None)),
 ])
 def test_guards_report_what_they_cut(model, monkeypatch, raw, ended, guards, want):
     monkeypatch.setattr(rec, "generate_ended", lambda *a, **k: [(raw, ended)])
@@ -449,3 +496,4 @@ def test_srt_cues_follow_the_word_times_and_keep_punctuation():
                                                                          UnitTime("好", 0.3, 0.6, 0.0)])])
     assert cues(zh) == [(0.1, 0.6, "你好。")]
     assert join_texts(["你好", "世界", "hello", "世界"]) == "你好世界 hello 世界"
+    assert join_texts(["你好。", "我们走吧。", "OK."]) == "你好。我们走吧。 OK."  # full-width punctuation: no space

@@ -7,10 +7,12 @@ times) until its token budget runs out. Two guards bound that, and each says whe
   the same cap training's validation uses). A hypothesis that reaches it without the end-of-turn
   token is reported `truncated: "length"`.
 - the repetition stop: generation of a row stops once its last tokens are some n-gram repeated
-  back to back more than `min_repeats` times (`RepetitionStop`), and the text is cut after the
-  loop's first copy (`cut_repetition`, on words and characters: the units scoring counts). Such a
-  hypothesis is reported `truncated: "repetition"`. The threshold is evaluate.py's repetition flag
-  (entropy_asr.metrics.scoring.HallucinationParams.min_repeats): a loop the scorer would flag.
+  back to back more than `min_repeats` times and over at least 16 tokens (`RepetitionStop`: a number's
+  digits are single tokens), and the text loses the loop (`cut_repetition`, on words and characters: the
+  units scoring counts): a hypothesis cut by a limit ends after the loop's first copy; one that ended by
+  itself keeps what follows and the loop keeps min_repeats - 1 copies ("对对对对，我知道了" -> "对对对，我
+  知道了"). Either is reported `truncated: "repetition"`. The threshold is one more than evaluate.py's
+  repetition flag (entropy_asr.metrics.scoring.HallucinationParams.min_repeats).
 
 Scoring runs (experiments/evaluate.py) use neither guard beyond the length cap: they must show the
 model's raw behaviour.
@@ -29,6 +31,7 @@ from entropy_asr.text.script import _HAN
 # a unit of a transcript: one Han character, or one Latin/digit word (as the scorer counts them)
 _UNIT = re.compile(rf"[{_HAN}]|[A-Za-z0-9'\u00c0-\u024f]+")
 MAX_TOKEN_NGRAM = 12  # a repeated unit n-gram (n <= 4 words) spans up to ~12 BPE tokens
+MIN_TOKEN_SPAN = 16  # tokens a loop must cover before decoding stops (digits and letters are single tokens)
 
 
 def loop_start(items: list, min_repeats: int, max_ngram: int) -> tuple[int, int] | None:
@@ -44,33 +47,50 @@ def loop_start(items: list, min_repeats: int, max_ngram: int) -> tuple[int, int]
     return None
 
 
-def cut_repetition(text: str, min_repeats: int, max_ngram: int) -> str | None:
-    """`text` cut after the first copy of its earliest back-to-back loop of >= min_repeats copies, or None if it
-    has none (units: Han characters and Latin words, lowercased)."""
+def cut_repetition(text: str, min_repeats: int, max_ngram: int, ended: bool = False) -> str | None:
+    """`text` without its earliest back-to-back loop of >= min_repeats copies (units: Han characters and Latin words,
+    lowercased), or None if it has none. An unfinished hypothesis (cut by a limit) is cut after the loop's first
+    copy: the rest is the runaway. One that `ended` by itself keeps what follows the loop, and the loop only loses
+    its copies beyond min_repeats - 1 (a speaker may say "对对对对" and go on)."""
     spans = [(m.start(), m.end(), m.group().lower()) for m in _UNIT.finditer(text)]
-    found = loop_start([u for _, _, u in spans], min_repeats, max_ngram)
+    units = [u for _, _, u in spans]
+    found = loop_start(units, min_repeats, max_ngram)
     if found is None:
         return None
     i, n = found
-    return text[:spans[i + n - 1][1]].rstrip()
+    if not ended:
+        return text[:spans[i + n - 1][1]].rstrip()
+    copies = 1
+    while units[i + copies * n:i + (copies + 1) * n] == units[i:i + n]:
+        copies += 1
+    keep_end = spans[i + (min_repeats - 1) * n - 1][1]  # the end of the last copy kept
+    rest_start = spans[i + copies * n - 1][1]  # the end of the loop's last copy
+    return (text[:keep_end] + text[rest_start:]).strip()
 
 
 class RepetitionStop(StoppingCriteria):
-    """Stops a row of a batched `generate` once its newest tokens repeat an n-gram `repeats` times back to back."""
+    """Stops a row of a batched `generate` once its newest tokens repeat an n-gram back to back `repeats` times and
+    over at least `min_span` tokens (a loop of single tokens needs that many: "2000000" is 6 tokens of a number,
+    not a runaway)."""
 
-    def __init__(self, repeats: int, max_ngram: int = MAX_TOKEN_NGRAM):
+    def __init__(self, repeats: int, max_ngram: int = MAX_TOKEN_NGRAM, min_span: int = MIN_TOKEN_SPAN):
         if repeats < 2:
             raise ValueError(f"repeats must be >= 2, got {repeats}")
-        self.repeats, self.max_ngram = repeats, max_ngram
-        self.fired: torch.Tensor | None = None  # (B,) rows this criterion stopped
+        self.repeats, self.max_ngram, self.min_span = repeats, max_ngram, min_span
+        self.fired_at: torch.Tensor | None = None  # (B,) new tokens when the row was stopped, -1 if never
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         B, L = input_ids.shape
         stop = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-        for n in range(1, min(self.max_ngram, L // self.repeats) + 1):
-            tail = input_ids[:, L - n * self.repeats:].view(B, self.repeats, n)  # (B, repeats, n)
+        for n in range(1, self.max_ngram + 1):
+            copies = max(self.repeats, -(-self.min_span // n))
+            if n * copies > L:
+                break
+            tail = input_ids[:, L - n * copies:].view(B, copies, n)  # (B, copies, n)
             stop |= (tail == tail[:, :1]).all(dim=2).all(dim=1)
-        self.fired = stop if self.fired is None or self.fired.shape != stop.shape else self.fired | stop
+        if self.fired_at is None or self.fired_at.shape[0] != B:
+            self.fired_at = torch.full((B,), -1, dtype=torch.long)
+        self.fired_at = torch.where(stop.cpu() & (self.fired_at < 0), L, self.fired_at)
         return stop
 
 

@@ -38,7 +38,7 @@ from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.inference.guards import RepetitionStop, cut_repetition, guard_repeats
 from entropy_asr.inference.hotwords import DEFAULT_THRESHOLD, HotwordHit, HotwordIndex
 from entropy_asr.inference.segment import Segmenter, iter_audio
-from entropy_asr.inference.timestamps import UnitTime, unit_times
+from entropy_asr.inference.timestamps import ENCODER_FRAME_DELAY_S, UnitTime, unit_times
 from entropy_asr.metrics.scoring import HallucinationParams
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import CMVN_FILE, FILE_COMPONENTS, MODEL_FILE, load_component
@@ -146,7 +146,8 @@ def join_texts(texts: Iterable[str]) -> str:
 
 
 def _is_han(ch: str) -> bool:
-    return detect_language(ch) == "zh"
+    """A Han character or CJK / full-width punctuation (no space next to another such)."""
+    return detect_language(ch) == "zh" or "\u3000" <= ch <= "\u303f" or "\uff00" <= ch <= "\uffef"
 
 
 def _config(cls, value, where: str):
@@ -189,7 +190,9 @@ def read_export(path: str | Path) -> tuple[Path, dict]:
 
 
 class Recognizer:
-    """Encoder -> adapter -> LLM decoding of audio, with long-form segmentation, timestamps and guards."""
+    """Encoder -> adapter -> LLM decoding of audio, with long-form segmentation, timestamps and guards.
+
+    One Recognizer serves one caller at a time (its hotword list is its state); give each thread its own."""
 
     def __init__(self, net: SpeechLLM, cmvn: tuple[torch.Tensor, torch.Tensor], decode: DecodeConfig,
                  max_segment_s: float = 20.0, device: str | torch.device = "cpu",
@@ -197,6 +200,9 @@ class Recognizer:
         self.net = net.eval().to(device)
         self.mean, self.inv_std = cmvn
         self.decode = decode
+        if not max_segment_s >= 1:
+            raise UserError(f"max_segment_s must be >= 1 s (the longest segment a recording is cut into), got "
+                            f"{max_segment_s}")
         self.max_segment_s = max_segment_s
         self.device = torch.device(device)
         self.params = params or HallucinationParams()
@@ -253,6 +259,10 @@ class Recognizer:
         """A hotword list (names, terms; thousands are fine) to retrieve from each segment with the phone CTC head
         (entropy_asr.inference.hotwords); results in SegmentResult.hotwords / Transcript.hotwords. None: off.
         Retrieval only: the decoding is unchanged (biasing the LLM with them needs a context-SFT model)."""
+        if isinstance(hotwords, str):
+            raise UserError("set_hotwords takes a list of hotwords (or a HotwordIndex), not one string")
+        if not threshold <= 0:
+            raise UserError(f"the hotword threshold is a log-likelihood ratio per phone, <= 0; got {threshold}")
         if hotwords is not None and not self.phone_ctc:
             raise UserError("hotword retrieval needs a phone CTC head; this export has none (a character head, or "
                             "none)")
@@ -285,10 +295,11 @@ class Recognizer:
         for i, (text, truncated) in enumerate(results):
             units = hits = None
             lp = log_probs[i, :int(frame_lens[i])].cpu() if log_probs is not None else None
+            at = offsets[i] + ENCODER_FRAME_DELAY_S  # (where the encoder's frames sit in time)
             if lp is not None and timestamps:
-                units = with_original_case(text, unit_times(lp, text, detect_language(text), offset=offsets[i]))
+                units = with_original_case(text, unit_times(lp, text, detect_language(text), offset=at))
             if lp is not None and self.hotwords is not None:
-                hits = self.hotwords.search(lp, self.hotword_top_k, self.hotword_threshold, offset=offsets[i])
+                hits = self.hotwords.search(lp, self.hotword_top_k, self.hotword_threshold, offset=at)
             out.append(SegmentResult(offsets[i], offsets[i] + durations[i], text, truncated, units, hits))
         return out
 
@@ -313,14 +324,17 @@ class Recognizer:
         out = []
         for i, (text, ended) in enumerate(rows):
             text = " ".join(text.split())  # one line: a newline or tab the LLM wrote is a space
+            # stopped within its own limit (a row decodes on to the batch's longest limit, then is cut to its own);
+            # with beams the criterion sees B x beams rows: only the text's own loop counts then
+            stopped = (stop is not None and stop.fired_at is not None and d.num_beams == 1
+                       and 0 <= int(stop.fired_at[i]) <= limits[i])
+            ended = ended and not stopped  # (a tokenizer without a pad token pads a stopped row with the EOS)
             truncated = None if ended else "length"
             if guards:
-                cut = cut_repetition(text, guard_repeats(self.params), self.params.max_ngram)
-                # (with beams the criterion sees B x beams rows: only the text's own loop counts then)
-                fired = stop.fired is not None and d.num_beams == 1 and bool(stop.fired[i])
+                cut = cut_repetition(text, guard_repeats(self.params), self.params.max_ngram, ended=ended)
                 if cut is not None:
                     text, truncated = cut, "repetition"
-                elif fired and not ended:
+                elif stopped:
                     truncated = "repetition"
             out.append((text, truncated))
         return out
@@ -357,14 +371,38 @@ class Recognizer:
         done_reading: set[int] = set()
         next_out = 0
 
+        def fail(k: int, e: UserError) -> None:
+            """Input k cannot be transcribed: its error replaces its transcript, its other segments are dropped."""
+            if raise_errors:
+                raise e
+            from entropy_asr.errors import one_line
+
+            transcripts[k] = Transcript(transcripts[k].source, error=one_line(e))
+            pending[:] = [p for p in pending if p[0] != k]
+            open_segments[k] = 0
+
+        def decode(batch: list[tuple[int, float, np.ndarray]]) -> None:
+            """Decode a batch into its inputs' transcripts; a batch that fails is retried a segment at a time, so
+            an error lands on the input it belongs to, never on the others sharing the batch."""
+            try:
+                results = self.decode_audio([a for _, _, a in batch], timestamps, guards, [o for _, o, _ in batch])
+            except UserError as e:
+                if len(batch) == 1:
+                    fail(batch[0][0], e)
+                else:
+                    for item in batch:
+                        decode([item])
+                return
+            for (k, _, _), r in zip(batch, results, strict=True):
+                if transcripts[k].error is None:
+                    transcripts[k].segments.append(r)
+                    open_segments[k] -= 1
+
         def flush(all_: bool) -> None:
             while pending and (all_ or len(pending) >= batch_size):
                 batch = sorted(pending[:batch_size], key=lambda p: len(p[2]))
                 del pending[:batch_size]
-                results = self.decode_audio([a for _, _, a in batch], timestamps, guards, [o for _, o, _ in batch])
-                for (k, _, _), r in zip(batch, results, strict=True):
-                    transcripts[k].segments.append(r)
-                    open_segments[k] -= 1
+                decode([p for p in batch if transcripts[p[0]].error is None])
 
         def finished() -> Iterator[Transcript]:
             nonlocal next_out
@@ -381,20 +419,16 @@ class Recognizer:
             transcripts[k], open_segments[k] = Transcript(name), 0
             try:
                 for offset, audio, total in self._pieces(item, name):
+                    if transcripts[k].error is not None:
+                        break
                     transcripts[k].duration = total
                     if len(audio):
                         pending.append((k, offset, audio))
                         open_segments[k] += 1
                     flush(False)
                     yield from finished()
-            except UserError as e:
-                if raise_errors:
-                    raise
-                from entropy_asr.errors import one_line
-
-                transcripts[k] = Transcript(name, error=one_line(e))
-                pending[:] = [p for p in pending if p[0] != k]
-                open_segments[k] = 0
+            except UserError as e:  # reading it (decoding errors are decode's)
+                fail(k, e)
             done_reading.add(k)
             yield from finished()
         flush(True)
@@ -408,8 +442,8 @@ class Recognizer:
         (damaged, cut short) is a UserError naming it."""
         try:
             yield from self._read_pieces(item, name)
-        except (sf.LibsndfileError, RuntimeError) as e:
-            if not isinstance(item, (str, Path)) or isinstance(e, torch.OutOfMemoryError):
+        except sf.LibsndfileError as e:  # (libsndfile's own errors only: anything else is a bug and keeps its trace)
+            if not isinstance(item, (str, Path)):
                 raise
             raise UserError(f"{item}: cannot be decoded ({' '.join(str(e).split())}); the file is damaged or cut "
                             f"short: re-copy or re-export it") from None
@@ -435,17 +469,17 @@ class Recognizer:
                 return
             step = 30 * SAMPLE_RATE
             blocks = (audio[i:i + step] for i in range(0, len(audio), step))
-        segmenter = Segmenter(max_segment_s=self.max_segment_s, pad_s=SEGMENT_PAD_S)
+        segmenter = Segmenter(max_segment_s=self.max_segment_s, pad_s=min(SEGMENT_PAD_S, self.max_segment_s / 4))
         yielded = False
         for block in blocks:
             if not np.isfinite(block).all():
                 raise UserError(f"{name}: NaN or infinite samples; the audio is corrupt, fix or drop it")
             for s in segmenter.feed(block):
                 yielded = True
-                yield s.start, s.audio, duration
+                yield s.start, _at_least(s.audio), duration
         for s in segmenter.flush():
             yielded = True
-            yield s.start, s.audio, duration
+            yield s.start, _at_least(s.audio), duration
         if not yielded:  # no speech anywhere: an empty transcript of the recording's length
             yield 0.0, np.zeros(0, np.float32), duration
 
@@ -462,6 +496,12 @@ def with_original_case(text: str, units: list[UnitTime] | None) -> list[UnitTime
         cursor = i + len(u.text) if i >= 0 else cursor
         out.append(UnitTime(word, round(u.start, 3), round(u.end, 3), round(u.score, 4)))
     return out
+
+
+def _at_least(x: np.ndarray) -> np.ndarray:
+    """A segment padded with silence to the shortest clip the encoder reads (a forced cut can leave a few ms)."""
+    short = round(MIN_SECONDS * SAMPLE_RATE) - len(x)
+    return np.pad(x, (0, short)) if short > 0 else x
 
 
 def _check_audio(x: np.ndarray, where: str) -> None:

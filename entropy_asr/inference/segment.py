@@ -106,7 +106,7 @@ def _read_blocks(path: Path, sr: int, block_s: float) -> Iterator[np.ndarray]:
             while True:
                 try:
                     x = f.read(block, dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError) as e:
+                except sf.LibsndfileError as e:
                     raise UserError(f"{path}: decoding failed after {total / sr:.2f} s ({_one_line(e)}); "
                                     "re-export or convert the file") from None
                 if len(x) == 0:
@@ -126,7 +126,7 @@ def _read_blocks(path: Path, sr: int, block_s: float) -> Iterator[np.ndarray]:
                     done = end
                     keep = max(0, done - ctx)
                     pending, p0 = pending[keep - p0:], keep
-    except (sf.LibsndfileError, RuntimeError) as e:
+    except sf.LibsndfileError as e:  # (opening it: only soundfile's own errors, never a bug in the code above)
         raise UserError(f"{path}: not audio soundfile can read ({_one_line(e)}); convert it to WAV or FLAC") from None
     if orig != new and total > done:
         lo = max(0, done - ctx)

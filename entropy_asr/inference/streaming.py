@@ -40,7 +40,7 @@ from entropy_asr.data.audio import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLE_RATE,
 from entropy_asr.errors import UserError
 from entropy_asr.inference.recognizer import as_16k_mono, float_samples, join_texts, with_original_case
 from entropy_asr.inference.segment import iter_audio
-from entropy_asr.inference.timestamps import UnitTime, unit_times
+from entropy_asr.inference.timestamps import ENCODER_FRAME_DELAY_S, UnitTime, unit_times
 from entropy_asr.model.encoder import subsampled_lengths
 from entropy_asr.text import Phonemizer, detect_language
 
@@ -77,6 +77,9 @@ class StreamSession:
             raise UserError(f"left_chunks must be an integer >= 0 (a bounded left context), got {left_chunks!r}")
         if not isinstance(partial_every, int) or partial_every < 1 or not endpoint_s > 0:
             raise UserError(f"partial_every must be >= 1 and endpoint_s > 0, got {partial_every}, {endpoint_s}")
+        if chunk_s > recognizer.max_segment_s:
+            raise UserError(f"chunk_s ({chunk_s} s) must not exceed the longest utterance the model decodes "
+                            f"({recognizer.max_segment_s} s)")
         self.asr, self.chunk, self.left = recognizer, chunk, left_chunks
         self.partial_every, self.guards, self.timestamps = partial_every, guards, timestamps
         self.endpoint_frames = max(1, round(endpoint_s / FRAME_S))
@@ -134,7 +137,7 @@ class StreamSession:
             n = min(rest, self.chunk)
             events += self._encode(n, partial=False)  # the final hypothesis follows at once
             rest -= n
-        if self.utt_frames:
+        if self.utt_frames and self._has_speech():  # (a stream ending in silence: nothing more to say)
             events.append(self._final())
         self.compute_s += time.perf_counter() - t0
         return [self._stamp(e) for e in events]
@@ -208,7 +211,7 @@ class StreamSession:
         units = None
         if final and self.timestamps and self.asr.phone_ctc:
             units = with_original_case(text, unit_times(net.ctc_log_probs(frames)[0].cpu(), text, detect_language(text),
-                                                        offset=start))
+                                                        offset=start + ENCODER_FRAME_DELAY_S))
         return StreamEvent(text, final, start, start + seconds, 0.0, 0.0, truncated, units)
 
     def _final(self) -> StreamEvent:

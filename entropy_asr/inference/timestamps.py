@@ -27,6 +27,9 @@ from entropy_asr.errors import UserError
 from entropy_asr.text import Phonemizer
 from entropy_asr.text.inventory import BLANK_ID, PHONES, phones_to_ids
 
+# Where an encoder frame sits in time: frame t reads fbank frames 4t..4t+6 (25 ms windows every 10 ms), whose
+# centres average 40t + 42.5 ms, so frame t stands for [40t + 22.5, 40t + 62.5) ms. Callers add this to `offset`.
+ENCODER_FRAME_DELAY_S = 0.0225
 
 @dataclass
 class UnitTime:

@@ -18,7 +18,7 @@ en and MER for mix.
 - context (context_weight > 0, when hotwords are given): context_weight * (the fraction of the
   present hotwords the hypothesis contains - the fraction of the absent (distractor) hotwords it
   inserts). A hotword is contained when its units occur contiguously in the hypothesis' units.
-total is their sum: 1 at best; an exact transcript scores 1 on every clip.
+total is their sum: an exact transcript scores 1 on every clip (1 + context_weight with every hotword right).
 
 Everything here is plain torch and Python; the stage's LightningModule samples, scores and steps.
 """
@@ -126,7 +126,7 @@ def group_rewards(refs: Sequence[str], hyps: Sequence[Sequence[str]], languages:
     present = hotwords_present or [()] * len(refs)
     absent = hotwords_absent or [()] * len(refs)
     rows = [[reward(ref, h, lang, config, pw, aw) for h in group]
-            for ref, group, lang, pw, aw in zip(refs, hyps, languages, present, absent)]
+            for ref, group, lang, pw, aw in zip(refs, hyps, languages, present, absent, strict=True)]
     flat = [r for row in rows for r in row]
     means = {k: sum(r[k] for r in flat) / max(len(flat), 1) for k in ("total", *REWARD_TERMS)}
     return torch.tensor([[r["total"] for r in row] for row in rows], dtype=torch.float32), means
