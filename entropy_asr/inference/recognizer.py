@@ -170,7 +170,7 @@ def read_export(path: str | Path) -> tuple[Path, dict]:
     path = Path(path)
     if not path.exists():
         raise UserFileNotFound(f"{path}: no such export dir; give a speech stage's export dir (with {MODEL_FILE}) or "
-                               f"its run dir")
+                               f"its run dir (the README's main command writes runs/tiny/joint_sft/export)")
     export = path / "export" if not (path / MODEL_FILE).is_file() and (path / "export" / MODEL_FILE).is_file() \
         else path
     if not (export / MODEL_FILE).is_file():
