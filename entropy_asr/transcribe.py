@@ -46,12 +46,14 @@ def srt_time(seconds: float) -> str:
 def cues(transcript) -> list[tuple[float, float, str]]:
     """(start, end, text) subtitle cues: a segment's words grouped into lines of <= 42 characters and <= 7 s (by
     their timestamps, punctuation kept with the word before it), or the segment whole when it has no timestamps."""
+    from entropy_asr.inference.recognizer import unit_starts
+
     out = []
     for seg in transcript.segments:
         if not seg.text:
             continue
-        at = _positions(seg.text, seg.units) if seg.units else None
-        if not at:
+        at = unit_starts(seg.text, seg.units) if seg.units else []
+        if not at or min(at) < 0:  # no times, or a unit not written as is: the segment whole
             out.append((seg.start, seg.end, seg.text))
             continue
         first = 0  # index of the current cue's first unit
@@ -65,18 +67,6 @@ def cues(transcript) -> list[tuple[float, float, str]]:
             out.append((seg.units[first].start, seg.units[i - 1].end, text))
             first = i
     return out
-
-
-def _positions(text: str, units) -> list[int] | None:
-    """Where each unit's text starts in `text` (in order), or None if one is not found as written."""
-    at, cursor = [], 0
-    for u in units:
-        i = text.find(u.text, cursor)
-        if i < 0:
-            return None
-        at.append(i)
-        cursor = i + len(u.text)
-    return at
 
 
 def to_srt(transcript) -> str:

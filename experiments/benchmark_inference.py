@@ -42,7 +42,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from itertools import cycle
@@ -74,25 +73,10 @@ def default_data() -> Path:
 # ---- data -----------------------------------------------------------------------------------------------------
 def iter_utterances(data: Path):
     """(key, 16 kHz float32 audio, text, language) of a shard dir's utterances, in index order."""
-    from entropy_asr.data.audio import decode_audio, resample
-    from entropy_asr.data.shards import read_index
+    from entropy_asr.data.shards import read_utterances
 
-    for shard in read_index(data)["shards"]:
-        with tarfile.open(data / shard["name"]) as tar:
-            pending: dict[str, dict] = {}
-            for member in tar:
-                if not member.isfile() or "." not in member.name:
-                    continue
-                key, ext = member.name.split(".", 1)
-                if ext not in ("flac", "json"):
-                    continue
-                item = pending.setdefault(key, {})
-                item[ext] = tar.extractfile(member).read()
-                if "flac" in item and "json" in item:
-                    del pending[key]
-                    meta = json.loads(item["json"])
-                    x, sr = decode_audio(item["flac"])
-                    yield key, resample(x, sr) if sr != SR else x, meta["text"], meta.get("language", "none")
+    for u in read_utterances(data):
+        yield u["key"], u["audio"], u["text"], u["language"]
 
 
 def take(data: Path, n: int) -> list[tuple]:

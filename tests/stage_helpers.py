@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from entropy_asr.data.audio import SAMPLE_RATE, decode_audio
+from entropy_asr.data.audio import SAMPLE_RATE
+from entropy_asr.data.shards import read_utterances
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "experiments" / "tiny"
@@ -63,19 +63,8 @@ def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
 
 
 def utterances(split_dir: Path) -> list[dict]:
-    """A shard dir's utterances: {key, text, language, audio (16 kHz float32), flac (bytes)}, in shard order."""
-    out = []
-    for shard in sorted(split_dir.glob("shard-*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: m for m in tar.getmembers()}
-            for name in sorted(n for n in members if n.endswith(".flac")):
-                key = name[:-5]
-                meta = json.loads(tar.extractfile(members[key + ".json"]).read())
-                flac = tar.extractfile(members[name]).read()
-                x, sr = decode_audio(flac)
-                assert sr == SAMPLE_RATE
-                out.append({"key": key, "text": meta["text"], "language": meta["language"], "audio": x, "flac": flac})
-    return out
+    """A shard dir's utterances: {key, text, language, audio (16 kHz float32), flac (bytes)}, in index order."""
+    return list(read_utterances(split_dir))
 
 
 def recording(utts: list[dict], seconds: float, seed: int = 0) -> tuple[np.ndarray, list[tuple[float, float, str]]]:

@@ -30,6 +30,7 @@ import webdataset as wds
 from entropy_asr.data.audio import (
     SAMPLE_RATE,
     CMVNStats,
+    decode_audio,
     encode_flac,
     fbank,
     resample,
@@ -370,3 +371,23 @@ def read_transcripts(data_dir: str | Path) -> list[dict]:
                 if member.name.endswith(".json"):
                     out.append(json.loads(tar.extractfile(member).read()))
     return out
+
+
+def read_utterances(data_dir: str | Path) -> Iterator[dict]:
+    """A shard dir's utterances in index order: {key, text, language, audio (16 kHz mono float32), flac (the member's
+    bytes)}, decoded as the data pipeline decodes them (for tools and tests that need the audio, not training)."""
+    for s in read_index(data_dir)["shards"]:
+        with tarfile.open(Path(data_dir) / s["name"]) as tar:
+            pending: dict[str, dict] = {}
+            for member in tar:
+                key, _, ext = member.name.partition(".")
+                if not member.isfile() or ext not in ("flac", "json"):
+                    continue
+                item = pending.setdefault(key, {})
+                item[ext] = tar.extractfile(member).read()
+                if "flac" in item and "json" in item:
+                    del pending[key]
+                    meta = json.loads(item["json"])
+                    x, sr = decode_audio(item["flac"])
+                    yield {"key": key, "text": meta["text"], "language": meta.get("language", "none"),
+                           "audio": x if sr == SAMPLE_RATE else resample(x, sr), "flac": item["flac"]}

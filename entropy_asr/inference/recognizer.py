@@ -484,18 +484,25 @@ class Recognizer:
             yield 0.0, np.zeros(0, np.float32), duration
 
 
+def unit_starts(text: str, units: list[UnitTime]) -> list[int]:
+    """Where each unit starts in `text`, found in order ignoring case; -1 for a unit not written there as is (the
+    phonemizer reads some text differently, e.g. digits as Chinese numerals)."""
+    lower, cursor, out = text.lower(), 0, []
+    for u in units:
+        i = lower.find(u.text.lower(), cursor)
+        out.append(i)
+        if i >= 0:
+            cursor = i + len(u.text)
+    return out
+
+
 def with_original_case(text: str, units: list[UnitTime] | None) -> list[UnitTime] | None:
     """Units with their text as written in `text` (the phonemizer lowercases English words), times rounded to the
     millisecond; a unit not found as written keeps the phonemizer's form."""
     if units is None:
         return None
-    lower, cursor, out = text.lower(), 0, []
-    for u in units:
-        i = lower.find(u.text.lower(), cursor)
-        word = text[i:i + len(u.text)] if i >= 0 else u.text
-        cursor = i + len(u.text) if i >= 0 else cursor
-        out.append(UnitTime(word, round(u.start, 3), round(u.end, 3), round(u.score, 4)))
-    return out
+    return [UnitTime(text[i:i + len(u.text)] if i >= 0 else u.text, round(u.start, 3), round(u.end, 3),
+                     round(u.score, 4)) for u, i in zip(units, unit_starts(text, units), strict=True)]
 
 
 def _at_least(x: np.ndarray) -> np.ndarray:
