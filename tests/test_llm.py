@@ -196,6 +196,73 @@ def test_generation_inputs_are_left_padded(tokenizer, prompt):
         assert torch.equal(x[:, -S:], embed(torch.tensor(prompt.suffix_ids)).expand(2, -1, -1))
 
 
+def test_context_section_goes_before_the_speech_and_only_where_given(tokenizer, prompt):
+    """Context biasing: a sample's hotword list, rendered with the context template, sits between the prefix and
+    the speech; samples without one (None or []) are laid out exactly as without any context."""
+    embed = torch.nn.Embedding(len(tokenizer), 16)
+    speech, lens = speech_batch([3, 5, 2], 16)
+    texts = ["今天 hello", "world 北京学习", "go"]
+    hotwords = [["北京", "school"], None, []]
+    ctx = prompt.context_ids(hotwords[0])
+    assert tokenizer.decode(ctx) == "Hotwords: 北京, school\n"
+    assert prompt.context_ids(None) == prompt.context_ids([]) == prompt.context_ids(["  ", ""]) == []
+    with torch.no_grad():
+        plain = build_train_inputs(prompt, embed, speech, lens, texts)
+        assert all(torch.equal(plain[k], build_train_inputs(prompt, embed, speech, lens, texts, [None, [], []])[k])
+                   for k in plain)  # no hotwords anywhere: unchanged
+        out = build_train_inputs(prompt, embed, speech, lens, texts, hotwords)
+        P, S, C = len(prompt.prefix_ids), len(prompt.suffix_ids), len(ctx)
+        x, labels = out["inputs_embeds"], out["labels"]
+        n = int(lens[0])
+        assert torch.equal(x[0, :P + C], embed(torch.tensor(prompt.prefix_ids + ctx)))
+        assert torch.equal(x[0, P + C:P + C + n], speech[0, :n])
+        assert torch.equal(x[0, P + C + n:P + C + n + S], embed(torch.tensor(prompt.suffix_ids)))
+        assert labels[0][labels[0] != IGNORE_INDEX].tolist() == prompt.transcript_ids(texts[0])
+        assert (labels[0, :P + C + n + S] == IGNORE_INDEX).all()  # the hotwords are never a target
+        for b in (1, 2):  # the others: as laid out without any context (up to the wider batch's padding)
+            real = int(plain["attention_mask"][b].sum())
+            assert torch.equal(x[b, :real], plain["inputs_embeds"][b, :real])
+            assert torch.equal(labels[b, :real], plain["labels"][b, :real])
+        gen = build_generation_inputs(prompt, embed, speech, lens, hotwords)
+        width = gen["inputs_embeds"].shape[1]
+        assert width == max(P + C + n + S, P + 5 + S)  # the longest sample, context included
+        pad = width - (P + C + n + S)
+        assert gen["attention_mask"][0].tolist() == [0] * pad + [1] * (P + C + n + S)
+        assert torch.equal(gen["inputs_embeds"][0, pad:pad + P + C], embed(torch.tensor(prompt.prefix_ids + ctx)))
+        assert gen["attention_mask"][1].tolist() == [0] * (width - P - 5 - S) + [1] * (P + 5 + S)
+
+
+def test_generation_with_hotwords_batched_matches_alone(tokenizer, prompt):
+    model = tiny_llm(tokenizer, seed=2)
+    speech, lens = speech_batch([4, 2, 3], model.config.hidden_size, seed=5)
+    hotwords = [["北京", "school"], None, ["hello world"]]
+    options = {"min_new_tokens": 5}  # EOS suppressed: the comparison is never trivially empty
+    batched = generate(model, tokenizer, prompt, speech, lens, max_new_tokens=5, hotwords=hotwords, **options)
+    for b in range(3):
+        alone = generate(model, tokenizer, prompt, speech[b:b + 1, :lens[b]], lens[b:b + 1], max_new_tokens=5,
+                         hotwords=[hotwords[b]], **options)
+        assert batched[b] == alone[0]
+    # the context reaches the model: a sample decoded with and without its list differs in its logits
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        a = build_generation_inputs(prompt, embed, speech[:1], lens[:1], [hotwords[0]])
+        b = build_generation_inputs(prompt, embed, speech[:1], lens[:1])
+        assert not torch.allclose(model(**a).logits[0, -1], model(**b).logits[0, -1])
+
+
+def test_context_errors_name_the_fix(tokenizer, prompt):
+    with pytest.raises(Exception, match=r"prompt.context must contain \{hotwords\}"):
+        SpeechPrompt(tokenizer, context="Hotwords: ")
+    with pytest.raises(Exception, match="not one string"):
+        prompt.context_ids("北京")
+    with pytest.raises(Exception, match="special token"):
+        prompt.context_ids([f"a{SPEECH_TOKEN}b"])
+    embed = torch.nn.Embedding(len(tokenizer), 16)
+    speech, lens = speech_batch([2, 2], 16)
+    with pytest.raises(ValueError, match="2 hotword lists|1 hotword lists"):
+        build_train_inputs(prompt, embed, speech, lens, ["a", "b"], [["x"]])
+
+
 # ---- model, generation, scoring --------------------------------------------------------------------------------
 
 def test_generate_batched_matches_single_and_beam_runs(tokenizer, prompt):

@@ -2,17 +2,18 @@
 
 Each sample is laid out as (docs/method.md, "Prompt")
 
-    [prefix ids][speech embeddings][suffix ids][transcript ids][<|im_end|>]
+    [prefix ids][context ids][speech embeddings][suffix ids][transcript ids][<|im_end|>]
 
 where prefix/suffix are the chat template rendered for [system, user] with the generation
-prompt, split at the user's `<speech>` placeholder. Loss and scores cover only the transcript
-and its EOS.
+prompt, split at the user's `<speech>` placeholder, and the context ids (context biasing, empty
+without hotwords) are the sample's hotword list rendered with the prompt's context template, just
+before the audio. Loss and scores cover only the transcript and its EOS.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,6 +23,8 @@ from entropy_asr.model.tokenizer import IM_END, SPEECH_TOKEN, speech_token_id
 
 DEFAULT_SYSTEM = "You are a Multilingual Speech Recognition Model."
 DEFAULT_USER = f"Transcribe the speech into text {SPEECH_TOKEN}"
+DEFAULT_CONTEXT = "Hotwords: {hotwords}\n"  # a sample's hotword list, rendered just before the speech
+HOTWORD_SEPARATOR = ", "
 IGNORE_INDEX = -100  # the label Hugging Face's causal-LM loss skips
 
 Embed = Callable[[torch.Tensor], torch.Tensor]  # ids (..., L) -> embeddings (..., L, H)
@@ -31,8 +34,12 @@ class SpeechPrompt:
     """The rendered chat prompt, split into the token ids before and after `<speech>`."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, system: str | None = DEFAULT_SYSTEM,
-                 user: str = DEFAULT_USER):
+                 user: str = DEFAULT_USER, context: str = DEFAULT_CONTEXT):
+        if context.count("{hotwords}") != 1:
+            raise UserError(f"prompt.context must contain {{hotwords}} exactly once (where the hotword list goes), "
+                            f"got {context!r}")
         self.tokenizer = tokenizer
+        self.context = context
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         # enable_thinking=False: Qwen3's template then closes the assistant header with an empty
         # "<think>\n\n</think>\n\n" block, identical in training and decoding; other templates ignore it.
@@ -51,19 +58,56 @@ class SpeechPrompt:
         self.eos_id: int = im_end if im_end is not None and im_end != tokenizer.unk_token_id else tokenizer.eos_token_id
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
 
+    def context_ids(self, hotwords: Sequence[str] | None) -> list[int]:
+        """The ids of one sample's hotword list in the context template; [] without hotwords (the prompt is then
+        exactly the one without a context section)."""
+        if isinstance(hotwords, str):
+            raise UserError(f"hotwords must be a list of phrases, not one string ({hotwords!r})")
+        words = [w.strip() for w in hotwords or () if w and w.strip()]
+        if not words:
+            return []
+        text = self.context.replace("{hotwords}", HOTWORD_SEPARATOR.join(words))
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        special = set(self.tokenizer.all_special_ids) | {speech_token_id(self.tokenizer)}
+        bad = [w for w in words if special & set(self.tokenizer.encode(w, add_special_tokens=False))]
+        if bad:
+            raise UserError(f"hotword {bad[0]!r} contains a special token of the tokenizer (e.g. {SPEECH_TOKEN} or "
+                            f"<|im_end|>); remove it from the hotword list")
+        return ids
+
+    def contexts_ids(self, hotwords: Sequence[Sequence[str] | None] | None, batch: int) -> list[list[int]] | None:
+        """context_ids per sample of a batch of `batch` (None: no sample has a context)."""
+        if hotwords is None:
+            return None
+        if len(hotwords) != batch:
+            raise ValueError(f"got {len(hotwords)} hotword lists for a batch of {batch}")
+        ids = [self.context_ids(h) for h in hotwords]
+        return ids if any(ids) else None
+
     def transcript_ids(self, text: str) -> list[int]:
         """The target ids of one transcript: its tokens followed by the EOS."""
         return self.tokenizer.encode(text, add_special_tokens=False) + [self.eos_id]
 
 
 def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_lens: torch.Tensor,
-            targets: list[list[int]] | None, left_pad: bool) -> dict:
-    """Lay out [prefix][speech][suffix][targets] per sample, padded on one side, with one embedding lookup."""
+            targets: list[list[int]] | None, left_pad: bool, contexts: list[list[int]] | None = None) -> dict:
+    """Lay out [prefix][context][speech][suffix][targets] per sample, padded on one side, with one embedding lookup.
+
+    contexts: per sample, the context ids (SpeechPrompt.context_ids; [] for none); None: no sample has one.
+    """
     if speech.dim() != 3:
         raise ValueError(f"speech must be (B, N, H), got {tuple(speech.shape)}")
-    B, P, S = speech.shape[0], len(prompt.prefix_ids), len(prompt.suffix_ids)
+    B, S = speech.shape[0], len(prompt.suffix_ids)
     device = speech.device
-    template = torch.tensor(prompt.prefix_ids + prompt.suffix_ids, device=device)  # (P+S,)
+    if contexts is not None and len(contexts) != B:
+        raise ValueError(f"got {len(contexts)} contexts for a batch of {B} speech sequences")
+    rows = [prompt.prefix_ids + list(c) + prompt.suffix_ids for c in (contexts or [[]] * B)]
+    width = max(len(r) for r in rows) if rows else len(prompt.prefix_ids) + S
+    template = torch.full((B, max(1, width)), prompt.pad_id)  # (B, W): each sample's prefix + context + suffix
+    for b, r in enumerate(rows):
+        template[b, :len(r)] = torch.tensor(r, dtype=torch.long)
+    template = template.to(device)
+    P = torch.tensor([len(r) - S for r in rows], dtype=torch.long, device=device)[:, None]  # (B, 1): before speech
     n = torch.as_tensor(speech_lens).to(device=device, dtype=torch.long)  # (B,)
     if n.shape != (B,) or (n < 0).any() or (n > speech.shape[1]).any():
         raise ValueError(f"speech_lens must be (B={B},) with values in [0, N={speech.shape[1]}], got {n.tolist()}")
@@ -76,7 +120,7 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
         text[b, :len(t)] = torch.tensor(t, dtype=torch.long)
     text = text.to(device)
 
-    total = P + n + S + T  # (B,) real tokens per sample
+    total = P[:, 0] + n + S + T  # (B,) real tokens per sample
     L = int(total.max())
     pos = torch.arange(L, device=device)[None, :]  # (1, L)
     shift = (L - total)[:, None] if left_pad else torch.zeros(B, 1, dtype=torch.long, device=device)
@@ -88,8 +132,9 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
     is_text = is_real & (q >= text_start)
     is_template = is_real & ~is_speech & ~is_text
 
-    template_idx = torch.where(q < P, q, q - n[:, None]).clamp(0, P + S - 1)  # prefix, then suffix past the speech
-    ids = torch.where(is_template, template[template_idx], prompt.pad_id)
+    # prefix + context, then the suffix past the speech
+    template_idx = torch.where(q < P, q, q - n[:, None]).clamp(0, template.shape[1] - 1)
+    ids = torch.where(is_template, template.gather(1, template_idx), prompt.pad_id)
     ids = torch.where(is_text, text.gather(1, (q - text_start).clamp(0, text.shape[1] - 1)), ids)  # (B, L)
     embeds = embed(ids)  # (B, L, H): one lookup for the whole batch; speech slots hold pad rows until replaced
     if speech.shape[1] > 0:  # N = 0: the audio removed, nothing to place
@@ -103,21 +148,25 @@ def _splice(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_len
 
 
 def build_train_inputs(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_lens: torch.Tensor,
-                       transcripts: list[str]) -> dict[str, torch.Tensor]:
+                       transcripts: list[str], hotwords: Sequence[Sequence[str] | None] | None = None,
+                       ) -> dict[str, torch.Tensor]:
     """Right-padded LLM inputs, labels on the transcript tokens + EOS only; keys fit the HF model's forward.
 
     speech (B, N, H) with speech_lens (B,) valid rows each; N = 0 gives the prompt without audio.
+    hotwords: per sample, its hotword list (None or [] for none): the prompt's context section.
     """
     targets = [prompt.transcript_ids(t) for t in transcripts]
-    out = _splice(prompt, embed, speech, speech_lens, targets, left_pad=False)
+    out = _splice(prompt, embed, speech, speech_lens, targets, left_pad=False,
+                  contexts=prompt.contexts_ids(hotwords, len(transcripts)))
     labels = torch.where(out.pop("is_text"), out.pop("ids"), IGNORE_INDEX)  # (B, L)
     return {**out, "labels": labels}
 
 
-def build_generation_inputs(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor,
-                            speech_lens: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Left-padded prompt embeddings + attention mask, ready for `model.generate`."""
-    out = _splice(prompt, embed, speech, speech_lens, None, left_pad=True)
+def build_generation_inputs(prompt: SpeechPrompt, embed: Embed, speech: torch.Tensor, speech_lens: torch.Tensor,
+                            hotwords: Sequence[Sequence[str] | None] | None = None) -> dict[str, torch.Tensor]:
+    """Left-padded prompt embeddings + attention mask, ready for `model.generate` (hotwords: as build_train_inputs)."""
+    out = _splice(prompt, embed, speech, speech_lens, None, left_pad=True,
+                  contexts=prompt.contexts_ids(hotwords, speech.shape[0]))
     # position_ids are left out: generate derives them from the attention mask (cumsum - 1),
     # which equals ours, and extends them itself for each new token.
     return {"inputs_embeds": out["inputs_embeds"], "attention_mask": out["attention_mask"]}
@@ -125,26 +174,29 @@ def build_generation_inputs(prompt: SpeechPrompt, embed: Embed, speech: torch.Te
 
 @torch.no_grad()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: SpeechPrompt, speech: torch.Tensor,
-             speech_lens: torch.Tensor, max_new_tokens: list[int] | int, num_beams: int = 1, **kw) -> list[str]:
+             speech_lens: torch.Tensor, max_new_tokens: list[int] | int, num_beams: int = 1,
+             hotwords: Sequence[Sequence[str] | None] | None = None, **kw) -> list[str]:
     """Decode transcripts for a batch of speech embeddings (greedy, or beam search if num_beams > 1).
 
     The caller puts the model in eval mode (dropout would make greedy decoding random).
+    hotwords: per sample, a hotword list for the prompt's context section (a context-SFT model).
     `kw` goes to `model.generate` and may override the defaults below.
     """
     return [text for text, _ in generate_ended(model, tokenizer, prompt, speech, speech_lens, max_new_tokens,
-                                               num_beams, **kw)]
+                                               num_beams, hotwords=hotwords, **kw)]
 
 
 def generate_ended(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt: SpeechPrompt,
                    speech: torch.Tensor, speech_lens: torch.Tensor, max_new_tokens: list[int] | int,
-                   num_beams: int = 1, **kw) -> list[tuple[str, bool]]:
+                   num_beams: int = 1, hotwords: Sequence[Sequence[str] | None] | None = None,
+                   **kw) -> list[tuple[str, bool]]:
     """As `generate`, with whether each transcript ended with the end-of-turn token (False: it was cut by its
     token limit or by a stopping criterion in `kw`)."""
     B = speech.shape[0]
     limits = [max_new_tokens] * B if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(limits) != B or min(limits) < 1:
         raise UserError(f"max_new_tokens must be a positive int or one per sample (B={B}), got {max_new_tokens}")
-    inputs = build_generation_inputs(prompt, model.get_input_embeddings(), speech, speech_lens)
+    inputs = build_generation_inputs(prompt, model.get_input_embeddings(), speech, speech_lens, hotwords)
     options = {"max_new_tokens": max(limits), "num_beams": num_beams, "do_sample": False,
                "eos_token_id": prompt.eos_id, "pad_token_id": prompt.pad_id}
     options.update(kw)

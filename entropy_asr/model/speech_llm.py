@@ -20,6 +20,7 @@ from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
 from entropy_asr.model.losses import chunked_lm_loss
 from entropy_asr.model.masks import length_mask
 from entropy_asr.model.prompt import (
+    DEFAULT_CONTEXT,
     DEFAULT_SYSTEM,
     DEFAULT_USER,
     SpeechPrompt,
@@ -97,6 +98,9 @@ class PromptConfig:
 
     system: str | None = DEFAULT_SYSTEM
     user: str = DEFAULT_USER
+    # context biasing: a sample's hotword list goes just before the speech in this form (joined by ", "); a
+    # sample without hotwords gets the prompt above unchanged
+    context: str = DEFAULT_CONTEXT
 
 
 @dataclass
@@ -146,7 +150,7 @@ class SpeechLLM(nn.Module):
             self.tokenizer = load_tokenizer(source)
             self.llm = build_llm(llm, self.tokenizer)
             p = prompt or PromptConfig()
-            self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user)
+            self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user, context=p.context)
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
         if self.reads_posteriors and (ctc_head is None or ctc_head.units != "phones" or phone_frames is None):
             raise UserError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
@@ -194,30 +198,34 @@ class SpeechLLM(nn.Module):
         return (torch.zeros(batch_size, 0, width, device=device, dtype=self.llm.dtype),
                 torch.zeros(batch_size, dtype=torch.long, device=device))
 
-    def lm_loss(self, speech: Tensor | None, speech_lens: Tensor | None, texts: list[str]) -> Tensor:
+    def lm_loss(self, speech: Tensor | None, speech_lens: Tensor | None, texts: list[str],
+                hotwords: list[list[str]] | None = None) -> Tensor:
         """Mean next-token cross-entropy over the transcript tokens and EOS (the prompt is masked).
 
+        hotwords: per sample, a hotword list for the prompt's context section (context SFT).
         The output layer sees only the label positions, `loss_chunk` at a time (entropy_asr.model.losses).
         """
         if speech is None:
             speech, speech_lens = self._no_speech(len(texts))
-        inputs = build_train_inputs(self.prompt, lambda ids: llm_embed(self.llm, ids), speech, speech_lens, texts)
+        inputs = build_train_inputs(self.prompt, lambda ids: llm_embed(self.llm, ids), speech, speech_lens, texts,
+                                    hotwords)
         labels = inputs.pop("labels")
         hidden = self.llm.get_decoder()(**inputs).last_hidden_state  # (B, L, H): no (B, L, V) logits
         head = self.llm.get_output_embeddings()
         return chunked_lm_loss(hidden, head.weight, labels, head.bias, self.loss_chunk)
 
     @torch.no_grad()
-    def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig) -> list[str]:
-        """Batched generation: transcripts (text) of a batch of features."""
+    def transcribe(self, feats: Tensor, feat_lens: Tensor, durations: list[float], decode: DecodeConfig,
+                   hotwords: list[list[str]] | None = None) -> list[str]:
+        """Batched generation: transcripts (text) of a batch of features (hotwords: as lm_loss)."""
         speech, speech_lens = self.speech_embeddings(feats, feat_lens)
-        return self.decode_speech(speech, speech_lens, durations, decode)
+        return self.decode_speech(speech, speech_lens, durations, decode, hotwords)
 
     @torch.no_grad()
     def decode_speech(self, speech: Tensor, speech_lens: Tensor, durations: list[float],
-                      decode: DecodeConfig) -> list[str]:
+                      decode: DecodeConfig, hotwords: list[list[str]] | None = None) -> list[str]:
         """Batched generation from LLM-width speech tokens (B, N, H), length limits from `durations` (s)."""
         limits = max_new_tokens_for(durations, decode.tokens_per_second, decode.max_new_tokens_floor)
         extra = {"cache_implementation": "static"} if decode.static_cache else {}
         return generate(self.llm, self.tokenizer, self.prompt, speech, speech_lens, limits, num_beams=decode.num_beams,
-                        **extra)
+                        hotwords=hotwords, **extra)
