@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from entropy_asr.data.shards import read_index, read_text
+from entropy_asr.data.shards import json_lines, read_index
 from entropy_asr.errors import UserError, UserFileNotFound, run_main
 from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.metrics.error_rate import GROUPS
@@ -56,13 +56,7 @@ REPORT_COLUMNS = [("utterances", "utts", "{:d}"), ("error_rate", "error rate", "
 def read_hyps(path: Path) -> list[dict]:
     """The lines of a hypotheses file, checked: each has ref, hyp and a known language."""
     rows, lines_of = [], {}
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{n}: not JSON ({e.msg}); write one JSON object per line") from None
+    for n, row in json_lines(path, "write one JSON object per line"):
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: expected a JSON object with ref, hyp and language, got {type(row).__name__}")
         missing = [k for k in ("ref", "hyp", "language") if k not in row]

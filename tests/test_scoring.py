@@ -100,7 +100,7 @@ def test_score_logs_a_wandb_table_offline(tmp_path):
     assert len(runs) == 1 and b"sys/transcripts" in runs[0].read_bytes()
 
 
-@pytest.mark.parametrize("line,message", [("{not json", "sys.jsonl:1: not JSON"),
+@pytest.mark.parametrize("line,message", [("{not json", "sys.jsonl:1: not valid JSON"),
                                           ('{"ref": "a", "language": "en"}', r"sys.jsonl:1: missing \['hyp'\]"),
                                           ('{"ref": "a", "hyp": "a", "language": "fr"}', "language 'fr'")])
 def test_bad_hypothesis_lines_name_the_file_and_line(tmp_path, line, message):

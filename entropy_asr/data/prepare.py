@@ -36,6 +36,7 @@ from entropy_asr.data.shards import (
     NoUtterancesError,
     SkipCounter,
     Utterance,
+    json_lines,
     prepare_utterance,
     read_text,
     safe_key,
@@ -77,14 +78,8 @@ def read_manifest(path: Path, nonspeech: bool = False) -> list[Record]:
     line one ("text" may then be left out).
     """
     records = []
-    for n, line in enumerate(read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for n, d in json_lines(path, 'write one JSON object per line ({"audio": PATH, "text": ...})', ManifestError):
         where = f"{path}:{n}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
         if not isinstance(d, dict):
             raise ManifestError(f"{where}: expected a JSON object with \"audio\" and \"text\", got {type(d).__name__}")
         for k in ("audio",) if nonspeech else ("audio", "text"):

@@ -97,6 +97,18 @@ def read_text(path: Path) -> str:
                         "to UTF-8, e.g. iconv -f GB18030 -t UTF-8") from None
 
 
+def json_lines(path: Path, fix: str, error: type[UserError] = UserError) -> Iterator[tuple[int, object]]:
+    """(line number, value) for each non-blank line of a JSONL file; a line that is not JSON raises `error` naming
+    the file and line, with `fix`, the one thing to do about it."""
+    for n, line in enumerate(read_text(Path(path)).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}:{n}: not valid JSON ({e.msg}); {fix}") from None
+
+
 class SkipCounter(Counter):
     """Counts skipped/adjusted inputs by kind, warning once per kind and stream (never a silent drop).
 

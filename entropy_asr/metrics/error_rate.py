@@ -18,6 +18,12 @@ GROUPS = ("zh", "en", "mix", "none")  # "none": non-speech input, where any outp
 UNIT = {"zh": "cer", "en": "wer", "mix": "mer"}
 
 
+def contains_units(units: list[str], sub: list[str]) -> bool:
+    """Whether `sub` occurs contiguously in `units` (scoring units: a hotword said in a transcript)."""
+    n = len(sub)
+    return any(units[i:i + n] == sub for i in range(len(units) - n + 1))
+
+
 def score_units(text: str, language: str) -> list[str]:
     """Normalized scoring units of a transcript or hypothesis, read as `language`."""
     return tokenize_for_scoring(normalize_text(text, language if language in UNIT else None))

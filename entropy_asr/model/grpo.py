@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from entropy_asr.errors import UserError
-from entropy_asr.metrics.error_rate import score_units
+from entropy_asr.metrics.error_rate import contains_units, score_units
 from entropy_asr.metrics.scoring import score_utterance
 from entropy_asr.model.prompt import IGNORE_INDEX
 
@@ -64,12 +64,6 @@ class RewardConfig:
                 raise UserError(f"reward.{name} must be >= 0 (0 turns the term off), got {getattr(self, name)}")
 
 
-def _contains(units: list[str], sub: list[str]) -> bool:
-    """Whether `sub` occurs contiguously in `units`."""
-    n = len(sub)
-    return any(units[i:i + n] == sub for i in range(len(units) - n + 1))
-
-
 def _hotword_units(hotwords: Sequence[str], language: str) -> list[list[str]]:
     """The scoring units of each hotword; one that normalizes to nothing is a UserError."""
     out = []
@@ -87,9 +81,9 @@ def context_score(ref: str, hyp: str, language: str, hotwords_present: Sequence[
     """Hotword recall minus distractor insertion, each a fraction of its list (an empty list adds 0)."""
     hyp_units, ref_units = score_units(hyp, language), score_units(ref, language)
     present, absent = _hotword_units(hotwords_present, language), _hotword_units(hotwords_absent, language)
-    recall = sum(_contains(hyp_units, w) for w in present) / len(present) if present else 0.0
+    recall = sum(contains_units(hyp_units, w) for w in present) / len(present) if present else 0.0
     # a distractor the reference happens to say is no insertion
-    inserted = sum(_contains(hyp_units, w) and not _contains(ref_units, w) for w in absent) / len(absent) \
+    inserted = sum(contains_units(hyp_units, w) and not contains_units(ref_units, w) for w in absent) / len(absent) \
         if absent else 0.0
     return recall - inserted
 
