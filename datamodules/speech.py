@@ -7,6 +7,7 @@ workers itself (see entropy_asr.data.pipeline).
 from __future__ import annotations
 
 import logging
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from entropy_asr.data.audio import load_cmvn
 from entropy_asr.data.augment import AugmentConfig
+from entropy_asr.data.context import ContextConfig, HotwordSampler
 from entropy_asr.data.pipeline import (
     BatchConfig,
     build_pipeline,
@@ -77,6 +79,10 @@ class SpeechDataModule(L.LightningDataModule):
             share of training utterances drawn from them, so the model learns to say nothing on
             silence and noise. Their shards are shared by all ranks.
         batches_per_epoch: training batches per epoch per rank (the training stream is endless).
+        context: hotword lists for context SFT (entropy_asr.data.context.ContextConfig; {} for its defaults):
+            each training and validation utterance gets one (batch["hotwords"], with "hotwords_present" and
+            "hotwords_absent"), drawn from its transcript and the training transcripts' vocabulary, the same
+            for an utterance in a given epoch whatever the rank (validation: always the same).
         rank / world_size: override the trainer's (for tests that simulate ranks).
     """
 
@@ -97,6 +103,7 @@ class SpeechDataModule(L.LightningDataModule):
         nonspeech_share: float = 0.0,
         rank: int | None = None,
         world_size: int | None = None,
+        context: ContextConfig | None = None,
     ):
         super().__init__()
         if synthetic is not None:  # unset dirs default to the synthetic corpus' splits
@@ -120,6 +127,8 @@ class SpeechDataModule(L.LightningDataModule):
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
         self.batches_per_epoch, self.seed, self.synthetic = batches_per_epoch, seed, synthetic
         self._rank, self._world_size = rank, world_size
+        self.context = context
+        self._hotword_sampler: HotwordSampler | None = None
         self.data_counts: Counter = Counter()  # skipped/adjusted samples seen by this process
         self._warned: set[str] = set()
         self._cmvn = None
@@ -225,6 +234,33 @@ class SpeechDataModule(L.LightningDataModule):
                 log.warning("data: %s (%s); further cases are counted in data_counts", kind, example)
         return batch
 
+    def hotword_sampler(self) -> HotwordSampler:
+        """The context sampler over the training transcripts' vocabulary (built once, on first use)."""
+        if self._hotword_sampler is None:
+            if not self.train_dir:
+                raise UserError("data.init_args.context draws hotwords from the training transcripts: set "
+                                "data.init_args.train_dir")
+            self._hotword_sampler = HotwordSampler.from_shards(self.train_dir, self.context)
+        return self._hotword_sampler
+
+    def add_hotwords(self, batch: dict, epoch: int | None) -> dict:
+        """batch["hotwords"] (the prompt's list), "hotwords_present" and "hotwords_absent" for each utterance, drawn
+        with a generator seeded by (seed, key, epoch): a resumed or re-sharded run draws the same (epoch None:
+        validation, the same list every time)."""
+        sampler, lists = self.hotword_sampler(), {"hotwords": [], "hotwords_present": [], "hotwords_absent": []}
+        for key, text, language in zip(batch["keys"], batch["text"], batch["language"], strict=True):
+            drawn = sampler.sample(text, language, random.Random(f"{self.seed}:{key}:{epoch}"))
+            for name, value in (("hotwords", drawn.words), ("hotwords_present", drawn.present),
+                                ("hotwords_absent", drawn.absent)):
+                lists[name].append(list(value))
+        return {**batch, **lists}
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Lightning hook: account for skipped samples on every batch."""
-        return self.account(batch)
+        """Lightning hook: account for skipped samples on every batch; with `context`, add the training and
+        validation utterances' hotword lists."""
+        batch = self.account(batch)
+        trainer = self.trainer
+        if self.context is not None and trainer is not None and (trainer.training or trainer.validating
+                                                                 or trainer.sanity_checking):
+            batch = self.add_hotwords(batch, trainer.current_epoch if trainer.training else None)
+        return batch

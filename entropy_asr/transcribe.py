@@ -18,7 +18,8 @@ as they come and the final one per utterance, with the audio time each was emitt
 --no-guards turns off the repetition stop (the length cap stays: it is the model's decoding config).
 --hotwords FILE (one a line, thousands are fine): the entries the audio probably holds, by matching their
 phones against the phone CTC head's posteriors (entropy_asr.inference.hotwords), listed in the json output
-with score and time. Retrieval only: biasing the decoding with them needs a context-SFT model.
+with score and time. With a model trained with hotword prompts (a context-SFT export) the ones found in a
+segment also go into its prompt, biasing the decoding toward them; --hotword-bias on/off overrides that.
 """
 
 from __future__ import annotations
@@ -108,7 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "at most this (default: the model's training maximum)")
     p.add_argument("--hotwords", type=Path, help="a text file of hotwords (names, terms), one a line: those the "
                                                   "audio probably holds are listed per file (json), found with the "
-                                                  "phone CTC head; decoding is unchanged")
+                                                  "phone CTC head, and go into the prompt of a context-SFT model")
+    p.add_argument("--hotword-bias", choices=["auto", "on", "off"], default="auto",
+                   help="put the retrieved hotwords into the prompt: auto = when the model was trained with hotword "
+                        "prompts (context SFT); off = retrieval only")
     p.add_argument("--hotword-threshold", type=float, default=-1.0,
                    help="log-likelihood ratio per phone a hotword must reach (<= 0; nearer 0 = stricter)")
     p.add_argument("--no-guards", action="store_true", help="no repetition stop (raw decoding)")
@@ -188,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     hotwords = read_hotwords(a.hotwords) if a.hotwords else None
     asr = Recognizer.from_pretrained(a.export, device=a.device, cmvn=a.cmvn, max_segment_s=a.max_segment_s)
     if hotwords is not None:
-        asr.set_hotwords(hotwords, threshold=a.hotword_threshold)
+        asr.set_hotwords(hotwords, threshold=a.hotword_threshold,
+                         bias={"auto": None, "on": True, "off": False}[a.hotword_bias])
     if a.stream:
         return stream_files(asr, files, a)
     several = len(files) > 1

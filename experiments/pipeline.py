@@ -21,8 +21,10 @@ non-speech clips that got any text) and writes run_dir/results.json.
 Where the LLM comes from (`llm`): the stages read it from `${vars.llm}`. By default that is the
 shipped, pretrained asset `llm.asset` (checked against this code's corpus first); with --retrain-llm
 the stage named `llm.stage` (marked `when: retrain_llm`) trains it from scratch first and `vars.llm`
-is that stage's export dir. In the pipeline config's own strings (`wait_for`, `drift_plot`,
-`overrides`, `vars`), `{run_dir}` and `{llm}` stand for the same two dirs.
+is that stage's export dir. Any other stage marked `when: NAME` is optional and runs only with `--with NAME`
+(the stages after joint SFT: `--with context_sft grpo`); each prints its own test table too. In the pipeline
+config's own strings (`wait_for`, `drift_plot`, `overrides`, `vars`), `{run_dir}` and `{llm}` stand for the
+same two dirs.
 """
 
 from __future__ import annotations
@@ -274,10 +276,19 @@ def write_drift_plot(spec: dict, run_dir: str) -> Path | None:
     return plot_drift(drift, Path(_fill(spec.get("out", "{run_dir}/drift.png"), run_dir)), swapped, threshold)
 
 
-def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False, retrain_llm: bool = False) -> dict:
-    """Run every stage (skipping finished ones), then the test table of `table.stage`."""
+def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False, retrain_llm: bool = False,
+                 optional: list[str] | None = None) -> dict:
+    """Run every stage (skipping finished ones; a `when: NAME` stage only when NAME is in `optional`, `retrain_llm`
+    with retrain_llm), then the test table of `table.stage` (and of each optional stage that ran)."""
     run_dir = str(config.get("run_dir") or "runs/pipeline")
-    stages = [s for s in config.get("stages") or [] if s.get("when") != "retrain_llm" or retrain_llm]
+    every = config.get("stages") or []
+    known = sorted({str(s["when"]) for s in every if s.get("when")} - {"retrain_llm"})
+    unknown = [name for name in optional or [] if name not in known]
+    if unknown:
+        raise UserError(f"--with {unknown[0]}: this pipeline has no optional stage of that name; its optional stages: "
+                        f"{known or 'none'}")
+    enabled = set(optional or []) | ({"retrain_llm"} if retrain_llm else set())
+    stages = [s for s in every if not s.get("when") or s["when"] in enabled]
     if not stages:
         raise UserError("pipeline config has no `stages` list")
     llm = llm_source(config, run_dir, retrain_llm)
@@ -328,8 +339,13 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     sets = table.get("sets") or list(final.get("test", {}))
     summary["table"] = {s: final.get("test", {}).get(s, {}) for s in sets}
     summary["table_markdown"] = format_table(final.get("test", {}), sets)
+    later = {s["name"]: summary["stages"][s["name"]] for s in stages
+             if s.get("when") and s["when"] != "retrain_llm" and summary["stages"][s["name"]].get("test")}
+    summary["optional_tables"] = {name: format_table(result["test"], sets) for name, result in later.items()}
     atomic_write_json(Path(run_dir) / "results.json", summary)
     print(summary["table_markdown"])
+    for name, table in summary["optional_tables"].items():
+        print(f"\n{name}:\n{table}")
     print(f"pipeline: {summary['wall_seconds']:.0f} s; results in {run_dir}/results.json")
     return summary
 
@@ -343,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--retrain-llm", action="store_true",
                    help="train the tiny LLM from scratch (the config's llm.stage) instead of starting from the shipped "
                         "asset (docs/tiny_llm.md)")
+    p.add_argument("--with", dest="optional", nargs="+", default=[], metavar="STAGE",
+                   help="also run these optional stages (the config's `when: NAME` stages, e.g. context_sft grpo)")
     a, extra = p.parse_known_args(argv)
     # run.py's LightningCLI gets each stage's arguments explicitly, not this command line
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
@@ -352,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
     config = yaml.safe_load(a.config.read_text())
     if a.run_dir:
         config["run_dir"] = a.run_dir
-    run_pipeline(config, extra, a.force, a.retrain_llm)
+    run_pipeline(config, extra, a.force, a.retrain_llm, a.optional)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ steps, validates/tests, and exports components. Each stage is a thin subclass (i
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import random
@@ -289,8 +290,10 @@ class SpeechLLMModule(L.LightningModule):
         self._log_rates(self.val_rates, "val")
 
     def evaluate_batch(self, batch: dict, rates) -> None:
-        """Decode a batch and add it to `rates` (stage-specific; default: generated transcripts)."""
-        hyps = self.net.transcribe(batch["feats"], batch["feat_lens"], batch["durations"].tolist(), self.decode)
+        """Decode a batch and add it to `rates` (stage-specific; default: generated transcripts, with the batch's
+        hotword lists in the prompts where it has them)."""
+        hyps = self.net.transcribe(batch["feats"], batch["feat_lens"], batch["durations"].tolist(), self.decode,
+                                   batch.get("hotwords"))
         rates.update(hyps, batch["text"], batch["language"])
 
     def _log_rates(self, rates, prefix: str) -> dict[str, float]:
@@ -453,7 +456,22 @@ class SpeechLLMModule(L.LightningModule):
         dm = self._datamodule()
         if getattr(dm, "batch", None) is not None:
             out["data"] = {"batch": plain(dm.batch), "num_workers": int(getattr(dm, "num_workers", 0))}
+        # trained with hotword lists in its prompts (data.context), here or in the stage its LLM came from:
+        # the Recognizer then puts the hotwords it retrieves into the prompt
+        out["hotword_prompts"] = bool(getattr(dm, "context", None) is not None or self._llm_saw_hotwords())
         return out
+
+    def _llm_saw_hotwords(self) -> bool:
+        """Whether the export the LLM starts from (llm.name_or_path/../model.json) was trained with hotword prompts."""
+        llm = self.configs.get("llm")
+        source = Path(llm.name_or_path) if llm is not None and llm.name_or_path else None
+        meta = source.parent / MODEL_FILE if source is not None else None
+        if meta is None or not meta.is_file():
+            return False
+        try:
+            return bool(json.loads(meta.read_text()).get("hotword_prompts", False))
+        except (OSError, ValueError):
+            return False
 
     def cmvn_file(self) -> Path | None:
         """The cmvn.json the trainer's datamodule normalizes features with (None without speech data)."""

@@ -156,7 +156,8 @@ class SpeechSFT(SpeechLLMModule):
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
         speech, speech_lens = self.net.adapt(frames, lens)  # (B, N, H)
-        loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"])
+        # with data.context (context SFT), each utterance's hotword list goes into its prompt
+        loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"], batch.get("hotwords"))
         if self.distill is not None and self.training:
             mse = self.distill_loss(frames, lens, speech, speech_lens, batch)
             self.log("train/distill_mse", mse.detach(), batch_size=self.batch_size(batch))
@@ -262,3 +263,25 @@ class JointSFT(SpeechSFT):
 
     default_trainable = ("encoder.*", "adapter.*", "llm.*")
     stage = "joint_sft"
+
+
+class ContextSFT(SpeechSFT):
+    """An optional stage after joint SFT, context SFT: adapter + LLM learn to use a hotword list in the prompt
+    (context biasing).
+
+    Each training utterance comes with a list (data.init_args.context: datamodules.SpeechDataModule samples it):
+    words of its own transcript, rarest first, among phonetically similar words it does not contain, and a
+    share of lists with those distractors only, so that the model writes a hotword when it hears one and
+    never copies one it did not hear. The encoder stays as joint SFT left it: the phone CTC head that
+    retrieves hotwords at inference (entropy_asr.inference.hotwords) keeps matching its posteriors.
+    """
+
+    default_trainable = ("adapter.*", "llm.*")
+    stage = "context_sft"
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        dm = self._datamodule()
+        if getattr(dm, "context", None) is None:
+            raise UserError(f"{self.stage} trains with a hotword list in each prompt: set data.init_args.context "
+                            f"(e.g. context: {{}} for the defaults of entropy_asr.data.context.ContextConfig)")

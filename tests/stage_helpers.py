@@ -34,7 +34,7 @@ def small_models(stage: str) -> list[str]:
         args += ["--model.init_args.encoder", json.dumps(ENC)]
     if stage == "pretrain_ctc":
         args += ["--trainer.callbacks", json.dumps([PROBE])]
-    if stage in ("align", "ia_sft", "joint_sft"):  # the adapter reads phone posteriors through the reader's table
+    if stage in ("align", "ia_sft", "joint_sft", "context_sft"):  # the adapter reads phone posteriors through the table
         args += ["--model.init_args.phone_frames", json.dumps({"dim": ENC["d_model"]})]
     if stage == "pretrain_lm":
         args += ["--model.init_args.llm.tiny", json.dumps(SMALL_LLM), "--model.init_args.tokenizer_vocab_size", "400",
@@ -57,7 +57,7 @@ def llm_stage_args(stage: str, exports: dict, run_dir: Path) -> list[str]:
         swap = {"class_path": "callbacks.EncoderHotSwap",
                 "init_args": {"snapshot_dir": str(exports["root"] / "pretrain_ctc" / "export" / "snapshots")}}
         args += ["--trainer.callbacks", json.dumps([swap])]
-    if stage == "joint_sft":
+    if stage in ("joint_sft", "context_sft"):
         args += ["--trainer.callbacks", "[]"]
     return args
 

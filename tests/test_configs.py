@@ -12,8 +12,8 @@ from experiments.run import build_cli
 from experiments.sizes import MODELS, encoder_config
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ["pretrain_ctc", "align", "ia_sft", "joint_sft"]
-TINY = ["pretrain_ctc", "align", "ia_sft", "joint_sft", "pretrain_lm"]
+PAPER = ["pretrain_ctc", "align", "ia_sft", "joint_sft", "context_sft", "grpo"]
+TINY = ["pretrain_ctc", "align", "ia_sft", "joint_sft", "pretrain_lm", "context_sft", "grpo"]
 
 
 @pytest.fixture(scope="module")

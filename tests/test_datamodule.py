@@ -323,3 +323,27 @@ def test_synthetic_defaults_nonspeech_dirs_to_train_nonspeech(tiny_corpus):
     assert dm.nonspeech_dirs == [str(tiny_corpus / "train_nonspeech")] and dm.nonspeech_share == 0.0
     assert SpeechDataModule(synthetic=syn, nonspeech_share=0.2).nonspeech_dirs == [str(tiny_corpus / "train_nonspeech")]
     assert SpeechDataModule(synthetic=syn, nonspeech_dirs=[]).nonspeech_dirs == []  # explicitly none
+
+
+def test_context_hotword_lists_are_a_function_of_seed_key_and_epoch(tiny_corpus):
+    """Context SFT's lists: the same for an utterance in an epoch (a resumed or re-sharded run draws what an
+    uninterrupted one would), drawn anew each epoch, the present ones said and the absent ones not."""
+    from entropy_asr.data.context import ContextConfig, hotword_contained
+
+    dm = dm_for(tiny_corpus, context=ContextConfig(share_none=0.0, share_distractors_only=0.0))
+    batch = dm.account(next(iter(dm.val_dataloader())))
+    first = dm.add_hotwords(batch, epoch=0)
+    again = dm_for(tiny_corpus, context=ContextConfig(share_none=0.0, share_distractors_only=0.0)).add_hotwords(
+        batch, epoch=0)
+    assert first["hotwords"] == again["hotwords"] and first["keys"] == batch["keys"]
+    later = dm.add_hotwords(batch, epoch=1)
+    assert later["hotwords"] != first["hotwords"]
+    assert any(first["hotwords_present"])  # the corpus' transcripts have words to take
+    for text, language, words, present, absent in zip(first["text"], first["language"], first["hotwords"],
+                                                      first["hotwords_present"], first["hotwords_absent"]):
+        assert sorted(words) == sorted(present + absent)
+        assert all(hotword_contained(text, w, language) for w in present)
+        assert not any(hotword_contained(text, w, language) for w in absent)
+    other_seed = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "train"), seed=1,
+                                  context=ContextConfig(share_none=0.0, share_distractors_only=0.0))
+    assert other_seed.add_hotwords(batch, epoch=0)["hotwords"] != first["hotwords"]

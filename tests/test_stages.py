@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from callbacks.spectral_logger import representation_spectra
+from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, ctc_greedy
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
@@ -54,7 +55,7 @@ def test_first_stages_export_components(exports):
     assert {"val/text_loss", "val/read_loss"} <= set(lm) and {"val/cer_zh", "val/wer_en", "val/mer_mix"} & set(lm)
 
 
-@pytest.mark.parametrize("stage", ["align", "ia_sft", "joint_sft"])
+@pytest.mark.parametrize("stage", ["align", "ia_sft", "joint_sft", "context_sft"])
 def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
     out = run([*llm_stage_args(stage, exports, tmp_path / stage), "--trainer.fast_dev_run", "true",
                *common(tiny_corpus), *small_models(stage)])
@@ -65,9 +66,13 @@ def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
     # what trained, plus what the adapter reads through (the CTC head and phone table): a whole model
     through = ["ctc_head.safetensors", "phone_frames.safetensors"]
     expected = {"align": ["adapter.safetensors"], "ia_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
-                "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"]}[stage]
+                "joint_sft": ["adapter.safetensors", "encoder.safetensors", "llm"],
+                "context_sft": ["adapter.safetensors", "llm"]}[stage]
     described = ["cmvn.json", "model.json"]  # what decoding needs besides the weights: the export decodes alone
     assert written == sorted(expected + through + described)
+    # a context-SFT model says so: the Recognizer then puts the hotwords it retrieves into the prompt
+    described = json.loads((tmp_path / stage / "export" / "model.json").read_text())
+    assert described["hotword_prompts"] is (stage == "context_sft")
     if stage == "ia_sft":  # the hot-swap took the drift monitor's step-1 snapshot in before the first step
         swaps = [json.loads(line) for line in (tmp_path / stage / "swaps.jsonl").read_text().splitlines()]
         assert [(s["step"], s["snapshot_step"]) for s in swaps] == [(0, 1)]
@@ -96,7 +101,7 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path, capsys):
     assert "lr_peak" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["pretrain_ctc", "align", "ia_sft", "joint_sft"])
+@pytest.mark.parametrize("name", ["pretrain_ctc", "align", "ia_sft", "joint_sft", "context_sft", "grpo"])
 def test_paper_configs_without_data_name_the_key(name, tmp_path):
     with pytest.raises(ValueError, match=r"data\.(init_args\.)?train_dir"):
         run(["--config", str(ROOT / "experiments" / f"{name}.yaml"), "--run_dir", str(tmp_path),
@@ -645,3 +650,9 @@ def test_paper_pretraining_config_trains_two_views_with_dynamic_chunks(tiny_corp
     assert len(rows) == 3
     # dropout is off: a positive consistency term means the two views differ (independent SpecAugment masks)
     assert all(float(r["train/consistency"]) > 0 and float(r["train/ctc"]) > 0 for r in rows)
+
+
+def test_context_sft_without_hotword_lists_names_the_key(exports, tiny_corpus, tmp_path):
+    with pytest.raises(UserError, match="data.init_args.context"):
+        run([*llm_stage_args("context_sft", exports, tmp_path / "ctx"), "--trainer.fast_dev_run", "true",
+             *common(tiny_corpus), *small_models("context_sft"), "--data.init_args.context", "null"])

@@ -244,6 +244,49 @@ def test_hotwords_are_retrieved_per_segment_and_listed_in_json(model, tmp_path, 
         main([str(model["export"]), str(f), "--hotwords", str(tmp_path / "empty.txt")])
 
 
+def test_retrieved_hotwords_go_into_the_prompt_with_bias(model, monkeypatch):
+    """Context biasing: with bias (the default for a model trained with hotword prompts) each segment's prompt gets
+    exactly the hotwords retrieved from it; without, the prompt gets none. The decoder is spied on, and the
+    posteriors made certain of one hotword's phones (the one-step model's CTC head is random)."""
+    import entropy_asr.inference.recognizer as rec
+    from entropy_asr.text import Phonemizer, phones_to_ids
+
+    asr = model["asr"]
+    assert asr.hotword_prompts is False  # a joint-SFT-like export: never trained with hotword prompts
+    f = next(iter(model["files"].values()))
+    ids = phones_to_ids(Phonemizer()("Zhang Wei", None))
+
+    def says_zhang_wei(frames):
+        lp = torch.full((*frames.shape[:2], len(asr.net.ctc_head.out.bias)), -30.0)
+        lp[..., 0] = 0.0
+        for i, p in enumerate(ids):
+            lp[:, 10 + 2 * i, 0], lp[:, 10 + 2 * i, p] = -30.0, 0.0
+        return lp.log_softmax(-1)
+
+    seen = []
+    real_generate = rec.generate_ended
+
+    def spy(*args, hotwords=None, **kw):
+        seen.append(hotwords)
+        return real_generate(*args, hotwords=hotwords, **kw)
+
+    monkeypatch.setattr(asr.net, "ctc_log_probs", says_zhang_wei)
+    monkeypatch.setattr(rec, "generate_ended", spy)
+    try:
+        asr.set_hotwords(["Zhang Wei", "hello world"])  # bias follows the model: off here
+        asr.transcribe(f, timestamps=False)
+        asr.set_hotwords(["Zhang Wei", "hello world"], bias=True)
+        (t,) = asr.transcribe(f, timestamps=False)
+        asr.hotword_prompts = True  # as model.json says of a context-SFT export
+        asr.set_hotwords(["Zhang Wei", "hello world"])
+        asr.transcribe(f, timestamps=False)
+    finally:
+        asr.set_hotwords(None)
+        asr.hotword_prompts = False
+    assert seen == [None, [["Zhang Wei"]], [["Zhang Wei"]]]
+    assert [h.text for h in t.hotwords] == ["Zhang Wei"]
+
+
 def test_a_segment_that_fails_to_decode_fails_its_own_input_only(model, monkeypatch):
     """A batch holding several inputs' segments: one that cannot be decoded marks its own input, the others are
     transcribed, in order, and nothing hangs."""

@@ -196,7 +196,7 @@ class Recognizer:
 
     def __init__(self, net: SpeechLLM, cmvn: tuple[torch.Tensor, torch.Tensor], decode: DecodeConfig,
                  max_segment_s: float = 20.0, device: str | torch.device = "cpu",
-                 params: HallucinationParams | None = None):
+                 params: HallucinationParams | None = None, hotword_prompts: bool = False):
         self.net = net.eval().to(device)
         self.mean, self.inv_std = cmvn
         self.decode = decode
@@ -208,6 +208,10 @@ class Recognizer:
         self.params = params or HallucinationParams()
         self.hotwords: HotwordIndex | None = None  # set_hotwords: retrieval from the phone CTC head, per segment
         self.hotword_threshold, self.hotword_top_k = DEFAULT_THRESHOLD, 10
+        # trained with hotword lists in its prompts (context SFT; model.json's hotword_prompts): retrieved hotwords
+        # then go into the prompt of their segment (set_hotwords' `bias`)
+        self.hotword_prompts = hotword_prompts
+        self.bias = False
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", cmvn: str | Path | None = None,
@@ -251,14 +255,18 @@ class Recognizer:
             raise UserFileNotFound(f"{cmvn_path}: no CMVN statistics; give the cmvn.json of the data the stage trained "
                                    f"on (--cmvn PATH; from_pretrained(cmvn=PATH))")
         batch = (desc.get("data") or {}).get("batch") or {}
+        kw.setdefault("hotword_prompts", bool(desc.get("hotword_prompts", False)))
         return cls(net, load_cmvn(cmvn_path), configs["decode"] or DecodeConfig(),
                    max_segment_s=max_segment_s or float(batch.get("max_duration", 20.0)), device=device, **kw)
 
     def set_hotwords(self, hotwords: list[str] | HotwordIndex | None, threshold: float = DEFAULT_THRESHOLD,
-                     top_k: int = 10) -> None:
+                     top_k: int = 10, bias: bool | None = None) -> None:
         """A hotword list (names, terms; thousands are fine) to retrieve from each segment with the phone CTC head
         (entropy_asr.inference.hotwords); results in SegmentResult.hotwords / Transcript.hotwords. None: off.
-        Retrieval only: the decoding is unchanged (biasing the LLM with them needs a context-SFT model)."""
+
+        bias: put each segment's retrieved hotwords into its prompt (context biasing). Default: when the model
+        was trained with hotword prompts (a context-SFT export, or a later stage from one); a model that never
+        saw them may ignore or misuse them. False: retrieval only, the decoding is unchanged."""
         if isinstance(hotwords, str):
             raise UserError("set_hotwords takes a list of hotwords (or a HotwordIndex), not one string")
         if not threshold <= 0:
@@ -268,6 +276,7 @@ class Recognizer:
                             "none)")
         self.hotwords = hotwords if hotwords is None or isinstance(hotwords, HotwordIndex) else HotwordIndex(hotwords)
         self.hotword_threshold, self.hotword_top_k = threshold, top_k
+        self.bias = self.hotwords is not None and (self.hotword_prompts if bias is None else bool(bias))
 
     # ---- features and decoding ----------------------------------------------------------------------
     def features(self, audio: np.ndarray) -> torch.Tensor:
@@ -276,8 +285,12 @@ class Recognizer:
 
     @torch.no_grad()
     def decode_audio(self, audios: list[np.ndarray], timestamps: bool = True, guards: bool = True,
-                     offsets: list[float] | None = None) -> list[SegmentResult]:
-        """One batch of 16 kHz clips (each <= max_segment_s) -> a SegmentResult each (times from `offsets`)."""
+                     offsets: list[float] | None = None,
+                     prompt_hotwords: list[list[str]] | None = None) -> list[SegmentResult]:
+        """One batch of 16 kHz clips (each <= max_segment_s) -> a SegmentResult each (times from `offsets`).
+
+        prompt_hotwords: per clip, the hotword list for its prompt as given (no retrieval decides it; for
+        evaluations that control the list); None: set_hotwords' retrieval and bias decide."""
         offsets = offsets or [0.0] * len(audios)
         feats = [self.features(a) for a in audios]
         lens = torch.tensor([f.shape[0] for f in feats])
@@ -288,19 +301,24 @@ class Recognizer:
         net = self.net
         frames, frame_lens = net.encode(x.to(self.device), lens.to(self.device))
         speech, speech_lens = net.adapt(frames, frame_lens)
-        results = self._generate(speech.to(net.llm.dtype), speech_lens, durations, guards)
         wants_ctc = self.phone_ctc and (timestamps or self.hotwords is not None)
         log_probs = net.ctc_log_probs(frames) if wants_ctc else None
+        lps = [log_probs[i, :int(frame_lens[i])].cpu() if log_probs is not None else None for i in range(len(audios))]
+        ats = [o + ENCODER_FRAME_DELAY_S for o in offsets]  # (where the encoder's frames sit in time)
+        hits = [self.hotwords.search(lp, self.hotword_top_k, self.hotword_threshold, offset=at)
+                if lp is not None and self.hotwords is not None else None for lp, at in zip(lps, ats)]
+        prompts = [[h.text for h in found] for found in hits] if self.bias else None  # context biasing
+        if prompt_hotwords is not None:
+            if len(prompt_hotwords) != len(audios):
+                raise ValueError(f"got {len(prompt_hotwords)} hotword lists for {len(audios)} clips")
+            prompts = prompt_hotwords
+        results = self._generate(speech.to(net.llm.dtype), speech_lens, durations, guards, prompts)
         out = []
         for i, (text, truncated) in enumerate(results):
-            units = hits = None
-            lp = log_probs[i, :int(frame_lens[i])].cpu() if log_probs is not None else None
-            at = offsets[i] + ENCODER_FRAME_DELAY_S  # (where the encoder's frames sit in time)
-            if lp is not None and timestamps:
-                units = with_original_case(text, unit_times(lp, text, detect_language(text), offset=at))
-            if lp is not None and self.hotwords is not None:
-                hits = self.hotwords.search(lp, self.hotword_top_k, self.hotword_threshold, offset=at)
-            out.append(SegmentResult(offsets[i], offsets[i] + durations[i], text, truncated, units, hits))
+            units = None
+            if lps[i] is not None and timestamps:
+                units = with_original_case(text, unit_times(lps[i], text, detect_language(text), offset=ats[i]))
+            out.append(SegmentResult(offsets[i], offsets[i] + durations[i], text, truncated, units, hits[i]))
         return out
 
     @property
@@ -311,8 +329,9 @@ class Recognizer:
         return self.net.ctc_head is not None and self.net.ctc_head.vocab_size == len(PHONES)
 
     def _generate(self, speech: torch.Tensor, speech_lens: torch.Tensor, durations: list[float],
-                  guards: bool) -> list[tuple[str, str | None]]:
-        """(text, truncated) per row: the length cap always; with `guards` the repetition stop and cut too."""
+                  guards: bool, hotwords: list[list[str]] | None = None) -> list[tuple[str, str | None]]:
+        """(text, truncated) per row: the length cap always; with `guards` the repetition stop and cut too;
+        `hotwords`: per row, a hotword list for its prompt."""
         net, d = self.net, self.decode
         limits = max_new_tokens_for(durations, d.tokens_per_second, d.max_new_tokens_floor)
         extra: dict = {"cache_implementation": "static"} if d.static_cache else {}
@@ -320,7 +339,7 @@ class Recognizer:
         if stop is not None:
             extra["stopping_criteria"] = StoppingCriteriaList([stop])
         rows = generate_ended(net.llm, net.tokenizer, net.prompt, speech, speech_lens, limits,
-                              num_beams=d.num_beams, **extra)
+                              num_beams=d.num_beams, hotwords=hotwords, **extra)
         out = []
         for i, (text, ended) in enumerate(rows):
             text = " ".join(text.split())  # one line: a newline or tab the LLM wrote is a space
