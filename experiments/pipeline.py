@@ -276,11 +276,9 @@ def write_drift_plot(spec: dict, run_dir: str) -> Path | None:
     return plot_drift(drift, Path(_fill(spec.get("out", "{run_dir}/drift.png"), run_dir)), swapped, threshold)
 
 
-def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False, retrain_llm: bool = False,
-                 optional: list[str] | None = None) -> dict:
-    """Run every stage (skipping finished ones; a `when: NAME` stage only when NAME is in `optional`, `retrain_llm`
-    with retrain_llm), then the test table of `table.stage` (and of each optional stage that ran)."""
-    run_dir = str(config.get("run_dir") or "runs/pipeline")
+def select_stages(config: dict, retrain_llm: bool = False, optional: list[str] | None = None) -> list[dict]:
+    """The config's stages this run takes, in order: every stage without `when`, a `when: retrain_llm` one with
+    retrain_llm, a `when: NAME` one when NAME is in `optional` (an unknown NAME is a UserError listing the known)."""
     every = config.get("stages") or []
     known = sorted({str(s["when"]) for s in every if s.get("when")} - {"retrain_llm"})
     unknown = [name for name in optional or [] if name not in known]
@@ -291,6 +289,15 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     stages = [s for s in every if not s.get("when") or s["when"] in enabled]
     if not stages:
         raise UserError("pipeline config has no `stages` list")
+    return stages
+
+
+def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = False, retrain_llm: bool = False,
+                 optional: list[str] | None = None) -> dict:
+    """Run every stage (skipping finished ones; a `when: NAME` stage only when NAME is in `optional`, `retrain_llm`
+    with retrain_llm), then the test table of `table.stage` (and of each optional stage that ran)."""
+    run_dir = str(config.get("run_dir") or "runs/pipeline")
+    stages = select_stages(config, retrain_llm, optional)
     llm = llm_source(config, run_dir, retrain_llm)
     if not isinstance(config.get("vars") or {}, dict):
         raise UserError(f"pipeline config `vars`: expected a mapping NAME: value, got {config['vars']!r}")

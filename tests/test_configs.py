@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from experiments.pipeline import llm_source, stage_args
+from entropy_asr.errors import UserError
+from experiments.pipeline import llm_source, select_stages, stage_args
 from experiments.run import build_cli
 from experiments.sizes import MODELS, encoder_config
 
@@ -89,3 +90,15 @@ def test_the_pipeline_reads_the_llm_from_the_asset_unless_retrained(tmp_path):
     assert args == ["--config", "c.yaml", "--run_dir", "runs/x/align", "--vars.runs", "runs/x", "--vars.llm", "L",
                     "--vars.first_snapshot", "s1", "--a", "b"]
     assert config["llm"]["stage"] == "pretrain_lm"
+
+
+def test_the_pipelines_optional_stages_run_only_when_asked():
+    config = yaml.safe_load((ROOT / "experiments" / "tiny" / "pipeline.yaml").read_text())
+    method = ["pretrain_ctc", "align", "ia_sft", "joint_sft"]
+    assert [s["name"] for s in select_stages(config)] == method
+    assert [s["name"] for s in select_stages(config, retrain_llm=True)] == ["pretrain_lm", *method]
+    assert [s["name"] for s in select_stages(config, optional=["grpo"])] == [*method, "grpo"]
+    assert [s["name"] for s in select_stages(config, optional=["grpo", "context_sft"])] == [*method, "context_sft",
+                                                                                          "grpo"]
+    with pytest.raises(UserError, match=r"--with rlhf: .*optional stages: \['context_sft', 'grpo'\]"):
+        select_stages(config, optional=["rlhf"])

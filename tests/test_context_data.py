@@ -234,3 +234,17 @@ def test_load_hotword_set_names_file_and_line(tmp_path):
         load_hotword_set(tmp_path)
     (tmp_path / "distractors.txt").write_text("Aberdeen\n\n上海\n")
     assert load_hotword_set(tmp_path) == ({"a": ["Aberdeen", "北京"]}, ["Aberdeen", "上海"])
+
+
+def test_context_eval_counts_hotword_use_per_utterance():
+    """experiments/context_eval.py's per-utterance counts: prompted words the reference says (targets) and the
+    hypothesis writes (found), prompted words written (used), and of those the ones not said (inserted)."""
+    from experiments.context_eval import hotword_counts
+
+    ref, prompted = "we met Okonkwo in Dunmore today", ["okonkwo", "dunmore", "dunmoor"]
+    assert hotword_counts(ref, "we met okonkwo in dunmoor today", "en", prompted) == {
+        "targets": 2, "found": 1, "used": 2, "inserted": 1}
+    assert hotword_counts(ref, "", "en", prompted) == {"targets": 2, "found": 0, "used": 0, "inserted": 0}
+    assert hotword_counts("我们在张家界见面", "我们在张家界见面", "zh", ["张家界", "张家口"]) == {
+        "targets": 1, "found": 1, "used": 1, "inserted": 0}
+    assert hotword_counts("", "", "none", []) == {"targets": 0, "found": 0, "used": 0, "inserted": 0}
