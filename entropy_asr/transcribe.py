@@ -153,6 +153,8 @@ def check_options(a, files: list[str]) -> None:
         raise UserError(f"--device {a.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {a.device}: no CUDA device on this machine; use --device cpu")
+    if a.hotword_bias != "auto" and not a.hotwords:
+        raise UserError(f"--hotword-bias {a.hotword_bias} needs --hotwords FILE (the list to retrieve from)")
     if not a.hotword_threshold <= 0:
         raise UserError(f"--hotword-threshold must be <= 0 (a log-likelihood ratio), got {a.hotword_threshold}")
     if a.stream:
@@ -192,8 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     hotwords = read_hotwords(a.hotwords) if a.hotwords else None
     asr = Recognizer.from_pretrained(a.export, device=a.device, cmvn=a.cmvn, max_segment_s=a.max_segment_s)
     if hotwords is not None:
-        asr.set_hotwords(hotwords, threshold=a.hotword_threshold,
-                         bias={"auto": None, "on": True, "off": False}[a.hotword_bias])
+        try:
+            asr.set_hotwords(hotwords, threshold=a.hotword_threshold,
+                             bias={"auto": None, "on": True, "off": False}[a.hotword_bias])
+        except UserError as e:
+            raise UserError(f"--hotwords {a.hotwords}: {e}") from None
     if a.stream:
         return stream_files(asr, files, a)
     several = len(files) > 1

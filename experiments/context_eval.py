@@ -1,7 +1,8 @@
 """Context biasing, measured: error rates and hotword use of a model under four prompt conditions.
 
 python experiments/context_eval.py --export runs/tiny/context_sft/export [--data DIR] [--distractors-only 3]
-    [--threshold -1] [--top-k 10] [--batch-size 16] [--out results.json]
+    [--threshold -1] [--top-k 10] [--batch-size 16] [--conditions none,right,...] [--out results.json]
+python experiments/context_eval.py --export EXPORT --own-words 2 [--data SHARD_DIR] [--train TRAIN_SPLIT] ...
 
 On a hotword test set (entropy_asr.data.hotword_set: sentences with names and rare words that no training
 transcript holds, hotwords.jsonl naming each utterance's, and distractors.txt, 1,000 words the set never says;
@@ -12,6 +13,10 @@ default: the tiny recipe's, built into the corpus cache when missing), each utte
 - retrieval: the list the phone CTC head retrieves (entropy_asr.inference.hotwords, `--threshold`, `--top-k`)
   from a user's list of every hotword of the set plus the 1,000 distractors: what `transcribe --hotwords` does;
 - distractors: `--distractors-only` distractors (drawn per utterance) and none of its own.
+
+With `--own-words N` any shard dir is the set (default: the tiny recipe's test split): each utterance's
+hotwords are its N rarest words in the training split's vocabulary (HotwordSampler.candidates: words it
+knows, unlike the hotword set's), and the distractors 1,000 vocabulary words no utterance of the set says.
 
 Reported per condition: CER zh / WER en / MER mix (as evaluate.py scores them), hotword recall (share of the
 utterances' hotwords the hypothesis contains), precision (of the prompted words the hypothesis contains, the
@@ -43,6 +48,22 @@ def hotword_counts(ref: str, hyp: str, language: str, prompted: list[str]) -> di
             "inserted": sum(w not in said for w in used)}
 
 
+def own_words(data: Path, train: Path, n: int, seed: int, distractors: int = 1000) -> tuple[dict, list[str]]:
+    """Each utterance of `data` with its n rarest words in `train`'s vocabulary (utterances without any left out),
+    and `distractors` vocabulary words no utterance of `data` says (drawn with `seed`)."""
+    from entropy_asr.data.context import HotwordSampler, hotword_contained
+    from entropy_asr.data.shards import read_transcripts
+
+    sampler = HotwordSampler.from_shards(train)
+    metas = read_transcripts(data)
+    hotwords = {m["key"]: words for m in metas if (words := sampler.candidates(m["text"], m["language"])[:n])}
+    vocabulary = [w for script in ("en", "zh") for w in sampler.vocabulary[script].words]
+    random.Random(seed).shuffle(vocabulary)
+    said = [(m["text"], m["language"]) for m in metas]
+    pool = (w for w in vocabulary if not any(hotword_contained(t, w, lang) for t, lang in said))
+    return hotwords, [w for _, w in zip(range(distractors), pool)]
+
+
 def evaluate(asr, utts: list[dict], lists: list[list[str]] | None, batch_size: int) -> list:
     """SegmentResults of `utts` (in order) decoded with `lists` as their prompts' hotwords (None: the recognizer's
     own retrieval decides), in batches of similar length."""
@@ -68,9 +89,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--conditions", default=",".join(CONDITIONS))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--own-words", type=int, default=0, metavar="N",
+                   help="instead of a hotword set: each utterance of --data (any shard dir) with its N rarest words")
+    p.add_argument("--train", type=Path, help="with --own-words: the training split whose vocabulary ranks the words "
+                                              "(default: the tiny recipe's)")
     p.add_argument("--out", type=Path)
     a = p.parse_args(argv)
-    from entropy_asr.data.hotword_set import default_hotword_set, load_hotword_set
+    from entropy_asr.data.hotword_set import default_hotword_set, default_train_dir, load_hotword_set
     from entropy_asr.data.shards import read_utterances
     from entropy_asr.inference.hotwords import HotwordIndex
     from entropy_asr.inference.recognizer import Recognizer
@@ -80,8 +105,14 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         raise UserError(f"--conditions {bad[0]}: unknown; choose from {','.join(CONDITIONS)}")
-    data = a.data or default_hotword_set()
-    hotwords, distractors = load_hotword_set(data)
+    if a.own_words < 0:
+        raise UserError(f"--own-words must be >= 0 (0: a hotword set), got {a.own_words}")
+    if a.own_words:
+        data = a.data or default_train_dir().parent / "test"
+        hotwords, distractors = own_words(data, a.train or default_train_dir(), a.own_words, a.seed)
+    else:
+        data = a.data or default_hotword_set()
+        hotwords, distractors = load_hotword_set(data)
     asr = Recognizer.from_pretrained(a.export)
     utts = [u for u in read_utterances(data) if u["key"] in hotwords]
     if not utts:

@@ -256,3 +256,33 @@ def test_bad_configs_are_user_errors(exports, tiny_corpus, tmp_path):
     with pytest.raises(Exception) as e:  # through the CLI: the config error, found in the parser's chain
         build_cli([*_grpo_args(exports, tiny_corpus, tmp_path), "--model.init_args.grpo.group_size", "1"])
     assert "grpo.group_size" in str(user_error_of(e.value))
+
+
+def test_a_batchs_hotword_lists_reach_the_rollout_and_both_logprob_passes_in_order(exports, monkeypatch):
+    """With data.context, each utterance's list goes into its samples' prompts: the rollout gets the B lists, the
+    policy and reference passes the same lists repeated G times, in the order of the sampled sequences."""
+    import lightning_modules.grpo as grpo_module
+
+    m = build(exports)
+    m.trainer = stub_trainer()
+    m.log = lambda *a, **kw: None
+    m.train()
+    batch = {**_batch(), "hotwords": [["北京", "school"], []]}
+    seen = {"sample": [], "logprobs": []}
+    real_sample, real_logprobs = grpo_module.sample_hypotheses, grpo_module.sequence_logprobs
+
+    def sample(*args, hotwords=None, **kw):
+        seen["sample"].append(hotwords)
+        return real_sample(*args, hotwords=hotwords, **kw)
+
+    def logprobs(*args, **kw):
+        seen["logprobs"].append(args[8] if len(args) > 8 else kw.get("hotwords"))
+        return real_logprobs(*args, **kw)
+
+    monkeypatch.setattr(grpo_module, "sample_hypotheses", sample)
+    monkeypatch.setattr(grpo_module, "sequence_logprobs", logprobs)
+    torch.manual_seed(0)
+    m.model_step(batch)
+    G = m.grpo.group_size
+    assert seen["sample"] == [batch["hotwords"]]
+    assert seen["logprobs"] == [[["北京", "school"]] * G + [[]] * G] * 2  # the policy's pass, then the reference's

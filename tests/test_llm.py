@@ -257,6 +257,8 @@ def test_context_errors_name_the_fix(tokenizer, prompt):
         prompt.context_ids("北京")
     with pytest.raises(Exception, match="special token"):
         prompt.context_ids([f"a{SPEECH_TOKEN}b"])
+    with pytest.raises(Exception, match="hotwords must be strings, got 7"):
+        prompt.context_ids(["北京", 7])
     embed = torch.nn.Embedding(len(tokenizer), 16)
     speech, lens = speech_batch([2, 2], 16)
     with pytest.raises(ValueError, match="2 hotword lists|1 hotword lists"):

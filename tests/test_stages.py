@@ -656,3 +656,16 @@ def test_context_sft_without_hotword_lists_names_the_key(exports, tiny_corpus, t
     with pytest.raises(UserError, match="data.init_args.context"):
         run([*llm_stage_args("context_sft", exports, tmp_path / "ctx"), "--trainer.fast_dev_run", "true",
              *common(tiny_corpus), *small_models("context_sft"), "--data.init_args.context", "null"])
+
+
+def test_a_stage_from_a_context_sft_llm_says_it_was_trained_with_hotword_prompts(exports, tiny_corpus, tmp_path):
+    """model.json's hotword_prompts is inherited: a later stage started from a context-SFT export's LLM (its
+    model.json beside llm/ says so) describes itself the same, and the Recognizer then biases by default."""
+    start = tmp_path / "context_sft_export"
+    start.mkdir()
+    (start / "llm").symlink_to(exports["llm"], target_is_directory=True)
+    (start / "model.json").write_text(json.dumps({"stage": "context_sft", "hotword_prompts": True}))
+    args = llm_stage_args("joint_sft", exports, tmp_path / "joint")
+    args[args.index("--model.init_args.llm.name_or_path") + 1] = str(start / "llm")
+    run([*args, "--trainer.fast_dev_run", "true", *common(tiny_corpus), *small_models("joint_sft")])
+    assert json.loads((tmp_path / "joint" / "export" / "model.json").read_text())["hotword_prompts"] is True

@@ -287,6 +287,24 @@ def test_retrieved_hotwords_go_into_the_prompt_with_bias(model, monkeypatch):
     assert [h.text for h in t.hotwords] == ["Zhang Wei"]
 
 
+def test_a_hotword_the_prompt_cannot_hold_is_refused_when_biasing(model, tmp_path):
+    """An entry holding a special token fails once, when the list is set, naming it (and the file), not later on
+    every recording it is retrieved from; retrieval alone takes it."""
+    asr = model["asr"]
+    with pytest.raises(UserError, match="'Zhang <|im_end|> Wei' contains a special token"):
+        asr.set_hotwords(["hello world", "Zhang <|im_end|> Wei"], bias=True)
+    assert asr.hotwords is None and not asr.bias  # nothing half set
+    asr.set_hotwords(["hello world", "Zhang <|im_end|> Wei"], bias=False)
+    asr.set_hotwords(None)
+    f = next(iter(model["files"].values()))
+    hw = tmp_path / "hotwords.txt"
+    hw.write_text("hello world\nZhang <|im_end|> Wei\n")
+    with pytest.raises(UserError, match=rf"--hotwords {hw}: hotword 'Zhang <\|im_end\|> Wei'"):
+        main([str(model["export"]), str(f), "--hotwords", str(hw), "--hotword-bias", "on"])
+    with pytest.raises(UserError, match="--hotword-bias on needs --hotwords FILE"):
+        main([str(model["export"]), str(f), "--hotword-bias", "on"])
+
+
 def test_a_segment_that_fails_to_decode_fails_its_own_input_only(model, monkeypatch):
     """A batch holding several inputs' segments: one that cannot be decoded marks its own input, the others are
     transcribed, in order, and nothing hangs."""

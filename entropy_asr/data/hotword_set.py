@@ -342,6 +342,10 @@ def load_hotword_set(path: str | Path) -> tuple[dict[str, list[str]], list[str]]
                             f"a non-empty list of words), got {json.dumps(row, ensure_ascii=False)[:80]}; {rebuild}")
         if key in hotwords:
             raise UserError(f"{hot_file}:{n}: key {key!r} appears twice; {rebuild}")
+        empty = [w for w in words if not score_units(w, script_of(w))]
+        if empty:
+            raise UserError(f"{hot_file}:{n}: hotword {empty[0]!r} is no word (nothing left after normalization); "
+                            f"{rebuild}")
         hotwords[key] = words
     distractors = []
     for n, line in enumerate(read_text(dis_file).splitlines(), 1):

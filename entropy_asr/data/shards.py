@@ -375,13 +375,16 @@ def read_index(data_dir: str | Path) -> dict:
 
 
 def read_transcripts(data_dir: str | Path) -> list[dict]:
-    """Every utterance's metadata (text, language, ...) of a shard dir, without decoding audio."""
+    """Every utterance's metadata (text, language, ...; key: its key in the shard) of a shard dir, without decoding
+    audio."""
     out = []
     for s in read_index(data_dir)["shards"]:
         with tarfile.open(Path(data_dir) / s["name"]) as tar:
             for member in tar:
                 if member.name.endswith(".json"):
-                    out.append(json.loads(tar.extractfile(member).read()))
+                    meta = json.loads(tar.extractfile(member).read())
+                    meta.setdefault("key", member.name.partition(".")[0])
+                    out.append(meta)
     return out
 
 

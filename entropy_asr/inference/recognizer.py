@@ -274,9 +274,13 @@ class Recognizer:
         if hotwords is not None and not self.phone_ctc:
             raise UserError("hotword retrieval needs a phone CTC head; this export has none (a character head, or "
                             "none)")
-        self.hotwords = hotwords if hotwords is None or isinstance(hotwords, HotwordIndex) else HotwordIndex(hotwords)
+        index = hotwords if hotwords is None or isinstance(hotwords, HotwordIndex) else HotwordIndex(hotwords)
+        biased = index is not None and (self.hotword_prompts if bias is None else bool(bias))
+        if biased:  # an entry the prompt cannot hold fails here, naming it, not later on every file it is found in
+            for entry in index.texts:
+                self.net.prompt.context_ids([entry])
+        self.hotwords, self.bias = index, biased
         self.hotword_threshold, self.hotword_top_k = threshold, top_k
-        self.bias = self.hotwords is not None and (self.hotword_prompts if bias is None else bool(bias))
 
     # ---- features and decoding ----------------------------------------------------------------------
     def features(self, audio: np.ndarray) -> torch.Tensor:

@@ -63,6 +63,9 @@ class SpeechPrompt:
         exactly the one without a context section)."""
         if isinstance(hotwords, str):
             raise UserError(f"hotwords must be a list of phrases, not one string ({hotwords!r})")
+        odd = [w for w in hotwords or () if not isinstance(w, str)]
+        if odd:
+            raise UserError(f"hotwords must be strings, got {odd[0]!r} ({type(odd[0]).__name__}) in {list(hotwords)!r}")
         words = [w.strip() for w in hotwords or () if w and w.strip()]
         if not words:
             return []
