@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -74,6 +75,7 @@ class Options:
     activation_checkpointing: bool = False
     data_seconds: float = 10.0  # how long the data pipeline is measured
     tokenizer: str | None = None
+    profile: Path | None = None  # write a torch.profiler trace of each stage's timed steps here, and summarize it
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -221,6 +223,70 @@ def _autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+# what each operator or kernel is, by name, for the profile's shares (first match wins; the rest is elementwise work:
+# norms, activations, copies, reductions, indexing)
+PROFILE_KINDS = (
+    ("optimizer", re.compile(r"optimizer|adamw|_fused_adam|foreach", re.I)),
+    ("attention", re.compile(r"scaled_dot_product|flash|attention|fmha|sdpa", re.I)),
+    ("matmul", re.compile(r"\b(aten::)?(mm|addmm|bmm|matmul|linear|baddbmm)\b|gemm|cutlass|cublas|sm\d+_xmma|"
+                          r"ampere_|hopper_", re.I)),
+    ("convolution", re.compile(r"conv", re.I)),
+)
+
+
+def profile_kind(name: str) -> str:
+    """The kind of an operator or kernel (PROFILE_KINDS), by its name; "elementwise" for anything else."""
+    return next((kind for kind, pattern in PROFILE_KINDS if pattern.search(name)), "elementwise")
+
+
+class _Profile(L.Callback):
+    """torch.profiler over the timed steps (from batch `warm` on): a Chrome trace per stage, summarized."""
+
+    def __init__(self, out_dir: Path, stage: str, device: torch.device, warm: int):
+        self.out_dir, self.stage, self.device, self.warm = Path(out_dir), stage, device, warm
+        self.prof = self.trace = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warm and self.prof is None:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self.prof = profile(activities=activities)
+            self.prof.__enter__()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.prof is None:
+            return
+        _sync(self.device)
+        self.prof.__exit__(None, None, None)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.trace = self.out_dir / f"{self.stage}.trace.json"
+        self.prof.export_chrome_trace(str(self.trace))
+
+
+def summarize_profile(prof, device: torch.device, wall_s: float, top: int = 10) -> dict:
+    """Self time per kind (of the GPU's kernels on a GPU, else of the CPU's operators), the top operators or
+    kernels, and on a GPU the host gap: the share of the profiled wall time no kernel ran."""
+    cuda = device.type == "cuda"
+    rows = []
+    for e in prof.key_averages():
+        t = (getattr(e, "self_device_time_total", 0) if cuda else e.self_cpu_time_total) / 1e6  # seconds
+        if t > 0:
+            rows.append((e.key, t, e.count))
+    total = sum(t for _, t, _ in rows)
+    shares: dict[str, float] = {}
+    for name, t, _ in rows:
+        shares[profile_kind(name)] = shares.get(profile_kind(name), 0.0) + t / total
+    rows.sort(key=lambda r: -r[1])
+    out = {"measured_on": "GPU kernels" if cuda else "CPU operators (self time)", "busy_s": total,
+           "shares": dict(sorted(shares.items(), key=lambda kv: -kv[1])),
+           "top": [{"name": n[:90], "kind": profile_kind(n), "s": t, "share": t / total, "calls": c}
+                   for n, t, c in rows[:top]]}
+    if cuda and wall_s > 0:
+        out["host_gap"] = max(0.0, 1 - total / wall_s)
+    return out
+
+
 def bench_stage(stage: str, o: Options, peak: float) -> dict:
     """The stage's training step as run.py trains it: Lightning's fit loop with the paper config's recipe (its
     optimizer and schedule, gradient clipping, bf16-mixed on a GPU; the module's own training_step), timed per step
@@ -238,13 +304,15 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
         torch.cuda.reset_peak_memory_stats()
     warm = 2 if o.compile else 1  # the first step(s) warm up (and compile): not timed
     timer = _StepTimes(device)
+    profiler = _Profile(o.profile, stage, device, warm) if o.profile else None
     scratch = tempfile.mkdtemp(prefix="entropy-asr-bench-")  # the fit's exports and logs go here, then away
     module.export_dir_arg = str(Path(scratch) / "export")
     trainer = L.Trainer(default_root_dir=scratch, accelerator="gpu" if device.type == "cuda" else "cpu", devices=1,
                         precision="bf16-mixed" if device.type == "cuda" else "32-true", max_steps=o.steps + warm,
                         gradient_clip_val=recipe["gradient_clip_val"], logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[timer], use_distributed_sampler=False)
+                        num_sanity_val_steps=0, callbacks=[timer] + ([profiler] if profiler else []),
+                        use_distributed_sampler=False)
     cpu_batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
     try:
         trainer.fit(module, train_dataloaders=DataLoader(_Repeat(cpu_batch, o.steps + warm), batch_size=None))
@@ -264,6 +332,9 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
            "params_M": sum(p.numel() for p in module.parameters()) / 1e6}
     if device.type == "cuda":
         out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    if profiler is not None and profiler.trace is not None:  # (the timed steps ran under the profiler: slower)
+        out["profile"] = {"trace": str(profiler.trace),
+                          **summarize_profile(profiler.prof, device, sum(timer.times[warm:]))}
     del module, trainer
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -310,6 +381,16 @@ def bench_data(o: Options, corpus: Path | None) -> dict:
     m = measure(corpus / "train", seconds=o.data_seconds)
     return {"stage": "data", "workers": 1, "batches": m["batches"], "audio_s": m["audio_seconds"],
             "audio_s_per_s_per_worker": m["audio_sec_per_sec_per_worker"]}
+
+
+def format_profile(stage: str, prof: dict) -> str:
+    """A stage's profile summary as lines: the shares per kind, then the top operators or kernels."""
+    shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in prof["shares"].items())
+    gap = f"; host gap {100 * prof['host_gap']:.1f}% of the wall time" if "host_gap" in prof else ""
+    lines = [f"profile {stage} ({prof['measured_on']}, {prof['busy_s']:.3f} s busy): {shares}{gap}; trace "
+             f"{prof['trace']}"]
+    lines += [f"  {100 * t['share']:5.1f}%  {t['kind']:<11} {t['calls']:>6}x  {t['name']}" for t in prof["top"]]
+    return "\n".join(lines)
 
 
 def format_table(rows: list[dict], device: str) -> str:
@@ -364,6 +445,8 @@ def run(o: Options, out: Path | None = None, record: Path | None = None, corpus:
     for stage in o.stages:
         rows.append(bench_stage(stage, o, peak))
         print(json.dumps(rows[-1]), flush=True)
+        if "profile" in rows[-1]:
+            print(format_profile(stage, rows[-1]["profile"]), flush=True)
     if o.decode_batch > 0:
         rows.append(bench_decode(o))
         print(json.dumps(rows[-1]), flush=True)
@@ -410,11 +493,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=Options().device)
     p.add_argument("--out", type=Path, help="write the figures as JSON here")
     p.add_argument("--record", type=Path, help="append the table to this markdown file (docs/benchmarks.md)")
+    p.add_argument("--profile", type=Path, metavar="DIR",
+                   help="profile each stage's timed steps: DIR/<stage>.trace.json (chrome://tracing, Perfetto) and, in "
+                        "the stage's JSON row and printed, the share of time per kind (matmul, attention, convolution, "
+                        "optimizer, elementwise), the top operators and, on a GPU, the host gap. Profiled steps run "
+                        "slower: take speed figures from a run without it")
     a = p.parse_args(argv)
     o = Options(size=a.size, stages=tuple(a.stages), batch=a.batch, seconds=a.seconds, steps=a.steps,
                 decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache,
                 compile=a.compile, activation_checkpointing=a.activation_checkpointing, data_seconds=a.data_seconds,
-                tokenizer=a.tokenizer, device=a.device)
+                tokenizer=a.tokenizer, profile=a.profile, device=a.device)
     if o.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     return run(o, a.out, a.record, a.corpus, a.skip_data,

@@ -9,6 +9,9 @@
 #  3. COMPILE=1: the benchmark's ia_sft and joint_sft again with torch.compile and activation checkpointing.
 #  4. CALLBACK_COST=1: the metric callbacks' cost at paper size (scripts/callback_cost.py).
 #  5. PIPELINE=1: the tiny pipeline, every stage on the GPU in bf16-mixed.
+#  6. PROFILE=1: the benchmark's joint_sft and ia_sft steps under torch.profiler at paper size: where the time goes
+#     (matmul / attention / convolution / optimizer / elementwise shares of the kernels, the top kernels, the host
+#     gap), traces in $OUT/profile/.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export HF_HUB_OFFLINE=1 ENTROPY_ASR_CACHE=/tmp/cache PYTHONWARNINGS=ignore WANDB_MODE=disabled
@@ -33,6 +36,11 @@ if [ -n "${COMPILE:-}" ]; then
   timeout "${COMPILE_TIMEOUT:-240}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
     --stages ia_sft joint_sft --decode-batch 0 --compile --activation-checkpointing --out "$OUT/bench_compile.json" \
     --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench_compile.log"
+fi
+if [ -n "${PROFILE:-}" ]; then
+  timeout "${PROFILE_TIMEOUT:-180}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 2 \
+    --skip-data --stages ia_sft joint_sft --decode-batch 0 --profile "$OUT/profile" --out "$OUT/bench_profile.json" \
+    2>&1 | grep -v -i warn | grep -A11 '^profile' | tee "$OUT/profile.log"
 fi
 cp docs/benchmarks.md "$OUT/" 2>/dev/null
 if [ -n "${CALLBACK_COST:-}" ]; then

@@ -54,3 +54,33 @@ def test_table_json_and_record(result):
     md = (out / "benchmarks.md").read_text()
     assert "`benchmark test`" in md and "| joint_sft |" in md and "| decode (greedy, 5 new tokens) |" in md
     assert format_table(res["rows"], "x").count("\n") == len(res["rows"]) + 3
+
+
+def test_profile_kinds_by_operator_and_kernel_name():
+    from experiments.benchmark import profile_kind
+
+    assert profile_kind("aten::mm") == profile_kind("aten::addmm") == profile_kind("aten::linear") == "matmul"
+    assert profile_kind("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matmul"
+    assert profile_kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert profile_kind("flash_fwd_kernel") == "attention"
+    assert profile_kind("aten::mkldnn_convolution") == profile_kind("aten::cudnn_convolution") == "convolution"
+    assert profile_kind("Optimizer.step#AdamW.step") == profile_kind("multi_tensor_apply_kernel<foreach>") \
+        == "optimizer"
+    assert profile_kind("aten::mul") == profile_kind("aten::native_layer_norm") == profile_kind("aten::copy_") \
+        == "elementwise"
+    assert profile_kind("aten::mmx_thing") == "elementwise"  # a name merely starting like one is not one
+
+
+def test_profile_writes_a_trace_and_a_summary_of_the_timed_steps(tmp_path):
+    o = Options(size="tiny", stages=("ia_sft",), batch=2, seconds=2.0, steps=1, decode_batch=0, device="cpu",
+                tokenizer=None, profile=tmp_path / "prof")
+    with pytest.MonkeyPatch.context() as mp:
+        if "ENTROPY_ASR_CACHE" not in os.environ:
+            mp.setenv("ENTROPY_ASR_CACHE", str(tmp_path))
+        res = run(o, skip_data=True, command="profile test")
+    prof = res["rows"][0]["profile"]
+    trace = json.loads(Path(prof["trace"]).read_text())
+    assert trace["traceEvents"]  # a Chrome trace of the timed step
+    assert abs(sum(prof["shares"].values()) - 1) < 1e-6 and prof["shares"]["matmul"] > 0
+    assert prof["top"] and all(t["share"] <= prof["top"][0]["share"] for t in prof["top"])
+    assert prof["shares"].get("optimizer", 0) > 0  # the step ran AdamW under the profiler
