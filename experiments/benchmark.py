@@ -14,7 +14,8 @@ of `--seconds`-long utterances with transcripts:
 then decoding RTFx (batched greedy decoding of `--decode-batch` utterances, exactly
 `--decode-tokens` new tokens each, so random weights cannot stop early or run long) and the data
 pipeline's audio seconds per second per CPU core (entropy_asr.data.benchmark's measurement: reading, fbank,
-augmentation, batching, one worker on one thread).
+augmentation, batching, one worker on one thread) with the padded share of its batches (encoder frames, LLM
+positions). Each stage's row also has the optimizer's part of the step (gradient clipping + AdamW), timed apart.
 
 Prints one table, writes JSON (--out) and, with --record, appends the table with the card's name,
 the command and the date to docs/benchmarks.md. --size tiny runs on a CPU in seconds (the tests).
@@ -167,18 +168,26 @@ class _Repeat(IterableDataset):
 
 
 class _StepTimes(L.Callback):
-    """Wall time of each training step as Lightning runs it (batch start to batch end, the device synchronized)."""
+    """Wall time of each training step as Lightning runs it (batch start to batch end, the device synchronized), and
+    of its optimizer part: from Lightning's on_before_optimizer_step (forward and backward done) to the batch end,
+    i.e. gradient clipping, the optimizer step and the schedule's."""
 
     def __init__(self, device: torch.device):
-        self.device, self.times, self._t = device, [], 0.0
+        self.device, self.times, self.optimizer_times, self._t, self._t_opt = device, [], [], 0.0, None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         _sync(self.device)
-        self._t = time.perf_counter()
+        self._t, self._t_opt = time.perf_counter(), None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        _sync(self.device)
+        self._t_opt = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         _sync(self.device)
-        self.times.append(time.perf_counter() - self._t)
+        end = time.perf_counter()
+        self.times.append(end - self._t)
+        self.optimizer_times.append(end - self._t_opt if self._t_opt is not None else float("nan"))
 
 
 @torch.no_grad()
@@ -321,10 +330,13 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
     loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
     timed = sorted(timer.times[warm:])
     step_s = timed[len(timed) // 2]  # median
+    opt = sorted(timer.optimizer_times[warm:])
+    optimizer_s = opt[len(opt) // 2]
     audio = o.batch * o.seconds
     # Rows keep full precision (derived figures stay consistent with the ones they come from);
     # format_table rounds for display.
-    out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": step_s, "views": views,
+    out = {"stage": stage, "batch": o.batch, "seconds": o.seconds, "step_s": step_s, "optimizer_s": optimizer_s,
+           "optimizer_share": optimizer_s / step_s, "views": views,
            "dynamic_chunk": bool(module.net.encoder.config.dynamic_chunk),
            "audio_s_per_s": audio / step_s, "tokens_per_s": llm_positions(module, batch) / step_s,
            "tflops_per_step": flops / 1e12, "mfu": flops / step_s / peak, "loss": float(loss),
@@ -378,9 +390,10 @@ def bench_data(o: Options, corpus: Path | None) -> dict:
 
     if corpus is None:  # a small synthetic corpus, built once into the cache
         corpus = ensure_corpus(utterances=200, seed=0)
-    m = measure(corpus / "train", seconds=o.data_seconds)
+    m = measure(corpus / "train", seconds=o.data_seconds, tokenizer=o.tokenizer)
     return {"stage": "data", "workers": 1, "batches": m["batches"], "audio_s": m["audio_seconds"],
-            "audio_s_per_s_per_worker": m["audio_sec_per_sec_per_worker"]}
+            "audio_s_per_s_per_worker": m["audio_sec_per_sec_per_worker"],
+            **{k: m[k] for k in ("padded_frames_share", "padded_text_bytes_share", "padded_llm_positions_share")}}
 
 
 def format_profile(stage: str, prof: dict) -> str:
@@ -395,21 +408,28 @@ def format_profile(stage: str, prof: dict) -> str:
 
 def format_table(rows: list[dict], device: str) -> str:
     """Markdown table of the rows, rounded for reading (the rows themselves keep full precision)."""
-    lines = [f"device: {device}", "", ("| stage | batch x s | step s | audio s/s | LLM tokens/s | TFLOP/step | MFU | "
-             "peak GiB | RTFx |"), "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| stage | batch x s | step s | optimizer | audio s/s | LLM tokens/s | TFLOP/step | MFU | peak GiB "
+              "| RTFx |")
+    lines = [f"device: {device}", "", header, "|---" * 10 + "|"]
     for r in rows:
         if r["stage"] == "data":
-            lines.append(f"| data ({r['workers']} worker) | - | - | {r['audio_s_per_s_per_worker']:.1f} per worker | - "
-                         f"| - | - | - | - |")
+            lines.append(f"| data ({r['workers']} worker) | - | - | - | {r['audio_s_per_s_per_worker']:.1f} per worker "
+                         f"| - | - | - | - | - |")
         elif r["stage"] == "decode":
             lines.append(f"| decode (greedy, {r['new_tokens']} new tokens) | {r['batch']} x {r['seconds']:g} | "
-                         f"{r['decode_s']:.3f} | - | {r['tokens_per_s']:.1f} | - | - | - | {r['rtfx']:.1f} |")
+                         f"{r['decode_s']:.3f} | - | - | {r['tokens_per_s']:.1f} | - | - | - | {r['rtfx']:.1f} |")
         else:
             tokens = f"{r['tokens_per_s']:.1f}" if r["tokens_per_s"] else "-"
             peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else "-"
             lines.append(f"| {r['stage']} | {r['batch']} x {r['seconds']:g} | {r['step_s']:.4f} | "
-                         f"{r['audio_s_per_s']:.1f} | {tokens} | {r['tflops_per_step']:.3f} | {100 * r['mfu']:.1f}% | "
-                         f"{peak} | - |")
+                         f"{100 * r['optimizer_share']:.1f}% | {r['audio_s_per_s']:.1f} | {tokens} | "
+                         f"{r['tflops_per_step']:.3f} | {100 * r['mfu']:.1f}% | {peak} | - |")
+    data = next((r for r in rows if r["stage"] == "data"), None)
+    if data is not None and "padded_frames_share" in data:
+        llm = data.get("padded_llm_positions_share")
+        lines += ["", f"Data batches: {100 * data['padded_frames_share']:.1f}% of the encoder frames are padding"
+                  + (f", {100 * llm:.1f}% of the LLM positions (speech + transcript tokens)" if llm is not None else "")
+                  + "; optimizer: its share of the step (gradient clipping + AdamW)."]
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 # Every GPU check in one call, run on a GPU machine from the repo root (the wheels the machine lacks in .whl/,
 # installed first):
 #  1. experiments/benchmark.py at paper size (600M Conformer + Qwen3-1.7B shape, 151,936-row vocabulary),
-#     every stage in bf16 autocast, decoding RTFx at batch 64; the table is appended to docs/benchmarks.md
-#     (copied to $OUT). BATCH (default 32) utterances of 10 s per step.
+#     every stage in bf16 autocast (each row with its optimizer share), decoding RTFx at DECODE_BATCH (default 128,
+#     the target's) x 10 s with the static KV cache; the table is appended to docs/benchmarks.md (copied to $OUT).
+#     BATCH (default 32) utterances of 10 s per step.
 #  2. FSDP=1: the tiny pretraining config for 30 steps under lightning_modules.SpeechFSDP on the GPU
 #     (sharding, exports gathered from the shards).
 #  3. COMPILE=1: the benchmark's ia_sft and joint_sft again with torch.compile and activation checkpointing.
@@ -20,7 +21,7 @@ python3 -c "import torch, lightning, transformers; print('torch', torch.__versio
 mkdir -p "$OUT"
 t0=$(date +%s)
 timeout "${BENCH_TIMEOUT:-300}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
-  --out "$OUT/bench.json" --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench.log"
+  --decode-batch "${DECODE_BATCH:-128}" --static-cache --out "$OUT/bench.json" --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench.log"
 echo "benchmark: $(( $(date +%s) - t0 )) s"
 if [ -n "${FSDP:-}" ]; then
   t1=$(date +%s)

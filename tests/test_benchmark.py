@@ -30,6 +30,9 @@ def test_every_stage_is_measured_with_its_own_work(result):
         r = rows[stage]
         assert r["step_s"] > 0 and r["audio_s_per_s"] == pytest.approx(2 * 2.0 / r["step_s"])
         assert 0 < r["mfu"] < 1.5  # CPU peak from one matmul size; model FLOPs over it
+        # the optimizer's part (clipping + AdamW) is timed inside the step it belongs to
+        assert 0 < r["optimizer_s"] < r["step_s"]
+        assert r["optimizer_share"] == pytest.approx(r["optimizer_s"] / r["step_s"])
     # what trains decides the work: a frozen LLM still passes gradients back to the adapter (align), the
     # frozen encoder has no backward in IA-SFT, joint SFT does everything
     flops = {s: rows[s]["tflops_per_step"] for s in STAGES}
@@ -41,6 +44,9 @@ def test_every_stage_is_measured_with_its_own_work(result):
     assert all(rows[s]["dynamic_chunk"] for s in STAGES)
     assert rows["decode"]["rtfx"] == pytest.approx(2 * 2.0 / rows["decode"]["decode_s"])
     assert rows["data"]["batches"] > 0 and rows["data"]["audio_s_per_s_per_worker"] > 0
+    # the batches' padding: encoder frames, and the LLM's positions (speech + transcript tokens) with the tokenizer
+    for key in ("padded_frames_share", "padded_text_bytes_share", "padded_llm_positions_share"):
+        assert 0 <= rows["data"][key] < 1
 
 
 def test_the_benchmark_writes_nothing_where_it_runs(result):
@@ -53,7 +59,9 @@ def test_table_json_and_record(result):
     assert json.loads((out / "bench.json").read_text())["rows"] == res["rows"]
     md = (out / "benchmarks.md").read_text()
     assert "`benchmark test`" in md and "| joint_sft |" in md and "| decode (greedy, 5 new tokens) |" in md
-    assert format_table(res["rows"], "x").count("\n") == len(res["rows"]) + 3
+    table = format_table(res["rows"], "x")
+    assert table.count("\n| ") == len(res["rows"]) + 1  # a row per stage, decoding and data, under the header
+    assert "of the encoder frames are padding" in table and "of the LLM positions" in table
 
 
 def test_profile_kinds_by_operator_and_kernel_name():

@@ -347,3 +347,46 @@ def test_context_hotword_lists_are_a_function_of_seed_key_and_epoch(tiny_corpus)
     other_seed = SpeechDataModule(train_dir=str(tiny_corpus / "train"), val_dir=str(tiny_corpus / "train"), seed=1,
                                   context=ContextConfig(share_none=0.0, share_distractors_only=0.0))
     assert other_seed.add_hotwords(batch, epoch=0)["hotwords"] != first["hotwords"]
+
+
+# Second bucketing axis: the transcript's bytes (batch.text_bucket_boundaries).
+def _samples(spec: list[tuple[float, str]]) -> list[dict]:
+    """Featurized-sample stand-ins: (seconds, text) -> feats of that many 10 ms frames, the text, empty phones."""
+    return [{"key": f"u{i}", "feats": torch.zeros(round(sec * 100), 2), "phones": torch.zeros(0, dtype=torch.long),
+             "text": text, "norm_text": text, "language": "en", "duration": sec} for i, (sec, text) in enumerate(spec)]
+
+
+def test_text_buckets_keep_short_and_long_transcripts_of_one_duration_apart():
+    from entropy_asr.data.benchmark import padding
+    from entropy_asr.data.pipeline import DataCounts, bucket_batches
+
+    # 5 s clips, alternately a 10-byte and a 200-byte transcript, in one duration bucket
+    spec = [(5.0, "a" * 10) if i % 2 else (5.0, "b" * 200) for i in range(16)]
+
+    def batches(**kw) -> list[list[int]]:
+        cfg = BatchConfig(max_batch_seconds=20.0, max_batch_size=4, max_duration=10.0, **kw)
+        return [[len(t.encode()) for t in b["text"]] for b in bucket_batches(_samples(spec), cfg, DataCounts())]
+
+    one_d, two_d = batches(), batches(text_bucket_boundaries=[100])
+    assert any(len(set(b)) == 2 for b in one_d)  # duration alone mixes them: half of those batches is padding
+    assert all(len(set(b)) == 1 for b in two_d)
+    assert sorted(n for b in two_d for n in b) == sorted(n for b in one_d for n in b)  # the same utterances
+    assert padding(two_d) == 0.0 < padding(one_d)
+    assert padding(one_d) == pytest.approx(1 - (8 * 10 + 8 * 200) / (16 * 200))
+
+
+def test_padding_share_known_answers():
+    from entropy_asr.data.benchmark import padding
+
+    assert padding([[2, 4], [3]]) == pytest.approx(1 - 9 / 11)  # (2 + 4 + 3) real of 2 * 4 + 3 laid out
+    assert padding([[5, 5, 5]]) == 0.0 and padding([]) == 0.0
+
+
+@pytest.mark.parametrize("key", ["bucket_boundaries", "text_bucket_boundaries"])
+def test_bucket_boundaries_must_increase(key):
+    from entropy_asr.errors import UserError
+
+    with pytest.raises(UserError, match=f"batch.{key} must be strictly increasing"):
+        BatchConfig(**{key: [100, 60]})
+    with pytest.raises(UserError, match=f"batch.{key}"):
+        BatchConfig(**{key: [60, 60]})

@@ -41,6 +41,11 @@ class BatchConfig:
     max_batch_seconds: float = 200.0  # cap on padded audio seconds per batch (B * longest)
     max_batch_size: int = 256
     bucket_boundaries: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0])
+    # Second bucketing axis (empty: duration only): the transcript's length in UTF-8 bytes, a tokenizer-free measure of
+    # the LLM positions it takes (a byte-level BPE makes a token of about 4 bytes in either language: the tiny LLM's,
+    # 4.2 / 3.7 / 4.4 bytes in Mandarin / English / mixed sentences).
+    # Clips of one duration bucket with short and long transcripts then batch apart, and the LLM pads less.
+    text_bucket_boundaries: list[int] = field(default_factory=list)
     max_duration: float = 30.0  # longer clips are skipped and counted
     min_duration: float = 0.1
 
@@ -50,8 +55,10 @@ class BatchConfig:
                             f"({self.max_batch_seconds} s): a maximal clip would not fit a batch; raise the cap")
         if self.max_batch_size < 1:
             raise UserError(f"batch.max_batch_size must be >= 1, got {self.max_batch_size}")
-        if list(self.bucket_boundaries) != sorted(self.bucket_boundaries):
-            raise UserError(f"batch.bucket_boundaries must be increasing, got {self.bucket_boundaries}")
+        for key in ("bucket_boundaries", "text_bucket_boundaries"):
+            edges = list(getattr(self, key))
+            if edges != sorted(set(edges)):
+                raise UserError(f"batch.{key} must be strictly increasing, got {edges}")
 
 
 def worker_position() -> tuple[int, int]:
@@ -291,14 +298,19 @@ def collate(samples: list[dict], counts: dict | None = None) -> dict:
     }
 
 
+def _bucket(value: float, edges: list) -> int:
+    return next((i for i, edge in enumerate(edges) if value <= edge), len(edges))
+
+
 def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts) -> Iterator[dict]:
-    """Group samples of similar length; a batch's padded seconds (B * longest) stay <= the cap."""
-    bounds = list(cfg.bucket_boundaries)
-    buckets: list[list[dict]] = [[] for _ in range(len(bounds) + 1)]
+    """Group samples of similar length (duration, and transcript bytes with cfg.text_bucket_boundaries); a batch's
+    padded seconds (B * longest) stay <= the cap."""
+    bounds, text_bounds = list(cfg.bucket_boundaries), list(cfg.text_bucket_boundaries)
+    buckets: list[list[dict]] = [[] for _ in range((len(bounds) + 1) * (len(text_bounds) + 1))]
     longest = [0.0] * len(buckets)
     for s in samples:
         sec = s["feats"].shape[0] * FRAME_SHIFT_S
-        b = next((i for i, edge in enumerate(bounds) if sec <= edge), len(bounds))
+        b = _bucket(sec, bounds) * (len(text_bounds) + 1) + _bucket(len(s["text"].encode()), text_bounds)
         n, new_longest = len(buckets[b]) + 1, max(longest[b], sec)
         if buckets[b] and (n * new_longest > cfg.max_batch_seconds or n > cfg.max_batch_size):
             yield collate(buckets[b], counts.take())
