@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -283,3 +285,40 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients():
         grads.append([p.grad.clone() for p in enc.parameters()])
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
+
+
+def test_compiled_blocks_keep_keys_and_outputs_and_compile_once_per_kind_of_length():
+    """SpeechLLM.compile_blocks (model.compile: true): checkpoints keep their keys, the loss is the eager one, and
+    batches of new lengths (bucketing makes every batch a new length) do not recompile once the lengths went
+    symbolic: at most one recompile, at the second length, then none."""
+    from torch._dynamo.utils import counters
+
+    from entropy_asr.model.llm import LLMConfig
+    from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, PromptConfig, SpeechLLM
+    from tests.stage_helpers import ENC
+
+    torch.manual_seed(0)
+    llm = Path(__file__).resolve().parents[1] / "entropy_asr" / "assets" / "tiny_llm" / "llm"
+    net = SpeechLLM(EncoderConfig(**{**ENC, "num_layers": 2}), CTCHeadConfig(dropout=0.0), AdapterConfig(),
+                    LLMConfig(name_or_path=str(llm)), PromptConfig(system=None)).eval()
+    texts = ["今天天气很好", "a short one", "我们 go home"]
+
+    def loss(T: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(T)
+        feats, lens = torch.randn(3, T, 80, generator=g), torch.tensor([T, T - 30, T - 61])
+        with torch.no_grad():
+            speech, speech_lens = net.speech_embeddings(feats, lens)
+            return net.lm_loss(speech, speech_lens, texts)
+
+    keys, eager = list(net.state_dict()), [loss(T) for T in (300, 420)]
+    torch._dynamo.reset()
+    counters.clear()
+    net.compile_blocks(backend="eager")  # dynamo's graphs and guards, without Inductor's build time
+    assert list(net.state_dict()) == keys
+    compiled = [loss(T) for T in (300, 420)]
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(eager, compiled, strict=True))
+    graphs = counters["stats"]["unique_graphs"]
+    for T in (517, 333, 610, 455):
+        loss(T)
+    assert counters["stats"]["unique_graphs"] == graphs  # four new lengths, no new graph
+    torch._dynamo.reset()

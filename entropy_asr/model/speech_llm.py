@@ -160,13 +160,16 @@ class SpeechLLM(nn.Module):
             in_dim = phone_frames.dim if self.encoder is None or self.reads_posteriors else self.encoder.output_dim
             self.adapter = Adapter(in_dim, width, adapter.k, adapter.hidden_dim, adapter.dropout)
 
-    def compile_blocks(self) -> None:
-        """torch.compile each Conformer block and each LLM decoder layer in place (state-dict keys unchanged)."""
+    def compile_blocks(self, **options) -> None:
+        """torch.compile each Conformer block and each LLM decoder layer in place (state-dict keys unchanged);
+        `options` go to torch.compile (e.g. backend="aot_eager" to look for graph breaks without Inductor). Shapes
+        are torch.compile's automatic dynamic ones: a new batch length recompiles once, then the lengths are
+        symbolic (tested: tests/test_encoder.py), so bucketed batches of every length share one graph per block."""
         blocks = list(self.encoder.layers) if self.encoder is not None else []
         if self.llm is not None:
             blocks += list(self.llm.get_decoder().layers)
         for block in blocks:
-            block.compile()
+            block.compile(**options)
 
     def encode(self, feats: Tensor, feat_lens: Tensor, **chunk) -> tuple[Tensor, Tensor]:
         """(B, T, 80) features at 100 Hz -> (B, T', D) encoder frames at 25 Hz and their lengths."""
