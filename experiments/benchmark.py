@@ -170,7 +170,8 @@ class _Repeat(IterableDataset):
 class _StepTimes(L.Callback):
     """Wall time of each training step as Lightning runs it (batch start to batch end, the device synchronized), and
     of its optimizer part: from Lightning's on_before_optimizer_step (forward and backward done) to the batch end,
-    i.e. gradient clipping, the optimizer step and the schedule's."""
+    i.e. the module's own gradient-norm check (lightning_modules.base), gradient clipping, the optimizer step and the
+    schedule's. A batch without an optimizer step (gradient accumulation) has NaN there."""
 
     def __init__(self, device: torch.device):
         self.device, self.times, self.optimizer_times, self._t, self._t_opt = device, [], [], 0.0, None
@@ -330,8 +331,8 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
     loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
     timed = sorted(timer.times[warm:])
     step_s = timed[len(timed) // 2]  # median
-    opt = sorted(timer.optimizer_times[warm:])
-    optimizer_s = opt[len(opt) // 2]
+    opt = sorted(t for t in timer.optimizer_times[warm:] if t == t)  # (NaN: a batch without an optimizer step)
+    optimizer_s = opt[len(opt) // 2] if opt else float("nan")
     audio = o.batch * o.seconds
     # Rows keep full precision (derived figures stay consistent with the ones they come from);
     # format_table rounds for display.
@@ -393,7 +394,8 @@ def bench_data(o: Options, corpus: Path | None) -> dict:
     m = measure(corpus / "train", seconds=o.data_seconds, tokenizer=o.tokenizer)
     return {"stage": "data", "workers": 1, "batches": m["batches"], "audio_s": m["audio_seconds"],
             "audio_s_per_s_per_worker": m["audio_sec_per_sec_per_worker"],
-            **{k: m[k] for k in ("padded_frames_share", "padded_text_bytes_share", "padded_llm_positions_share")}}
+            **{k: m[k] for k in ("padded_frames_share", "padded_text_bytes_share", "padded_llm_positions_share",
+                                 "max_batch_seconds", "bucket_boundaries") if k in m}}
 
 
 def format_profile(stage: str, prof: dict) -> str:
@@ -424,12 +426,19 @@ def format_table(rows: list[dict], device: str) -> str:
             lines.append(f"| {r['stage']} | {r['batch']} x {r['seconds']:g} | {r['step_s']:.4f} | "
                          f"{100 * r['optimizer_share']:.1f}% | {r['audio_s_per_s']:.1f} | {tokens} | "
                          f"{r['tflops_per_step']:.3f} | {100 * r['mfu']:.1f}% | {peak} | - |")
+    notes = []
+    if any("optimizer_share" in r for r in rows):
+        notes.append("optimizer: its share of the step (the module's gradient-norm check, clipping, the AdamW step)")
     data = next((r for r in rows if r["stage"] == "data"), None)
     if data is not None and "padded_frames_share" in data:
         llm = data.get("padded_llm_positions_share")
-        lines += ["", f"Data batches: {100 * data['padded_frames_share']:.1f}% of the encoder frames are padding"
-                  + (f", {100 * llm:.1f}% of the LLM positions (speech + transcript tokens)" if llm is not None else "")
-                  + "; optimizer: its share of the step (gradient clipping + AdamW)."]
+        llm_share = f", {100 * llm:.1f}% of the LLM positions (prompt, speech, transcript)" if llm is not None else ""
+        frames = 100 * data["padded_frames_share"]
+        notes.append(f"data batches (the data benchmark's default batching: {data['max_batch_seconds']:g} s a batch, "
+                     f"{len(data['bucket_boundaries']) + 1} duration buckets): {frames:.1f}% of the fbank frames are "
+                     f"padding{llm_share}")
+    if notes:
+        lines += ["", "; ".join(notes) + "."]
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, lightning, transformers; print('torch', torch.__version__, 'lightning', lightning.__version__, 'transformers', transformers.__version__)"
 mkdir -p "$OUT"
 t0=$(date +%s)
-timeout "${BENCH_TIMEOUT:-300}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
+timeout "${BENCH_TIMEOUT:-360}" python3 experiments/benchmark.py --size paper --batch "${BATCH:-32}" --steps 4 --skip-data \
   --decode-batch "${DECODE_BATCH:-128}" --static-cache --out "$OUT/bench.json" --record docs/benchmarks.md 2>&1 | grep -v -i warn | tee "$OUT/bench.log"
 echo "benchmark: $(( $(date +%s) - t0 )) s"
 if [ -n "${FSDP:-}" ]; then

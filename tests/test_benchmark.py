@@ -61,7 +61,7 @@ def test_table_json_and_record(result):
     assert "`benchmark test`" in md and "| joint_sft |" in md and "| decode (greedy, 5 new tokens) |" in md
     table = format_table(res["rows"], "x")
     assert table.count("\n| ") == len(res["rows"]) + 1  # a row per stage, decoding and data, under the header
-    assert "of the encoder frames are padding" in table and "of the LLM positions" in table
+    assert "of the fbank frames are padding" in table and "of the LLM positions" in table and "optimizer:" in table
 
 
 def test_profile_kinds_by_operator_and_kernel_name():

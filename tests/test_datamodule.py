@@ -390,3 +390,41 @@ def test_bucket_boundaries_must_increase(key):
         BatchConfig(**{key: [100, 60]})
     with pytest.raises(UserError, match=f"batch.{key}"):
         BatchConfig(**{key: [60, 60]})
+
+
+def test_llm_speech_token_count_is_the_models(tiny_corpus):
+    """The data benchmark counts a clip's LLM speech tokens as the model makes them (4x subsampling, k stacked)."""
+    from entropy_asr.data.benchmark import speech_tokens
+    from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
+    from entropy_asr.model.heads import Adapter
+    from tests.stage_helpers import ENC
+
+    enc, adapter = ConformerEncoder(EncoderConfig(**ENC)).eval(), Adapter(ENC["d_model"], 16, 4)
+    lens = torch.tensor([7, 11, 115, 116, 232, 233, 300, 301, 999])
+    with torch.no_grad():
+        frames, frame_lens = enc(torch.randn(len(lens), int(lens.max()), 80), lens)
+        _, token_lens = adapter(frames, frame_lens)
+    assert token_lens.tolist() == [speech_tokens(int(n), 4) for n in lens]
+
+
+def test_evaluation_batches_ignore_text_buckets(tiny_corpus):
+    """Text buckets are a training lever: evaluation, which flushes every partial bucket, batches as without them."""
+    from entropy_asr.data.audio import load_cmvn
+    from entropy_asr.data.pipeline import build_pipeline, shard_urls
+
+    dev = tiny_corpus / "dev"
+
+    def batches(train: bool, **kw) -> list[dict]:
+        cfg = BatchConfig(**{"max_batch_seconds": 40.0, "max_batch_size": 16, "max_duration": 20.0, **kw})
+        pipe = build_pipeline(shard_urls(dev), train=train, cmvn=load_cmvn(dev / "cmvn.json"), batch=cfg,
+                              batches_per_epoch=1)
+        return list(pipe)
+
+    plain = batches(False)
+    sizes = sorted(len(t.encode()) for b in plain for t in b["text"])
+    assert sizes[0] < sizes[-1]  # an edge between them splits the shortest from the longest transcript
+    split = {"text_bucket_boundaries": [sizes[0]]}
+    assert [b["keys"] for b in batches(False, **split)] == [b["keys"] for b in plain]
+    # in training the same edge does split them: no batch holds transcripts from both sides of it
+    trained = batches(True, max_batch_size=len(sizes), **split)
+    assert all(len({len(t.encode()) <= sizes[0] for t in b["text"]}) == 1 for b in trained)

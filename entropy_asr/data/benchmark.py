@@ -3,12 +3,12 @@
     python -m entropy_asr.data.benchmark --data DIR [--seconds 20] [--no-augment] [--buckets 2 4 ...]
         [--text-buckets 40 80 ...] [--max-batch-seconds 200] [--max-batch-size 256] [--tokenizer DIR] [--adapter-k 4]
 
-Runs the training pipeline in this process (one worker, torch limited to one thread so the
-figure is per core) and prints, as its last line, one JSON object with
-`audio_sec_per_sec_per_worker` and the batches' padding: the share of padded encoder frames and of padded
-transcript bytes, and with --tokenizer the share of padded LLM positions (speech tokens, one per adapter.k
-encoder frames, plus transcript tokens; the prompt pads nothing). --text-buckets adds the second bucketing
-axis (batch.text_bucket_boundaries, transcript bytes): run with and without it to see what it saves.
+Runs the training pipeline in this process (one worker, torch limited to one thread so the figure is per core)
+and prints, as its last line, one JSON object with `audio_sec_per_sec_per_worker` and the batches' padding: the
+share of padded fbank frames (what the encoder pads, before its 4x subsampling) and of padded transcript bytes,
+and with --tokenizer the share of padded LLM positions (the default prompt's tokens, which pad nothing, speech
+tokens, one per adapter.k encoder frames, transcript tokens and the end token). --buckets and --text-buckets set
+the bucketing (batch.bucket_boundaries, batch.text_bucket_boundaries): run with and without to see what it saves.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 
 from entropy_asr.data.audio import load_cmvn
 from entropy_asr.data.augment import AugmentConfig
-from entropy_asr.data.pipeline import FRAME_SHIFT_S, BatchConfig, build_pipeline, shard_urls
+from entropy_asr.data.pipeline import BatchConfig, build_pipeline, shard_urls
 from entropy_asr.errors import run_main
 
 
@@ -35,6 +35,13 @@ def measure(data: str | Path, seconds: float = 20.0, augment: bool = True, warmu
         return _measure(data, seconds, augment, warmup_batches, batch or BatchConfig(), tokenizer, adapter_k)
     finally:
         torch.set_num_threads(before)
+
+
+def speech_tokens(fbank_frames: int, k: int) -> int:
+    """LLM speech tokens of a clip of `fbank_frames` 100 Hz frames: the encoder's 4x subsampling, then k stacked."""
+    from entropy_asr.model.encoder import subsampled_lengths
+
+    return -(-subsampled_lengths(fbank_frames) // k)
 
 
 def padding(lengths: list[list[int]]) -> float:
@@ -73,18 +80,25 @@ def _measure(data: str | Path, seconds: float, augment: bool, warmup_batches: in
         "audio_seconds": round(audio, 1),
         "wall_seconds": round(wall, 2),
         "augment": augment,
+        "max_batch_seconds": batch.max_batch_seconds,
+        "max_batch_size": batch.max_batch_size,
+        "bucket_boundaries": list(batch.bucket_boundaries),
         "text_bucket_boundaries": list(batch.text_bucket_boundaries),
         "padded_frames_share": round(padding(frames), 4),
         "padded_text_bytes_share": round(padding(text_bytes), 4),
         "data": str(data),
     }
-    if tokenizer:  # the LLM's positions: speech tokens (encoder frames at 25 Hz, k stacked) + transcript tokens
-        from transformers import AutoTokenizer
+    if tokenizer:  # the LLM's positions: the prompt + speech tokens (encoder frames, k stacked) + transcript + EOS
+        from entropy_asr.model.prompt import SpeechPrompt
+        from entropy_asr.model.tokenizer import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
-        speech = [[-(-int(n * FRAME_SHIFT_S * 25) // adapter_k) for n in b] for b in frames]
-        tokens = [[len(ids) + 1 for ids in tok(list(t), add_special_tokens=False)["input_ids"]] for t in texts]  # + EOS
-        out["padded_llm_positions_share"] = round(padding([[s + t for s, t in zip(a, b, strict=True)]
+        tok = load_tokenizer(tokenizer)
+        prompt = SpeechPrompt(tok)  # the default prompt (system + user turn), as the paper configs have it
+        fixed = len(prompt.prefix_ids) + len(prompt.suffix_ids)
+        speech = [[speech_tokens(n, adapter_k) for n in b] for b in frames]
+        tokens = [[len(ids) + 1 for ids in tok(list(t), add_special_tokens=False)["input_ids"]] for t in texts]
+        out["prompt_tokens"] = fixed
+        out["padded_llm_positions_share"] = round(padding([[fixed + s + t for s, t in zip(a, b, strict=True)]
                                                            for a, b in zip(speech, tokens, strict=True)]), 4)
     return out
 

@@ -14,7 +14,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,10 +41,11 @@ class BatchConfig:
     max_batch_seconds: float = 200.0  # cap on padded audio seconds per batch (B * longest)
     max_batch_size: int = 256
     bucket_boundaries: list[float] = field(default_factory=lambda: [2.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0])
-    # Second bucketing axis (empty: duration only): the transcript's length in UTF-8 bytes, a tokenizer-free measure of
-    # the LLM positions it takes (a byte-level BPE makes a token of about 4 bytes in either language: the tiny LLM's,
-    # 4.2 / 3.7 / 4.4 bytes in Mandarin / English / mixed sentences).
-    # Clips of one duration bucket with short and long transcripts then batch apart, and the LLM pads less.
+    # Second bucketing axis, in training only (empty: duration only): the transcript's length in UTF-8 bytes, a
+    # tokenizer-free measure of the LLM positions it takes (a byte-level BPE makes a token of about 4 bytes in either
+    # language: the tiny LLM's, 4.2 / 3.7 / 4.4 bytes in Mandarin / English / mixed sentences). Clips of one duration
+    # bucket with short and long transcripts then batch apart and the LLM pads less; the costs: more partial buckets
+    # held per worker, and more of them dropped unfinished at an epoch's end (docs/scale.md).
     text_bucket_boundaries: list[int] = field(default_factory=list)
     max_duration: float = 30.0  # longer clips are skipped and counted
     min_duration: float = 0.1
@@ -397,7 +398,10 @@ def build_pipeline(
             stages = [speech]
     else:
         stages = [EvalShards(urls, rank, world_size), wds.tarfile_to_samples(handler=_shard_handler(counts))]
-    stages += [wds.map(featurize), lambda src: bucket_batches(src, batch, counts)]  # map drops None
+    # evaluation buckets by duration only: it flushes every partial bucket at the end, and text buckets would split
+    # its few utterances into many small decoding batches
+    buckets = batch if train else replace(batch, text_bucket_boundaries=[])
+    stages += [wds.map(featurize), lambda src: bucket_batches(src, buckets, counts)]  # map drops None
     pipe = wds.DataPipeline(*stages)
     if train:
         if not batches_per_epoch:

@@ -163,8 +163,8 @@ class SpeechLLM(nn.Module):
     def compile_blocks(self, **options) -> None:
         """torch.compile each Conformer block and each LLM decoder layer in place (state-dict keys unchanged);
         `options` go to torch.compile (e.g. backend="aot_eager" to look for graph breaks without Inductor). Shapes
-        are torch.compile's automatic dynamic ones: a new batch length recompiles once, then the lengths are
-        symbolic (tested: tests/test_encoder.py), so bucketed batches of every length share one graph per block."""
+        are torch.compile's automatic dynamic ones: the second batch length recompiles once with the length
+        symbolic, and later lengths reuse it (tested: tests/test_encoder.py)."""
         blocks = list(self.encoder.layers) if self.encoder is not None else []
         if self.llm is not None:
             blocks += list(self.llm.get_decoder().layers)
