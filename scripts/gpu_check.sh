@@ -9,7 +9,8 @@
 #     (sharding, exports gathered from the shards).
 #  3. COMPILE=1: the benchmark's ia_sft and joint_sft again with torch.compile and activation checkpointing.
 #  4. CALLBACK_COST=1: the metric callbacks' cost at paper size (scripts/callback_cost.py).
-#  5. PIPELINE=1: the tiny pipeline, every stage on the GPU in bf16-mixed.
+#  5. PIPELINE=1: the tiny pipeline, every stage on the GPU in bf16-mixed, then experiments/benchmark_inference.py on
+#     its model on the GPU: offline vs streaming RTFx and latency, long-form (1 and 10 min) RTFx and memory.
 #  6. PROFILE=1: the benchmark's joint_sft and ia_sft steps under torch.profiler at paper size: where the time goes
 #     (matmul / attention / convolution / optimizer / elementwise shares of the kernels, the top kernels, the host
 #     gap), traces in $OUT/profile/.
@@ -61,5 +62,9 @@ if [ -n "${PIPELINE:-}" ]; then
     --data.init_args.num_workers 6 > "$OUT/pipeline.log" 2>&1
   echo "pipeline rc=$? in $(( $(date +%s) - t1 )) s"
   grep -E "^== |^\|" "$OUT/pipeline.log" | tail -20
+  # the long-form and streaming paths on the GPU, with the model just trained (tiny: no paper-size export exists)
+  timeout "${INFERENCE_TIMEOUT:-150}" python3 experiments/benchmark_inference.py --export runs/tiny/joint_sft/export \
+    --device cuda --utterances 100 --lengths 60,600 --out "$OUT/inference.json" > "$OUT/inference.log" 2>&1
+  echo "inference benchmark rc=$?"; grep -v '^{' "$OUT/inference.log" | tail -15
 fi
 echo "gpu_check: $(( $(date +%s) - t0 )) s"
