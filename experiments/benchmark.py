@@ -41,7 +41,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from entropy_asr.errors import run_main
+from entropy_asr.errors import UserError, run_main
 from entropy_asr.io import atomic_write_bytes, atomic_write_json
 from entropy_asr.model.llm import LLMConfig
 from entropy_asr.model.prompt import generate
@@ -77,6 +77,7 @@ class Options:
     data_seconds: float = 10.0  # how long the data pipeline is measured
     tokenizer: str | None = None
     profile: Path | None = None  # write a torch.profiler trace of each stage's timed steps here, and summarize it
+    keep_export: Path | None = None  # keep the joint_sft fit's export here (random weights: for inference speed)
     device: str = field(default_factory=lambda: "cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -326,6 +327,8 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
     cpu_batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
     try:
         trainer.fit(module, train_dataloaders=DataLoader(_Repeat(cpu_batch, o.steps + warm), batch_size=None))
+        if o.keep_export and stage == "joint_sft":
+            keep_export(Path(scratch) / "export", o.keep_export)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     loss = trainer.callback_metrics.get("train/loss", torch.tensor(float("nan")))
@@ -352,6 +355,22 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def keep_export(export: Path, dest: Path) -> None:
+    """Move a benchmark fit's export (random weights at the benchmark's size) to `dest`, with the CMVN statistics of
+    the small synthetic corpus, so that it decodes like a trained export (experiments/benchmark_inference.py on it
+    measures the long-form and streaming paths' speed at that size; its transcripts mean nothing)."""
+    from entropy_asr.data.synthetic import ensure_corpus
+
+    dest = Path(dest)
+    if dest.exists():
+        raise UserError(f"--keep-export {dest}: already exists; remove it or name a new dir")
+    shutil.copyfile(ensure_corpus(utterances=200, seed=0) / "train" / "cmvn.json", export / "cmvn.json")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(export, tmp)
+    tmp.rename(dest)
 
 
 @torch.no_grad()
@@ -527,11 +546,18 @@ def main(argv: list[str] | None = None) -> dict:
                         "the stage's JSON row and printed, the share of time per kind (matmul, attention, convolution, "
                         "optimizer, elementwise), the top operators and, on a GPU, the host gap. Profiled steps run "
                         "slower: take speed figures from a run without it")
+    p.add_argument("--keep-export", type=Path, metavar="DIR",
+                   help="keep joint_sft's export (random weights at --size) in DIR, a new dir, for "
+                        "experiments/benchmark_inference.py: the long-form and streaming paths' speed at that size")
     a = p.parse_args(argv)
+    if a.keep_export and "joint_sft" not in a.stages:
+        p.error("--keep-export keeps joint_sft's export: include joint_sft in --stages")
+    if a.keep_export and a.keep_export.exists():
+        p.error(f"--keep-export {a.keep_export}: already exists; remove it or name a new dir")
     o = Options(size=a.size, stages=tuple(a.stages), batch=a.batch, seconds=a.seconds, steps=a.steps,
                 decode_batch=a.decode_batch, decode_tokens=a.decode_tokens, static_cache=a.static_cache,
                 compile=a.compile, activation_checkpointing=a.activation_checkpointing, data_seconds=a.data_seconds,
-                tokenizer=a.tokenizer, profile=a.profile, device=a.device)
+                tokenizer=a.tokenizer, profile=a.profile, keep_export=a.keep_export, device=a.device)
     if o.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
     return run(o, a.out, a.record, a.corpus, a.skip_data,

@@ -14,6 +14,8 @@
 #  6. PROFILE=1: the benchmark's joint_sft and ia_sft steps under torch.profiler at paper size: where the time goes
 #     (matmul / attention / convolution / optimizer / elementwise shares of the kernels, the top kernels, the host
 #     gap), traces in $OUT/profile/.
+#  7. INFERENCE_PAPER=1: benchmark.py --keep-export writes joint SFT's paper-size export (random weights), and
+#     experiments/benchmark_inference.py measures its offline, streaming and long-form speed on the GPU.
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export HF_HUB_OFFLINE=1 ENTROPY_ASR_CACHE=/tmp/cache PYTHONWARNINGS=ignore WANDB_MODE=disabled
@@ -66,5 +68,17 @@ if [ -n "${PIPELINE:-}" ]; then
   timeout "${INFERENCE_TIMEOUT:-150}" python3 experiments/benchmark_inference.py --export runs/tiny/joint_sft/export \
     --device cuda --utterances 100 --lengths 60,600 --out "$OUT/inference.json" > "$OUT/inference.log" 2>&1
   echo "inference benchmark rc=$?"; grep -v '^{' "$OUT/inference.log" | tail -15
+fi
+if [ -n "${INFERENCE_PAPER:-}" ]; then
+  # the long-form and streaming paths' speed at paper size: joint SFT's export with random weights (its transcripts
+  # mean nothing, and random weights may decode up to the length guard: a slow case), the small synthetic corpus
+  rm -rf /tmp/paper_export
+  timeout "${EXPORT_TIMEOUT:-240}" python3 experiments/benchmark.py --size paper --batch 8 --steps 1 --stages joint_sft \
+    --decode-batch 0 --skip-data --keep-export /tmp/paper_export > "$OUT/paper_export.log" 2>&1
+  echo "paper export rc=$?"
+  timeout "${INFERENCE_TIMEOUT:-240}" python3 experiments/benchmark_inference.py --export /tmp/paper_export --device cuda \
+    --data "$ENTROPY_ASR_CACHE/synthetic-v5-n200-s0/test" --utterances 12 --lengths 30 --out "$OUT/inference_paper.json" \
+    > "$OUT/inference_paper.log" 2>&1
+  echo "paper inference benchmark rc=$?"; grep -v '^{' "$OUT/inference_paper.log" | tail -10
 fi
 echo "gpu_check: $(( $(date +%s) - t0 )) s"

@@ -92,3 +92,31 @@ def test_profile_writes_a_trace_and_a_summary_of_the_timed_steps(tmp_path):
     assert abs(sum(prof["shares"].values()) - 1) < 1e-6 and prof["shares"]["matmul"] > 0
     assert prof["top"] and all(t["share"] <= prof["top"][0]["share"] for t in prof["top"])
     assert prof["shares"].get("optimizer", 0) > 0  # the step ran AdamW under the profiler
+
+
+def test_keep_export_leaves_a_model_the_recognizer_decodes(tmp_path):
+    """--keep-export: joint SFT's random-weight export at the benchmark's size, whole (cmvn.json, model.json), for the
+    inference benchmark; an existing dir is refused before anything runs."""
+    import numpy as np
+
+    from entropy_asr import Recognizer
+    from experiments.benchmark import main
+
+    dest = tmp_path / "export"
+    main(["--size", "tiny", "--stages", "joint_sft", "--batch", "2", "--seconds", "2", "--steps", "1",
+          "--decode-batch", "0", "--skip-data", "--tokenizer", str(_tokenizer(tmp_path)), "--device", "cpu",
+          "--keep-export", str(dest)])
+    assert {"cmvn.json", "model.json", "encoder.safetensors", "adapter.safetensors", "llm"} <= {
+        p.name for p in dest.iterdir()}
+    (out,) = Recognizer.from_pretrained(dest).transcribe([np.zeros(16000, dtype=np.float32)])
+    assert out.duration == pytest.approx(1.0)
+    with pytest.raises(SystemExit):
+        main(["--size", "tiny", "--stages", "joint_sft", "--keep-export", str(dest)])
+    with pytest.raises(SystemExit):
+        main(["--size", "tiny", "--stages", "align", "--keep-export", str(tmp_path / "other")])
+
+
+def _tokenizer(tmp_path: Path) -> Path:
+    from experiments.benchmark import default_tokenizer
+
+    return Path(default_tokenizer(tmp_path))
