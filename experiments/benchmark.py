@@ -14,8 +14,9 @@ of `--seconds`-long utterances with transcripts:
 then decoding RTFx (batched greedy decoding of `--decode-batch` utterances, exactly
 `--decode-tokens` new tokens each, so random weights cannot stop early or run long) and the data
 pipeline's audio seconds per second per CPU core (entropy_asr.data.benchmark's measurement: reading, fbank,
-augmentation, batching, one worker on one thread) with the padded share of its batches (encoder frames, LLM
-positions). Each stage's row also has the optimizer's part of the step (gradient clipping + AdamW), timed apart.
+augmentation, batching, one worker on one thread) with the padded share of its batches (fbank frames, LLM
+positions). Each stage's row also has the optimizer's part of the step (the module's gradient-norm check,
+clipping, AdamW), timed apart. --keep-export DIR keeps joint SFT's random-weight export for the inference benchmark.
 
 Prints one table, writes JSON (--out) and, with --record, appends the table with the card's name,
 the command and the date to docs/benchmarks.md. --size tiny runs on a CPU in seconds (the tests).
@@ -358,7 +359,7 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
 
 
 def keep_export(export: Path, dest: Path) -> None:
-    """Move a benchmark fit's export (random weights at the benchmark's size) to `dest`, with the CMVN statistics of
+    """Copy a benchmark fit's export (random weights at the benchmark's size) to `dest`, with the CMVN statistics of
     the small synthetic corpus, so that it decodes like a trained export (experiments/benchmark_inference.py on it
     measures the long-form and streaming paths' speed at that size; its transcripts mean nothing)."""
     from entropy_asr.data.synthetic import ensure_corpus
