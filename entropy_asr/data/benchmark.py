@@ -61,7 +61,7 @@ def _measure(data: str | Path, seconds: float, augment: bool, warmup_batches: in
     for _ in range(warmup_batches):  # pipeline start-up (shard open, shuffle fill) is not throughput
         next(it)
     audio = utts = batches = 0
-    frames, text_bytes, texts = [], [], []
+    frames, texts = [], []
     t0 = time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         b = next(it)
@@ -69,7 +69,6 @@ def _measure(data: str | Path, seconds: float, augment: bool, warmup_batches: in
         utts += len(b["keys"])
         batches += 1
         frames.append(b["feat_lens"].tolist())
-        text_bytes.append([len(t.encode()) for t in b["text"]])
         texts.append(b["text"])
     wall = time.perf_counter() - t0
     out = {
@@ -85,7 +84,7 @@ def _measure(data: str | Path, seconds: float, augment: bool, warmup_batches: in
         "bucket_boundaries": list(batch.bucket_boundaries),
         "text_bucket_boundaries": list(batch.text_bucket_boundaries),
         "padded_frames_share": round(padding(frames), 4),
-        "padded_text_bytes_share": round(padding(text_bytes), 4),
+        "padded_text_bytes_share": round(padding([[len(t.encode()) for t in b] for b in texts]), 4),
         "data": str(data),
     }
     if tokenizer:  # the LLM's positions: the prompt + speech tokens (encoder frames, k stacked) + transcript + EOS

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -299,10 +300,6 @@ def collate(samples: list[dict], counts: dict | None = None) -> dict:
     }
 
 
-def _bucket(value: float, edges: list) -> int:
-    return next((i for i, edge in enumerate(edges) if value <= edge), len(edges))
-
-
 def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts) -> Iterator[dict]:
     """Group samples of similar length (duration, and transcript bytes with cfg.text_bucket_boundaries); a batch's
     padded seconds (B * longest) stay <= the cap."""
@@ -311,7 +308,9 @@ def bucket_batches(samples: Iterable[dict], cfg: BatchConfig, counts: DataCounts
     longest = [0.0] * len(buckets)
     for s in samples:
         sec = s["feats"].shape[0] * FRAME_SHIFT_S
-        b = _bucket(sec, bounds) * (len(text_bounds) + 1) + _bucket(len(s["text"].encode()), text_bounds)
+        b = bisect_left(bounds, sec) * (len(text_bounds) + 1)  # the first bucket whose upper edge holds it
+        if text_bounds:
+            b += bisect_left(text_bounds, len(s["text"].encode()))
         n, new_longest = len(buckets[b]) + 1, max(longest[b], sec)
         if buckets[b] and (n * new_longest > cfg.max_batch_seconds or n > cfg.max_batch_size):
             yield collate(buckets[b], counts.take())
