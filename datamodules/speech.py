@@ -171,6 +171,8 @@ class SpeechDataModule(L.LightningDataModule):
         if path is None:
             raise UserError("no cmvn: set data.cmvn, or data.train_dir / data.val_dir whose cmvn.json is used")
         self._cmvn = load_cmvn(path)
+        if stage == "fit" and self.context is not None:
+            self.hotword_sampler()  # the vocabulary (seconds of reading and phonemizing) now, not in the first step
 
     def cmvn_file(self) -> Path | None:
         """The cmvn.json the features are normalized with: data.cmvn, else the training dir's (else the val dir's)."""
@@ -235,7 +237,8 @@ class SpeechDataModule(L.LightningDataModule):
         return batch
 
     def hotword_sampler(self) -> HotwordSampler:
-        """The context sampler over the training transcripts' vocabulary (built once, on first use)."""
+        """The context sampler over the training transcripts' vocabulary (built once: at setup for fit, else on first
+        use)."""
         if self._hotword_sampler is None:
             if not self.train_dir:
                 raise UserError("data.init_args.context draws hotwords from the training transcripts: set "
@@ -247,13 +250,12 @@ class SpeechDataModule(L.LightningDataModule):
         """batch["hotwords"] (the prompt's list), "hotwords_present" and "hotwords_absent" for each utterance, drawn
         with a generator seeded by (seed, key, epoch): a resumed or re-sharded run draws the same (epoch None:
         validation, the same list every time)."""
-        sampler, lists = self.hotword_sampler(), {"hotwords": [], "hotwords_present": [], "hotwords_absent": []}
-        for key, text, language in zip(batch["keys"], batch["text"], batch["language"], strict=True):
-            drawn = sampler.sample(text, language, random.Random(f"{self.seed}:{key}:{epoch}"))
-            for name, value in (("hotwords", drawn.words), ("hotwords_present", drawn.present),
-                                ("hotwords_absent", drawn.absent)):
-                lists[name].append(list(value))
-        return {**batch, **lists}
+        sampler = self.hotword_sampler()
+        drawn = [sampler.sample(text, language, random.Random(f"{self.seed}:{key}:{epoch}"))
+                 for key, text, language in zip(batch["keys"], batch["text"], batch["language"], strict=True)]
+        return {**batch, "hotwords": [list(d.words) for d in drawn],
+                "hotwords_present": [list(d.present) for d in drawn],
+                "hotwords_absent": [list(d.absent) for d in drawn]}
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Lightning hook: account for skipped samples on every batch; with `context`, add the training and

@@ -42,8 +42,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from entropy_asr.errors import UserError, run_main
-from entropy_asr.io import atomic_write_bytes, atomic_write_json
+from entropy_asr.errors import run_main
+from entropy_asr.io import atomic_write_bytes, atomic_write_dir, atomic_write_json
 from entropy_asr.model.llm import LLMConfig
 from entropy_asr.model.prompt import generate
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, PromptConfig
@@ -359,19 +359,19 @@ def bench_stage(stage: str, o: Options, peak: float) -> dict:
 
 
 def keep_export(export: Path, dest: Path) -> None:
-    """Copy a benchmark fit's export (random weights at the benchmark's size) to `dest`, with the CMVN statistics of
-    the small synthetic corpus, so that it decodes like a trained export (experiments/benchmark_inference.py on it
-    measures the long-form and streaming paths' speed at that size; its transcripts mean nothing)."""
+    """Copy a benchmark fit's export (random weights at the benchmark's size) to `dest` (main() refuses one that
+    exists), with the CMVN statistics of the small synthetic corpus, so that it decodes like a trained export
+    (experiments/benchmark_inference.py on it measures the long-form and streaming paths' speed at that size; its
+    transcripts mean nothing)."""
     from entropy_asr.data.synthetic import ensure_corpus
 
-    dest = Path(dest)
-    if dest.exists():
-        raise UserError(f"--keep-export {dest}: already exists; remove it or name a new dir")
-    shutil.copyfile(ensure_corpus(utterances=200, seed=0) / "train" / "cmvn.json", export / "cmvn.json")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(export, tmp)
-    tmp.rename(dest)
+    cmvn = ensure_corpus(utterances=200, seed=0) / "train" / "cmvn.json"
+
+    def write(tmp: Path) -> None:
+        shutil.copytree(export, tmp, dirs_exist_ok=True)
+        shutil.copyfile(cmvn, tmp / "cmvn.json")
+
+    atomic_write_dir(dest, write)
 
 
 @torch.no_grad()

@@ -51,7 +51,8 @@ def hotword_counts(ref: str, hyp: str, language: str, prompted: list[str]) -> di
 def own_words(data: Path, train: Path, n: int, seed: int, distractors: int = 1000) -> tuple[dict, list[str]]:
     """Each utterance of `data` with its n rarest words in `train`'s vocabulary (utterances without any left out),
     and `distractors` vocabulary words no utterance of `data` says (drawn with `seed`)."""
-    from entropy_asr.data.context import HotwordSampler, hotword_contained
+    from entropy_asr.data.context import HotwordSampler
+    from entropy_asr.data.hotword_set import SaidIn
     from entropy_asr.data.shards import read_transcripts
 
     sampler = HotwordSampler.from_shards(train)
@@ -59,8 +60,8 @@ def own_words(data: Path, train: Path, n: int, seed: int, distractors: int = 100
     hotwords = {m["key"]: words for m in metas if (words := sampler.candidates(m["text"], m["language"])[:n])}
     vocabulary = [w for script in ("en", "zh") for w in sampler.vocabulary[script].words]
     random.Random(seed).shuffle(vocabulary)
-    said = [(m["text"], m["language"]) for m in metas]
-    pool = (w for w in vocabulary if not any(hotword_contained(t, w, lang) for t, lang in said))
+    said = SaidIn([m["text"] for m in metas], [m["language"] for m in metas])
+    pool = (w for w in vocabulary if not said(w))
     return hotwords, [w for _, w in zip(range(distractors), pool)]
 
 

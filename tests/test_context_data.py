@@ -248,3 +248,17 @@ def test_context_eval_counts_hotword_use_per_utterance():
     assert hotword_counts("我们在张家界见面", "我们在张家界见面", "zh", ["张家界", "张家口"]) == {
         "targets": 1, "found": 1, "used": 1, "inserted": 0}
     assert hotword_counts("", "", "none", []) == {"targets": 0, "found": 0, "used": 0, "inserted": 0}
+
+
+def test_context_eval_own_words_are_said_and_distractors_are_not(tiny_corpus):
+    """context_eval --own-words: each utterance's hotwords are words it says (its rarest first), and no distractor is
+    said by any utterance of the set."""
+    from experiments.context_eval import own_words
+
+    data = tiny_corpus / "test"
+    hotwords, distractors = own_words(data, tiny_corpus / "train", n=2, seed=0, distractors=50)
+    metas = {m["key"]: m for m in read_transcripts(data)}
+    assert hotwords and all(1 <= len(ws) <= 2 for ws in hotwords.values())
+    assert all(hotword_contained(metas[k]["text"], w, metas[k]["language"]) for k, ws in hotwords.items() for w in ws)
+    assert len(distractors) == 50 == len(set(distractors))
+    assert not any(hotword_contained(m["text"], w, m["language"]) for w in distractors for m in metas.values())

@@ -13,9 +13,10 @@ would teach the model to copy the list, so each training utterance draws one of 
 Distractors are hard where they can be: for each present word (in a distractors-only list: for each word that would
 have been present) `distractors_per_present` words drawn from its `neighbours` phonetically nearest vocabulary
 words, then `random_distractors` random vocabulary words. A list for an utterance with fewer than `max_present`
-candidate words (a short one, a non-speech clip) gets random words in place of the missing ones' distractors, so
-the number of distractors says nothing about the audio. A distractor is never a word the transcript says, compared
-on the scoring units (`hotword_contained`), nor a homophone of one of its words (same phones): a distractor the
+candidate words (a short one, a non-speech clip), or whose anchors have too few unsaid neighbours, gets random words
+in place of the missing distractors, so the number of distractors says nothing about the audio (short of a
+vocabulary too small to draw them from). A distractor is never a word the transcript says, compared on the scoring
+units (as `hotword_contained` compares), nor a homophone of one of its words (same phones): a distractor the
 audio contains would teach the model to ignore the audio.
 
 The vocabulary is counted from the training transcripts (`from_texts`, `from_shards`): English words as scoring
@@ -160,9 +161,9 @@ class PhoneVocabulary:
         """The phones as a string, one character each (private-use code points: no clash with any text)."""
         return "".join(self._code.setdefault(p, chr(0xF0000 + len(self._code))) for p in phones)
 
-    def nearest(self, phones: Sequence[str], k: int, skip: Callable[[str], bool] | None = None) -> list[str]:
+    def nearest(self, phones: Sequence[str], k: int) -> list[str]:
         """Up to `k` words nearest to `phones`, nearest first; homophones (distance 0, the word itself among them)
-        and the words `skip` rejects are left out."""
+        are left out."""
         if not self.words or k <= 0:
             return []
         query = self.encode(phones)
@@ -172,10 +173,7 @@ class PhoneVocabulary:
         for i in order:
             if dist[i] == 0:
                 continue
-            word = self.words[i]
-            if skip is not None and skip(word):
-                continue
-            out.append(word)
+            out.append(self.words[i])
             if len(out) == k:
                 break
         return out
@@ -198,6 +196,7 @@ class HotwordSampler:
                  for s in SCRIPTS}
         self.vocabulary = {s: PhoneVocabulary(vocab[s], [self._phones[w] for w in vocab[s]]) for s in SCRIPTS}
         self._neighbours: dict[tuple[str, str], tuple[int, list[str]]] = {}  # -> (k asked, nearest)
+        self._pools: dict[tuple[str, ...], list[str]] = {}  # scripts -> their vocabulary words (random distractors)
 
     @classmethod
     def from_texts(cls, texts: list[str], languages: list[str], config: ContextConfig | None = None,
@@ -234,7 +233,11 @@ class HotwordSampler:
     def candidates(self, text: str, language: str) -> list[str]:
         """The transcript's words of at least `min_phones` phones, rarest first (fewest occurrences in the
         vocabulary, an unseen word counting 0), ties by more phones, then alphabetically."""
-        words = [w for _, w in transcript_words(text, language) if len(self.phones(w)) >= self.config.min_phones]
+        return self._rank([w for _, w in transcript_words(text, language)])
+
+    def _rank(self, words: list[str]) -> list[str]:
+        """candidates() of a transcript's words."""
+        words = [w for w in words if len(self.phones(w)) >= self.config.min_phones]
         return sorted(words, key=lambda w: (self.count(w), -len(self.phones(w)), w))
 
     def neighbours(self, word: str, language: str, k: int) -> list[str]:
@@ -260,15 +263,17 @@ class HotwordSampler:
             return Hotwords()
         distractors_only = mode < c.share_none + c.share_distractors_only
         text_units = score_units(text, language) if text.strip() else []
-        sounds = {self.phones(w) for _, w in transcript_words(text, language)}  # a homophone is as good as said
+        words = [w for _, w in transcript_words(text, language)]
+        sounds = {self.phones(w) for w in words}  # a homophone is as good as said
         said = lambda w: self.phones(w) in sounds or contains_units(text_units, _units(w, language))
-        anchors = self.candidates(text, language)[:c.max_present]
+        anchors = self._rank(words)[:c.max_present]
         present = [] if distractors_only else list(anchors)
         absent: list[str] = []
         for anchor in anchors:
             pool = [w for w in self.neighbours(anchor, language, c.neighbours) if w not in absent and not said(w)]
             absent += rng.sample(pool, min(c.distractors_per_present, len(pool)))
-        n_random = c.random_distractors + (c.max_present - len(anchors)) * c.distractors_per_present
+        # random words make up every distractor the anchors did not give (missing anchors, short neighbour pools)
+        n_random = c.max_present * c.distractors_per_present + c.random_distractors - len(absent)
         absent += self._random_words(language, n_random, rng, lambda w: w in absent or said(w))
         words = present + absent
         rng.shuffle(words)
@@ -278,7 +283,9 @@ class HotwordSampler:
         """Up to `n` distinct random vocabulary words of the utterance's scripts (both for "mix" and "none") that
         `reject` does not reject."""
         scripts = {"en": ("en",), "zh": ("zh",)}.get(language, SCRIPTS)
-        pool = [w for s in scripts for w in self.vocabulary[s].words]
+        if scripts not in self._pools:
+            self._pools[scripts] = [w for s in scripts for w in self.vocabulary[s].words]
+        pool = self._pools[scripts]
         out: list[str] = []
         for _ in range(20 * n):  # rejection sampling; a vocabulary of mostly unsayable words just gives fewer
             if len(out) == n or not pool:

@@ -119,7 +119,7 @@ class HotwordPlan:
     distractors: list[str]  # sorted
 
 
-class _SaidIn:
+class SaidIn:
     """Whether any of some transcripts says a word: its scoring units occur contiguously in one transcript's
     (as entropy_asr.data.context.hotword_contained decides, over many transcripts at once)."""
 
@@ -173,7 +173,7 @@ def hotword_pools(train_texts: Sequence[str], train_languages: Sequence[str],
     """{"en_proper", "en_rare", "zh"} -> the words of that kind no training transcript says, with >= 3 phones
     (sorted). `train_*`: the training split's transcripts and languages."""
     phonemize = phonemizer or Phonemizer()
-    said = _SaidIn(train_texts, train_languages)
+    said = SaidIn(train_texts, train_languages)
     return {kind: [w for w in words if not said(w) and len(phonemize(w, script_of(w))) >= MIN_PHONES]
             for kind, words in _candidate_pools().items()}
 
@@ -215,7 +215,7 @@ def plan_hotword_set(train_texts: Sequence[str], train_languages: Sequence[str],
         hotwords[key] = words
     chosen = pick_distractors([w for ws in hotwords.values() for w in ws],
                               [w for kind in pools.values() for w in kind], distractors,
-                              _SaidIn([s.text for s in specs], [s.language for s in specs]), rng, phonemize)
+                              SaidIn([s.text for s in specs], [s.language for s in specs]), rng, phonemize)
     return HotwordPlan(specs, hotwords, chosen)
 
 

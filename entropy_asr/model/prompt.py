@@ -57,6 +57,7 @@ class SpeechPrompt:
         im_end = tokenizer.convert_tokens_to_ids(IM_END)
         self.eos_id: int = im_end if im_end is not None and im_end != tokenizer.unk_token_id else tokenizer.eos_token_id
         self.pad_id: int = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self._special_ids = set(tokenizer.all_special_ids) | {speech_id}  # no hotword may hold one
 
     def context_ids(self, hotwords: Sequence[str] | None) -> list[int]:
         """The ids of one sample's hotword list in the context template; [] without hotwords (the prompt is then
@@ -71,8 +72,10 @@ class SpeechPrompt:
             return []
         text = self.context.replace("{hotwords}", HOTWORD_SEPARATOR.join(words))
         ids = self.tokenizer.encode(text, add_special_tokens=False)
-        special = set(self.tokenizer.all_special_ids) | {speech_token_id(self.tokenizer)}
-        bad = [w for w in words if special & set(self.tokenizer.encode(w, add_special_tokens=False))]
+        special = self._special_ids
+        # only a list whose text holds a special id can hold a word that does (the template may hold one itself)
+        bad = [w for w in words if special & set(self.tokenizer.encode(w, add_special_tokens=False))] \
+            if special.intersection(ids) else []
         if bad:
             raise UserError(f"hotword {bad[0]!r} contains a special token of the tokenizer (e.g. {SPEECH_TOKEN} or "
                             f"<|im_end|>); remove it from the hotword list")
