@@ -67,6 +67,32 @@ def test_deletion_only_in_training():
     assert 5 < len(kept) < 35 and kept == [p for p in phones[0] if p in kept]  # a subsequence, in order
 
 
+def test_confusion_changes_only_tones_and_stress_only_in_training():
+    """A confused Mandarin final keeps its final with another tone, an English vowel its vowel with another stress;
+    initials and consonants never change; each sequence draws its own share from [0, 2 x confusion]."""
+    from entropy_asr.text import PHONE_TO_ID
+
+    names = ["zh", "uang4", "m", "a3", "n", "i2", "AH0", "B", "IY1", "T", "ER0", "an5"] * 20
+    phones = [[PHONE_TO_ID[p] for p in names]]
+    pf = fixed(confusion=0.5)
+    assert pf.layout(phones, random.Random(0), train=False)[0][0, 1:-1:2].tolist() == phones[0]
+    shares = []
+    for seed in range(40):
+        got = [PHONES[i] for i in pf.layout(phones, random.Random(seed), train=True)[0][0, 1:-1:2].tolist()]
+        assert len(got) == len(names)
+        changed = 0
+        for ref, hyp in zip(names, got):
+            if ref[-1].isdigit():
+                assert hyp[:-1] == ref[:-1] and hyp[-1].isdigit()  # same final or vowel, some tone or stress
+                changed += hyp != ref
+            else:
+                assert hyp == ref
+        shares.append(changed / sum(n[-1].isdigit() for n in names))
+    assert min(shares) < 0.2 and max(shares) > 0.7  # sequences draw different shares up to 2 x 0.5
+    with pytest.raises(ValueError, match="confusion"):
+        PhoneFramesConfig(confusion=0.6)
+
+
 def test_a_silence_layout_for_non_speech():
     pf = fixed(silence_frames=(10, 20))
     rng = random.Random(0)

@@ -31,6 +31,7 @@ from entropy_asr.io import replace_dir
 from entropy_asr.model.export import sha256_file
 
 NAME = "tiny_llm"
+READING_CONFUSION = 0.3  # the card also records reading with this share of tones and stresses confused
 PROMPT = {"system": None, "user": "Transcribe: <speech>"}  # the prompt it was trained with; the tiny configs use it
 CORPUS = {"utterances": 6000, "seed": 0}  # the default corpus: dev sentences for the reading test
 SECONDS_PER_FRAME = 0.04
@@ -62,14 +63,22 @@ def load_reader(path: str | Path):
 
 @torch.no_grad()
 def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = None, nonspeech: int = 20,
-                    batch_size: int = 32, seed: int = 0) -> dict[str, float]:
-    """Reading error rates of clean pseudo speech of `sentences` (default: the dev split) + `nonspeech` silences."""
+                    batch_size: int = 32, seed: int = 0, confusion: float = 0.0) -> dict[str, float]:
+    """Reading error rates of clean pseudo speech of `sentences` (default: the dev split) + `nonspeech` silences.
+
+    confusion > 0: each tone-bearing phone (Mandarin final, English vowel) gets another tone or stress with that
+    probability first (fixed draws): how well the reader copes with a CTC encoder's commonest confusion.
+    """
     from entropy_asr.metrics.error_rate import ErrorRates
+    from entropy_asr.model.pseudo_speech import TONE_SIBLINGS
     from entropy_asr.model.speech_llm import DecodeConfig
     from entropy_asr.text import Phonemizer, phones_to_ids
 
     net, rates, phonemize = load_reader(path), ErrorRates(), Phonemizer()
-    items = [(t, lang, phones_to_ids(phonemize(t, lang))) for t, lang in (sentences or dev_sentences())]
+    confuse = random.Random(f"confusion/{seed}")
+    items = [(t, lang, [p if p not in TONE_SIBLINGS or confuse.random() >= confusion
+                        else confuse.choice(TONE_SIBLINGS[p]) for p in phones_to_ids(phonemize(t, lang))])
+             for t, lang in (sentences or dev_sentences())]
     items += [("", "none", None)] * nonspeech  # None: a silence-only layout
     rng = random.Random(f"reading/{seed}")
     for i in range(0, len(items), batch_size):
@@ -95,8 +104,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "float16", note: str = "") -> dict:
-    """Copy a pretrain_lm run's export into an asset dir (weights in `dtype`), measure it, write its card."""
+def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "float16", note: str = "",
+            command: str | None = None) -> dict:
+    """Copy a pretrain_lm run's export into an asset dir (weights in `dtype`), measure it, write its card.
+
+    `command`: the command the run was made with, for the card (default: the plain pretrain_lm config's)."""
     from safetensors.torch import load_file, save_file
 
     from entropy_asr.model.export import read_component_meta
@@ -118,7 +130,8 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
             save_file(tensors, str(tmp / f"{c}.safetensors"),
                       metadata={"component": meta["component"], "meta": json.dumps(meta["meta"])})
         t0 = time.perf_counter()
-        reading = {"float32_export": measure_reading(export), dtype: measure_reading(tmp)}
+        reading = {"float32_export": measure_reading(export), dtype: measure_reading(tmp),
+                   f"{dtype}_confusion_{READING_CONFUSION}": measure_reading(tmp, confusion=READING_CONFUSION)}
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         config = json.loads((tmp / "llm" / "config.json").read_text())
         info = {
@@ -128,8 +141,8 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
             "llm": {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                                 "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")},
             "dtype": dtype,
-            "training": {"command": f"python experiments/run.py --config experiments/tiny/pretrain_lm.yaml "
-                                    f"--run_dir {run_dir}", "steps": results.get("global_step"),
+            "training": {"command": command or f"python experiments/run.py --config experiments/tiny/pretrain_lm.yaml "
+                                               f"--run_dir {run_dir}", "steps": results.get("global_step"),
                          "fit_seconds": results.get("fit_seconds"), "val": results.get("val", {}),
                          "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
                          "commit": commit, **({"note": note} if note else {})},
@@ -155,12 +168,14 @@ def main(argv: list[str] | None = None) -> None:
     k.add_argument("run_dir")
     k.add_argument("--out", default=str(ROOT / NAME))
     k.add_argument("--note", default="", help="how the run went, for the card (e.g. resumed at step N)")
+    k.add_argument("--command", default=None, help="the command the run was made with, for the card (default: "
+                                                   "the plain experiments/tiny/pretrain_lm.yaml run)")
     a = p.parse_args(argv)
     if a.cmd == "measure":
         print(json.dumps({"dir": a.dir, "card": card(a.dir).get("reading_dev") if (Path(a.dir) / CARD).exists()
                           else None, "measured": measure_reading(a.dir)}))
     else:
-        info = package(a.run_dir, a.out, note=a.note)
+        info = package(a.run_dir, a.out, note=a.note, command=a.command)
         print(json.dumps({k: info[k] for k in ("data", "reading_dev", "training")}, ensure_ascii=False))
 
 

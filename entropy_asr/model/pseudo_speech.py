@@ -30,6 +30,19 @@ SILENCE_ID = PHONE_TO_ID["<blank>"]  # the CTC blank doubles as "no phone here"
 _FIRST_REAL_PHONE = 2  # PHONES[0] is <blank>, PHONES[1] is <unk>: substitutes are drawn from the rest
 
 
+def _tone_siblings() -> dict[int, tuple[int, ...]]:
+    """Phone id -> the ids of the same Mandarin final with another tone (an1 -> an2..an5), or of the same English
+    vowel with another stress (AH0 -> AH1, AH2); phones without a tone or stress digit are absent."""
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(PHONES[_FIRST_REAL_PHONE:], _FIRST_REAL_PHONE):
+        if p[-1].isdigit():
+            groups.setdefault(p[:-1] + ("#" if p.isupper() else "~"), []).append(i)
+    return {i: tuple(j for j in ids if j != i) for ids in groups.values() if len(ids) > 1 for i in ids}
+
+
+TONE_SIBLINGS = _tone_siblings()
+
+
 @dataclass
 class PhoneFramesConfig:
     """How phone sequences are laid out as pseudo encoder frames (all lengths in 25 Hz frames)."""
@@ -41,6 +54,10 @@ class PhoneFramesConfig:
     pause_frames: tuple[int, int] = (1, 3)
     substitution: float = 0.1  # share of phones replaced by a random one in training (encoder errors)
     deletion: float = 0.03  # share of phones dropped in training (a CTC encoder's commonest error)
+    # mean share of tone-bearing phones (Mandarin finals, English vowels) given another tone or stress in training:
+    # a CTC encoder's commonest confusion (two thirds of the tiny encoder's Mandarin phone errors are tones); each
+    # training sequence draws its own share from [0, 2 x confusion], so clean and noisy sequences both occur
+    confusion: float = 0.0
     noise: float = 0.3  # Gaussian noise on training frames, relative to the table's spread
     silence_frames: tuple[int, int] = (10, 150)  # length of a silence-only layout (a non-speech clip)
 
@@ -54,6 +71,9 @@ class PhoneFramesConfig:
         for name in ("pause_prob", "substitution", "deletion"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.confusion <= 0.5:
+            raise UserError(f"phone_frames.confusion must be in [0, 0.5] (sequences draw from [0, 2 x confusion]), "
+                            f"got {self.confusion}")
         if self.noise < 0 or self.dim < 1:
             raise UserError(f"phone_frames.noise must be >= 0 and dim >= 1, got noise={self.noise}, dim={self.dim}")
 
@@ -70,8 +90,8 @@ class PhoneFrames(nn.Module):
         """Frame-level phone ids (B, T) and lengths (B,); an empty phone list gives zero frames (no speech
         slot: text only), None a silence-only layout (a non-speech clip, which reads as nothing).
 
-        Durations, pauses and edges are always random (from `rng`); substitutions and deletions only
-        in training.
+        Durations, pauses and edges are always random (from `rng`); substitutions, tone/stress confusions
+        and deletions only in training.
         """
         c = self.cfg
         rows = []
@@ -83,11 +103,14 @@ class PhoneFrames(nn.Module):
                 rows.append([])
                 continue
             row = [SILENCE_ID] * rng.randint(*c.edge_silence)
+            confusion = rng.uniform(0, 2 * c.confusion) if train and c.confusion else 0.0
             for p in ids:
                 if train and c.deletion and rng.random() < c.deletion:
                     continue
                 if train and rng.random() < c.substitution:
                     p = rng.randrange(_FIRST_REAL_PHONE, len(PHONES))
+                elif confusion and p in TONE_SIBLINGS and rng.random() < confusion:
+                    p = rng.choice(TONE_SIBLINGS[p])
                 row += [p] * rng.randint(*c.frames_per_phone)
                 if rng.random() < c.pause_prob:
                     row += [SILENCE_ID] * rng.randint(*c.pause_frames)
