@@ -60,6 +60,19 @@ def test_reading_error_on_dev_matches_the_card():
         assert measured[key] == pytest.approx(value, abs=0.02), (key, measured, expected)
 
 
+def test_reading_through_confused_tones_matches_the_card():
+    """The same sentences with 30% of tones and stresses changed (fixed draws): the reader was trained to read through
+    them (phone_frames.confusion), and the card records how well it does."""
+    from entropy_asr.assets.tiny_llm import READING_CONFUSION
+
+    measured = measure_reading(ASSET, confusion=READING_CONFUSION)
+    expected = card(ASSET)["reading_dev"][f"{card(ASSET)['dtype']}_confusion_{READING_CONFUSION}"]
+    for key, value in expected.items():
+        assert measured[key] == pytest.approx(value, abs=0.02), (key, measured, expected)
+    clean = card(ASSET)["reading_dev"][card(ASSET)["dtype"]]
+    assert measured["cer_zh"] > clean["cer_zh"] + 0.05  # the confusions do reach the reader
+
+
 def test_an_asset_trained_for_another_corpus_is_refused(copy):
     info = json.loads((copy / "card.json").read_text())
     info["data"]["corpus_version"] -= 1

@@ -64,16 +64,20 @@ def load_reader(path: str | Path):
 @torch.no_grad()
 def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = None, nonspeech: int = 20,
                     batch_size: int = 32, seed: int = 0, confusion: float = 0.0) -> dict[str, float]:
-    """Reading error rates of clean pseudo speech of `sentences` (default: the dev split) + `nonspeech` silences.
+    """Reading error rates of pseudo speech of `sentences` (default: the dev split) + `nonspeech` silences.
 
-    confusion > 0: each tone-bearing phone (Mandarin final, English vowel) gets another tone or stress with that
-    probability first (fixed draws): how well the reader copes with a CTC encoder's commonest confusion.
+    Clean by default; confusion > 0: each tone-bearing phone (Mandarin final, English vowel) gets another tone or
+    stress with that probability first (fixed draws): how well the reader copes with a CTC encoder's commonest
+    confusion.
     """
+    from entropy_asr.errors import UserError
     from entropy_asr.metrics.error_rate import ErrorRates
     from entropy_asr.model.pseudo_speech import TONE_SIBLINGS
     from entropy_asr.model.speech_llm import DecodeConfig
     from entropy_asr.text import Phonemizer, phones_to_ids
 
+    if not 0 <= confusion <= 1:
+        raise UserError(f"confusion must be in [0, 1], got {confusion}")
     net, rates, phonemize = load_reader(path), ErrorRates(), Phonemizer()
     confuse = random.Random(f"confusion/{seed}")
     items = [(t, lang, [p if p not in TONE_SIBLINGS or confuse.random() >= confusion
@@ -164,6 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     m = sub.add_parser("measure", help="reading error on the dev sentences")
     m.add_argument("dir", nargs="?", default=str(ROOT / NAME), help="asset or pretrain_lm export dir")
+    m.add_argument("--confusion", type=float, default=0.0,
+                   help=f"share of tones and stresses confused first (the card also records {READING_CONFUSION})")
     k = sub.add_parser("package", help="a pretrain_lm run dir -> the asset (weights, card)")
     k.add_argument("run_dir")
     k.add_argument("--out", default=str(ROOT / NAME))
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "measure":
         print(json.dumps({"dir": a.dir, "card": card(a.dir).get("reading_dev") if (Path(a.dir) / CARD).exists()
-                          else None, "measured": measure_reading(a.dir)}))
+                          else None, "measured": measure_reading(a.dir, confusion=a.confusion)}))
     else:
         info = package(a.run_dir, a.out, note=a.note, command=a.command)
         print(json.dumps({k: info[k] for k in ("data", "reading_dev", "training")}, ensure_ascii=False))

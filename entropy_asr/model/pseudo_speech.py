@@ -54,7 +54,8 @@ class PhoneFramesConfig:
     pause_frames: tuple[int, int] = (1, 3)
     substitution: float = 0.1  # share of phones replaced by a random one in training (encoder errors)
     deletion: float = 0.03  # share of phones dropped in training (a CTC encoder's commonest error)
-    # mean share of tone-bearing phones (Mandarin finals, English vowels) given another tone or stress in training:
+    # mean share of tone-bearing phones (Mandarin finals, English vowels; of those not substituted or deleted) given
+    # another tone or stress in training:
     # a CTC encoder's commonest confusion (two thirds of the tiny encoder's Mandarin phone errors are tones); each
     # training sequence draws its own share from [0, 2 x confusion], so clean and noisy sequences both occur
     confusion: float = 0.0
