@@ -72,7 +72,7 @@ def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = 
     """
     from entropy_asr.errors import UserError
     from entropy_asr.metrics.error_rate import ErrorRates
-    from entropy_asr.model.pseudo_speech import TONE_SIBLINGS
+    from entropy_asr.model.pseudo_speech import confuse_tone
     from entropy_asr.model.speech_llm import DecodeConfig
     from entropy_asr.text import Phonemizer, phones_to_ids
 
@@ -80,8 +80,7 @@ def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = 
         raise UserError(f"confusion must be in [0, 1], got {confusion}")
     net, rates, phonemize = load_reader(path), ErrorRates(), Phonemizer()
     confuse = random.Random(f"confusion/{seed}")
-    items = [(t, lang, [p if p not in TONE_SIBLINGS or confuse.random() >= confusion
-                        else confuse.choice(TONE_SIBLINGS[p]) for p in phones_to_ids(phonemize(t, lang))])
+    items = [(t, lang, [confuse_tone(p, confusion, confuse) for p in phones_to_ids(phonemize(t, lang))])
              for t, lang in (sentences or dev_sentences())]
     items += [("", "none", None)] * nonspeech  # None: a silence-only layout
     rng = random.Random(f"reading/{seed}")

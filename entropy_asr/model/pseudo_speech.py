@@ -43,6 +43,12 @@ def _tone_siblings() -> dict[int, tuple[int, ...]]:
 TONE_SIBLINGS = _tone_siblings()
 
 
+def confuse_tone(p: int, share: float, rng: random.Random) -> int:
+    """Phone id `p`, or with probability `share` the same final or vowel with another tone or stress (TONE_SIBLINGS);
+    draws from `rng` only for a tone-bearing phone and a share > 0."""
+    return rng.choice(TONE_SIBLINGS[p]) if share and p in TONE_SIBLINGS and rng.random() < share else p
+
+
 @dataclass
 class PhoneFramesConfig:
     """How phone sequences are laid out as pseudo encoder frames (all lengths in 25 Hz frames)."""
@@ -55,9 +61,9 @@ class PhoneFramesConfig:
     substitution: float = 0.1  # share of phones replaced by a random one in training (encoder errors)
     deletion: float = 0.03  # share of phones dropped in training (a CTC encoder's commonest error)
     # mean share of tone-bearing phones (Mandarin finals, English vowels; of those not substituted or deleted) given
-    # another tone or stress in training:
-    # a CTC encoder's commonest confusion (two thirds of the tiny encoder's Mandarin phone errors are tones); each
-    # training sequence draws its own share from [0, 2 x confusion], so clean and noisy sequences both occur
+    # another tone or stress in training, a CTC encoder's commonest confusion (two thirds of the tiny encoder's
+    # Mandarin phone errors are tones); each training sequence draws its own share from [0, 2 x confusion], so clean
+    # and noisy sequences both occur
     confusion: float = 0.0
     noise: float = 0.3  # Gaussian noise on training frames, relative to the table's spread
     silence_frames: tuple[int, int] = (10, 150)  # length of a silence-only layout (a non-speech clip)
@@ -110,8 +116,8 @@ class PhoneFrames(nn.Module):
                     continue
                 if train and rng.random() < c.substitution:
                     p = rng.randrange(_FIRST_REAL_PHONE, len(PHONES))
-                elif confusion and p in TONE_SIBLINGS and rng.random() < confusion:
-                    p = rng.choice(TONE_SIBLINGS[p])
+                else:
+                    p = confuse_tone(p, confusion, rng)
                 row += [p] * rng.randint(*c.frames_per_phone)
                 if rng.random() < c.pause_prob:
                     row += [SILENCE_ID] * rng.randint(*c.pause_frames)
