@@ -208,11 +208,19 @@ class Study:
         self.lm = asset_dir("tiny_llm")  # the pretrained LLM and its reader, checked against this code's corpus
         self.chars = out / "chars.json"
         self.synthetic = {"utterances": size.utterances, "seed": 0}
+        # equal data: every stage of every recipe hears the augmentation pretraining does (the single-stage recipe's
+        # encoder trains from scratch in joint SFT's config, whose own augmentation is off), as when the study's
+        # recorded results were made
+        import yaml
+
+        self.augment = yaml.safe_load((CONFIGS / "pretrain_ctc.yaml").read_text())["data"]["init_args"]["augment"]
 
     def common(self) -> list[str]:
-        """run.py arguments of every stage: the seed, the data, no per-stage validation or test."""
+        """run.py arguments of every stage: the seed, the data (pretraining's augmentation), no per-stage validation
+        or test."""
         return ["--seed_everything", str(self.seed), "--data.init_args.seed", str(self.seed),
                 "--data.init_args.synthetic", json.dumps(self.synthetic),
+                "--data.init_args.augment", json.dumps(self.augment),
                 "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
                 "--test", "false", *self.size.trainer]
 
@@ -332,8 +340,10 @@ class _RecipePlan:
         s, lm = study.size, study.lm
         self.run = study.dir / name
         self.table = str(lm / "phone_frames.safetensors")
-        if self.bridged:  # the tiny configs' adapter: the CTC head's phone posteriors through the asset's phone table
-            self.frames, self.no_head = {}, {}
+        if self.bridged:  # the CTC head's phone posteriors through the asset's phone table, soft (hold 0), as the
+            # study's recorded results were made; the tiny pipeline now holds the greedy phones (adapter.hold 3)
+            self.frames = {"model.init_args.adapter": {"k": 4, "input": "phone_posteriors", "hold": 0}}
+            self.no_head = dict(self.frames)
         else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
             self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"},
                            "model.init_args.phone_frames": None}

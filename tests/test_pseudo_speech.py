@@ -12,6 +12,7 @@ from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
     PhoneFramesConfig,
     aligned_layout,
+    held_phones,
 )
 from entropy_asr.text import PHONES
 
@@ -152,3 +153,28 @@ def test_aligned_layout_unfittable_utterances_are_silence():
     out = aligned_layout(lp, torch.tensor([3, 2]), torch.tensor([[5, 5, 5], [5, 0, 0]]), torch.tensor([3, 1]))
     assert out[0].tolist() == [SILENCE_ID] * 3  # 3 repeated phones need 5 frames
     assert out[1].tolist()[:2] == [SILENCE_ID, 5] and out[1, 2].item() == SILENCE_ID  # past its length
+
+
+def test_held_phones_hold_each_spike_then_fall_silent_known_answer():
+    #        frame: 0  1  2  3  4  5  6  7  8  9 10 11
+    post = spiky([0, 5, 0, 0, 0, 0, 7, 7, 0, 3, 0, 0]).exp()
+    held = held_phones(post, 3)
+    # 5 held 3 frames in all, then silence; 7 spans two frames and is held 3 from its last one; 3 to the end
+    assert held.argmax(-1)[0].tolist() == [0, 5, 5, 5, 0, 0, 7, 7, 7, 3, 3, 3]
+    assert torch.equal(held, torch.nn.functional.one_hot(held.argmax(-1), post.shape[-1]).float())  # one-hot values
+    assert held_phones(post, 1).argmax(-1).tolist() == post.argmax(-1).tolist()  # hold 1: the spikes as they are
+
+
+def test_held_phones_pass_the_gradient_to_the_spike_they_hold_and_are_causal():
+    logits = torch.randn(1, 10, 6)
+    logits[0, :, SILENCE_ID] += 4.0  # mostly blank, as CTC
+    logits[0, 2, 4] += 10.0  # one spike at frame 2
+    logits.requires_grad_()
+    held = held_phones(logits.softmax(-1), 3)
+    held[0, 3, 4].backward()  # frame 3 holds frame 2's phone: its gradient goes to frame 2's posteriors
+    grad = logits.grad[0].abs().sum(-1)
+    assert grad[2] > 0 and grad[[0, 1, 3, 4, 5, 6, 7, 8, 9]].sum() == 0
+    cut = held_phones(logits[:, :6].softmax(-1), 3)  # a frame depends only on the frames up to it (streaming)
+    assert torch.allclose(cut, held[:, :6])
+    with pytest.raises(ValueError, match="adapter.hold"):
+        held_phones(logits.softmax(-1), 0)

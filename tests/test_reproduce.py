@@ -105,7 +105,8 @@ def test_mixed_mode_pairs_d_with_f_the_method_on_frames(tmp_path):
     assert json.dumps([st["overrides"] for st in f]).replace("seed0/f/", "seed0/c/") == json.dumps(
         [st["overrides"] for st in c_frames])
     assert mixed.recipe("d") == frames.recipe("d")
-    assert mixed.recipe("c") != c_frames and "model.init_args.adapter" not in mixed.recipe("c")[0]["overrides"]
+    assert mixed.recipe("c") != c_frames
+    assert mixed.recipe("c")[0]["overrides"]["model.init_args.adapter"]["input"] == "phone_posteriors"
     with pytest.raises(ValueError, match="choose from a b c d e"):
         frames.recipe("f")  # in frames mode c is already f
     # the phone-vs-character claims compare d with f when f ran, with c otherwise (frames mode)
@@ -199,7 +200,9 @@ def test_posteriors_mode_bridges_every_stage_and_refuses_the_character_recipe(tm
     for r in "abce":
         for st in study.recipe(r):
             o = st["overrides"]
-            assert "model.init_args.adapter" not in o and "model.init_args.ctc_head" not in o  # tiny configs' bridge
+            # the bridge as the recorded study made it: soft posteriors (hold 0), the tiny configs' CTC head
+            assert o["model.init_args.adapter"] == {"k": 4, "input": "phone_posteriors", "hold": 0}
+            assert "model.init_args.ctc_head" not in o
             init = o["model.init_args.init"]
             assert init["phone_frames"] == table or init["phone_frames"].endswith("export/phone_frames.safetensors")
             assert r == "a" or init["ctc_head"].rsplit("/", 1)[-1].startswith("ctc_head")
@@ -269,3 +272,16 @@ def test_an_out_dir_of_another_mode_is_refused_not_reported_as_this_one(tmp_path
     (old / "summary.json").write_text("{}")  # runs from before the mode was recorded
     with pytest.raises(UserError, match=r"did not record its size and adapter mode"):
         check_mode(tmp_path / "old", "tiny", "mixed")
+
+
+def test_every_stage_of_every_recipe_hears_pretrainings_augmentation(tmp_path):
+    """Equal data: the SFT configs' own augmentation is off, but the study's stages all take pretraining's."""
+    import yaml
+
+    from experiments.reproduce import CONFIGS
+
+    study = Study(tmp_path, SIZES["tiny"], seed=0)
+    common = study.common()
+    augment = json.loads(common[common.index("--data.init_args.augment") + 1])
+    assert augment == yaml.safe_load((CONFIGS / "pretrain_ctc.yaml").read_text())["data"]["init_args"]["augment"]
+    assert augment["reverb_prob"] > 0 and augment["noise_prob"] > 0  # not the SFT configs' (off)

@@ -603,6 +603,17 @@ def test_adapter_reading_phone_posteriors_sees_pseudo_speech(exports):
               init={"ctc_head": str(exports["ctc_snapshot"])})
     with pytest.raises(ValueError, match="adapter.input must be"):
         AdapterConfig(input="posteriors")
+    # hold: CTC's one-frame spikes between blanks become the held layout the reader learned
+    m.net.adapter_hold = 3
+    ids = torch.tensor([[5, SILENCE_ID, SILENCE_ID, SILENCE_ID, 9, SILENCE_ID, 12, SILENCE_ID],
+                        [7, SILENCE_ID, 8, 8, SILENCE_ID, 0, 0, 0]])
+    speech, _ = net.adapt(torch.zeros(2, 8, ENC["d_model"]), lens)
+    held = torch.tensor([[5, 5, 5, SILENCE_ID, 9, 9, 12, 12], [7, 7, 8, 8, 8, 0, 0, 0]])
+    assert torch.allclose(speech, net.adapter(net.phone_frames(held, lens), lens)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="adapter.hold"):
+        AdapterConfig(hold=3)  # input "encoder": nothing to hold
+    with pytest.raises(ValueError, match="adapter.hold"):
+        AdapterConfig(input="phone_posteriors", hold=-1)
 
 
 def test_ia_sft_swaps_the_ctc_head_with_the_encoder_when_the_adapter_reads_it(exports):

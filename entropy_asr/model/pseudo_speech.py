@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from entropy_asr.errors import UserError
@@ -144,3 +145,21 @@ def aligned_layout(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: 
     pos = frame_phone_positions(log_probs, lens, phones, phone_lens, max_frames_per_phone)  # (B, T')
     ids = phones.cpu().gather(1, pos.clamp_min(0).clamp_max(phones.shape[1] - 1))  # (B, T')
     return torch.where(pos >= 0, ids, torch.full_like(ids, SILENCE_ID))
+
+
+def held_phones(posteriors: Tensor, hold: int) -> Tensor:
+    """(B, T', phones) CTC posteriors -> (B, T', phones) one-hot frames in PhoneFrames' layout: the greedy phone of
+    each spike held over the blank frames after it, `hold` frames in all counting the spike, SILENCE_ID past that
+    (CTC's blank is SILENCE_ID). Straight-through: the values are one-hot, the gradient is the posteriors' (each held
+    frame's flows to its spike's posterior). Causal: a frame depends only on frames up to it."""
+    if hold < 1:
+        raise UserError(f"adapter.hold must be >= 1 frames here, got {hold}")
+    ids = posteriors.argmax(-1)  # (B, T')
+    t = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+    last = torch.where(ids != SILENCE_ID, t, torch.full_like(t, -1)).cummax(dim=1).values  # last spike at or before t
+    held = (last >= 0) & (t - last < hold)
+    src = torch.where(held, last, t)  # the frame each output frame takes its posterior from
+    soft = posteriors.gather(1, src[..., None].expand_as(posteriors))
+    phone = torch.where(held, ids.gather(1, src), torch.full_like(ids, SILENCE_ID))
+    hard = F.one_hot(phone, posteriors.shape[-1]).to(posteriors.dtype)
+    return hard + soft - soft.detach()

@@ -28,7 +28,7 @@ from entropy_asr.model.prompt import (
     generate,
     max_new_tokens_for,
 )
-from entropy_asr.model.pseudo_speech import PhoneFrames, PhoneFramesConfig
+from entropy_asr.model.pseudo_speech import PhoneFrames, PhoneFramesConfig, held_phones
 from entropy_asr.model.tokenizer import load_tokenizer
 from entropy_asr.text import PHONES
 
@@ -80,12 +80,20 @@ class AdapterConfig:
     # posteriors times a phone table (model.phone_frames), i.e. soft pseudo speech, which an LLM taught to read
     # pseudo speech (the tiny text step) reads from the first step; the encoder still trains through it
     input: str = "encoder"
+    # with input "phone_posteriors": 0 reads each frame's soft posteriors; n > 0 reads the greedy phone of each CTC
+    # spike held over the blank frames after it, n frames in all (blank past that), which is how the tiny text step
+    # lays out its pseudo speech (a phone held 1-5 frames): the layout the tiny LLM learned to read, instead of
+    # CTC's one-frame spikes between blanks; the posteriors still carry the gradient (straight through)
+    hold: int = 0
 
     def __post_init__(self):
         if self.k < 1:
             raise UserError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
         if self.input not in ("encoder", "phone_posteriors"):
             raise UserError(f"adapter.input must be 'encoder' or 'phone_posteriors', got {self.input!r}")
+        if self.hold < 0 or (self.hold and self.input != "phone_posteriors"):
+            raise UserError(f"adapter.hold must be 0, or >= 1 frames with adapter.input 'phone_posteriors' (it holds "
+                            f"the CTC head's greedy phones), got hold={self.hold} with input {self.input!r}")
 
 
 @dataclass
@@ -152,6 +160,7 @@ class SpeechLLM(nn.Module):
             p = prompt or PromptConfig()
             self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user, context=p.context)
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
+        self.adapter_hold = adapter.hold if adapter is not None else 0
         if self.reads_posteriors and (ctc_head is None or ctc_head.units != "phones" or phone_frames is None):
             raise UserError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
                             "table: set model.ctc_head (units: phones) and model.phone_frames, and init both")
@@ -184,6 +193,8 @@ class SpeechLLM(nn.Module):
         what it reads: the frames, or the CTC head's phone posteriors as soft pseudo speech)."""
         if self.reads_posteriors:
             posteriors = F.softmax(self.ctc_head(frames).float(), dim=-1)  # (B, T', phones)
+            if self.adapter_hold:
+                posteriors = held_phones(posteriors, self.adapter_hold)
             frames = (posteriors @ self.phone_frames.table.weight.float()).to(frames.dtype)  # (B, T', dim)
             frames = frames * length_mask(lens, frames.shape[1])[..., None]
         return self.adapter(frames, lens)
