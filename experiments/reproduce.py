@@ -345,7 +345,7 @@ class _RecipePlan:
             self.frames = {"model.init_args.adapter": {"k": 4, "input": "phone_posteriors", "hold": 0}}
             self.no_head = dict(self.frames)
         else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
-            self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder"},
+            self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder", "hold": 0},
                            "model.init_args.phone_frames": None}
             self.no_head = {**self.frames, "model.init_args.ctc_head": None}
         self.lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}

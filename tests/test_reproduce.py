@@ -285,3 +285,17 @@ def test_every_stage_of_every_recipe_hears_pretrainings_augmentation(tmp_path):
     augment = json.loads(common[common.index("--data.init_args.augment") + 1])
     assert augment == yaml.safe_load((CONFIGS / "pretrain_ctc.yaml").read_text())["data"]["init_args"]["augment"]
     assert augment["reverb_prob"] > 0 and augment["noise_prob"] > 0  # not the SFT configs' (off)
+
+
+def test_every_adapter_override_spells_out_hold(tmp_path):
+    """jsonargparse merges an adapter override into the stage config's adapter: an override that leaves `hold` out
+    would keep the tiny config's hold 3, which an encoder-frame adapter refuses. Each one names it and builds."""
+    from entropy_asr.model.speech_llm import AdapterConfig
+
+    for mode, recipes in (("frames", "abcde"), ("posteriors", "abce"), ("mixed", "abcdef")):
+        study = Study(tmp_path / mode, SIZES["tiny"], seed=0, adapter=mode)
+        for r in recipes:
+            for st in study.recipe(r):
+                adapter = st["overrides"]["model.init_args.adapter"]
+                assert adapter["hold"] == 0, (mode, r, st["name"])
+                AdapterConfig(**adapter)

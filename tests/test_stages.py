@@ -604,12 +604,20 @@ def test_adapter_reading_phone_posteriors_sees_pseudo_speech(exports):
     with pytest.raises(ValueError, match="adapter.input must be"):
         AdapterConfig(input="posteriors")
     # hold: CTC's one-frame spikes between blanks become the held layout the reader learned
-    m.net.adapter_hold = 3
-    ids = torch.tensor([[5, SILENCE_ID, SILENCE_ID, SILENCE_ID, 9, SILENCE_ID, 12, SILENCE_ID],
-                        [7, SILENCE_ID, 8, 8, SILENCE_ID, 0, 0, 0]])
-    speech, _ = net.adapt(torch.zeros(2, 8, ENC["d_model"]), lens)
+    held_m = build(Align, exports, ctc_head=CTCHeadConfig(dropout=0.0),
+                   adapter=AdapterConfig(input="phone_posteriors", hold=3),
+                   phone_frames=PhoneFramesConfig(dim=ENC["d_model"]),
+                   init={"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"]),
+                         "phone_frames": reader["phone_frames"], "adapter": reader["adapter"]})
+    assert held_m.describe()["init_args"]["adapter"]["hold"] == 3  # an export's model.json rebuilds it as trained
+    spikes = torch.tensor([[5, SILENCE_ID, SILENCE_ID, SILENCE_ID, 9, SILENCE_ID, 12, SILENCE_ID],
+                           [7, SILENCE_ID, 8, 8, SILENCE_ID, 0, 0, 0]])
+    hnet = held_m.net.eval()
+    hnet.ctc_head.forward = lambda frames: 1e4 * torch.nn.functional.one_hot(spikes, phones).float()
+    speech, _ = hnet.adapt(torch.zeros(2, 8, ENC["d_model"]), lens)
     held = torch.tensor([[5, 5, 5, SILENCE_ID, 9, 9, 12, 12], [7, 7, 8, 8, 8, 0, 0, 0]])
-    assert torch.allclose(speech, net.adapter(net.phone_frames(held, lens), lens)[0], atol=1e-5)
+    assert torch.allclose(speech, hnet.adapter(hnet.phone_frames(held, lens), lens)[0], atol=1e-5)
+    assert not torch.allclose(speech, hnet.adapter(hnet.phone_frames(spikes, lens), lens)[0], atol=1e-3)
     with pytest.raises(ValueError, match="adapter.hold"):
         AdapterConfig(hold=3)  # input "encoder": nothing to hold
     with pytest.raises(ValueError, match="adapter.hold"):

@@ -5,12 +5,13 @@ its context, and a frozen one can be driven by an adapter's soft prompts. A tiny
 from scratch on a few thousand sentences learns none of that, so an adapter trained against it
 (docs/method.md's alignment stage) has nothing to align to. The tiny pipeline's text step therefore
 also teaches its LLM to *read*: each sentence's phones become a frame sequence shaped like the
-speech encoder's output (one learned vector per phone, held 2-5 frames at 25 Hz, silence at the
+speech encoder's output (one learned vector per phone, held 1-5 frames at 25 Hz, silence at the
 edges and in random pauses, some phones substituted, noise added), which the speech stages'
 adapter (k-frame stack + MLP) turns into LLM inputs. That is the synthetic corpus' own pace:
 6.4 phones per second, ~3.9 encoder frames per phone. The tiny speech stages then hand the LLM
-the same thing from real speech: the CTC head's phone posteriors times this table
-(`AdapterConfig.input = "phone_posteriors"`, `SpeechLLM.adapt`).
+the same thing from real speech: the CTC head's phones through this table, soft posteriors or
+greedy phones held as here (`AdapterConfig.input = "phone_posteriors"`, `AdapterConfig.hold`,
+`held_phones`, `SpeechLLM.adapt`).
 """
 
 from __future__ import annotations

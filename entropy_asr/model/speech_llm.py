@@ -76,9 +76,9 @@ class AdapterConfig:
     k: int = 4
     hidden_dim: int | None = None  # default: the LLM's width
     dropout: float = 0.0
-    # what the adapter reads: "encoder" frames (the paper), or "phone_posteriors": the CTC head's phone
-    # posteriors times a phone table (model.phone_frames), i.e. soft pseudo speech, which an LLM taught to read
-    # pseudo speech (the tiny text step) reads from the first step; the encoder still trains through it
+    # what the adapter reads: "encoder" frames (the paper), or "phone_posteriors": the CTC head's phones through a
+    # phone table (model.phone_frames), i.e. pseudo speech, which an LLM taught to read pseudo speech (the tiny text
+    # step) reads from the first step (`hold` says how); the encoder still trains through it
     input: str = "encoder"
     # with input "phone_posteriors": 0 reads each frame's soft posteriors; n > 0 reads the greedy phone of each CTC
     # spike held over the blank frames after it, n frames in all (blank past that), which is how the tiny text step
@@ -190,7 +190,8 @@ class SpeechLLM(nn.Module):
 
     def adapt(self, frames: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
         """(B, T', D) encoder frames -> (B, N, H) speech tokens through the adapter (adapter.input decides
-        what it reads: the frames, or the CTC head's phone posteriors as soft pseudo speech)."""
+        what it reads: the frames, or the CTC head's phones through the phone table as pseudo speech: its soft
+        posteriors, or with adapter.hold its greedy phones held as the text step lays them out)."""
         if self.reads_posteriors:
             posteriors = F.softmax(self.ctc_head(frames).float(), dim=-1)  # (B, T', phones)
             if self.adapter_hold:
