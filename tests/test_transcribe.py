@@ -35,7 +35,9 @@ def model(exports, tiny_corpus, tmp_path_factory) -> dict:
     # the shipped tiny LLM (it reads pseudo speech) over a one-step encoder: varied text, not a random LLM's nothing
     run(["--config", str(TINY / "align.yaml"), "--run_dir", str(run_dir), "--vars.runs", str(exports["root"]),
          "--vars.first_snapshot", "step00000001", "--model.init_args.encoder", json.dumps(ENC),
-         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--test", "false", *common(tiny_corpus)])
+         "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1", "--test", "false",
+         "--model.init_args.decode", json.dumps({"num_beams": 1}),  # the export's default, which transcribe uses
+         *common(tiny_corpus)])
     evaluate.main(["--checkpoint", str(run_dir / "export"), "--data", str(tiny_corpus / "test"), "--out",
                    str(root / "eval"), "--batch-size", "1", "--beam", "1", "--wandb", "disabled"])
     hyps = {(r := json.loads(x))["id"]: r["hyp"] for x in (root / "eval" / "hyps.jsonl").read_text().splitlines()}
