@@ -478,6 +478,7 @@ def measure(study: Study, name: str, stress: dict[str, Path], probe: list) -> di
     final = run / "joint_sft"
     root = corpus_dir(**study.synthetic)
     argv = ["--checkpoint", str(final), "--out", str(run / "eval"), "--wandb", "disabled",
+            "--beam", "1",  # greedy, as the recorded results were decoded (the tiny configs now decode with 4 beams)
             "--device", "cuda" if torch.cuda.is_available() and study.size.trainer else "cpu",
             "--data", str(root / "test"), "--data", str(root / "test_unseen_voice"),
             "--data", str(stress["nonspeech_wide"]), "--data", str(stress["test_padded"])]

@@ -299,3 +299,24 @@ def test_every_adapter_override_spells_out_hold(tmp_path):
                 adapter = st["overrides"]["model.init_args.adapter"]
                 assert adapter["hold"] == 0, (mode, r, st["name"])
                 AdapterConfig(**adapter)
+
+
+def test_the_study_scores_its_recipes_greedily(tmp_path, monkeypatch):
+    """The recorded study decoded greedily; the tiny configs' exports now default to 4 beams, so measure() says 1."""
+    import experiments.evaluate as evaluate
+    from experiments.reproduce import measure
+
+    class Called(Exception):
+        pass
+
+    seen: dict = {}
+
+    def fake_main(argv):
+        seen["argv"] = argv
+        raise Called
+
+    monkeypatch.setattr(evaluate, "main", fake_main)
+    with pytest.raises(Called):
+        measure(Study(tmp_path, SIZES["tiny"], seed=0), "c", {"nonspeech_wide": tmp_path, "test_padded": tmp_path}, [])
+    argv = seen["argv"]
+    assert argv[argv.index("--beam") + 1] == "1"
