@@ -362,8 +362,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="rerun finished stages from scratch")
-    p.add_argument("--run_dir", help="override the config's run_dir")
-    p.add_argument("--retrain-llm", action="store_true",
+    # the pipeline's own flags in either spelling (run.py's are --run_dir ...; argparse's habit is --retrain-llm):
+    # anything the pipeline does not know is passed on to every stage, where a misspelt flag of its own would fail
+    p.add_argument("--run_dir", "--run-dir", dest="run_dir", help="override the config's run_dir")
+    p.add_argument("--retrain-llm", "--retrain_llm", dest="retrain_llm", action="store_true",
                    help="train the tiny LLM from scratch (the config's llm.stage) instead of starting from the shipped "
                         "asset (docs/tiny_llm.md)")
     p.add_argument("--with", dest="optional", nargs="+", default=[], metavar="STAGE",

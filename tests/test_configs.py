@@ -102,3 +102,16 @@ def test_the_pipelines_optional_stages_run_only_when_asked():
                                                                                           "grpo"]
     with pytest.raises(UserError, match=r"--with rlhf: .*optional stages: \['context_sft', 'grpo'\]"):
         select_stages(config, optional=["rlhf"])
+
+
+@pytest.mark.parametrize("spelling", [("--run_dir", "--retrain-llm"), ("--run-dir", "--retrain_llm")])
+def test_the_pipelines_own_flags_take_either_spelling_and_the_rest_go_to_every_stage(monkeypatch, tmp_path, spelling):
+    import experiments.pipeline as pipeline
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda config, extra, force, retrain, optional: seen.update(
+        run_dir=config["run_dir"], extra=extra, retrain=retrain))
+    run_dir, retrain = spelling
+    pipeline.main(["--config", str(ROOT / "experiments" / "tiny" / "pipeline.yaml"), run_dir, str(tmp_path), retrain,
+                   "--trainer.max_steps", "3"])
+    assert seen == {"run_dir": str(tmp_path), "extra": ["--trainer.max_steps", "3"], "retrain": True}
