@@ -115,3 +115,15 @@ def test_the_pipelines_own_flags_take_either_spelling_and_the_rest_go_to_every_s
     pipeline.main(["--config", str(ROOT / "experiments" / "tiny" / "pipeline.yaml"), run_dir, str(tmp_path), retrain,
                    "--trainer.max_steps", "3"])
     assert seen == {"run_dir": str(tmp_path), "extra": ["--trainer.max_steps", "3"], "retrain": True}
+
+
+def test_the_reader_is_trained_on_the_hold_the_speech_stages_read_with():
+    """pretrain_lm lays out part of its pseudo speech as the speech stages read the CTC encoder (phone_frames.hold):
+    the same hold as their adapter's, or the reader learns a layout it is never given."""
+    def init_args(name):
+        return yaml.safe_load((ROOT / "experiments" / "tiny" / f"{name}.yaml").read_text())["model"]["init_args"]
+
+    frames = init_args("pretrain_lm")["phone_frames"]
+    assert frames["held_share"] > 0
+    for stage in ("align", "ia_sft", "joint_sft", "context_sft", "grpo"):
+        assert init_args(stage)["adapter"]["hold"] == frames["hold"], stage

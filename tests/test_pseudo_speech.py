@@ -178,3 +178,36 @@ def test_held_phones_pass_the_gradient_to_the_spike_they_hold_and_are_causal():
     assert torch.allclose(cut, held[:, :6])
     with pytest.raises(ValueError, match="adapter.hold"):
         held_phones(logits.softmax(-1), 0)
+
+
+def test_held_layout_known_answer_hold_frames_then_silence_to_the_next_phone():
+    """The layout of a CTC encoder read through adapter.hold: phones `gap` frames apart, each held `hold` frames."""
+    pf = fixed(hold=3, held_gaps=(0, 0, 0, 0, 1))  # every gap 5 frames
+    ids, lens = pf.layout([[5, 7]], random.Random(0), train=False, held=True)
+    assert ids[0, :lens[0]].tolist() == [SILENCE_ID, 5, 5, 5, SILENCE_ID, SILENCE_ID, 7, 7, 7, SILENCE_ID,
+                                         SILENCE_ID, SILENCE_ID]
+    short = fixed(hold=3, held_gaps=(1,))  # gap 1: phone after phone, nothing to hold
+    assert short.layout([[5, 7, 9]], random.Random(0), train=False, held=True)[0][0].tolist() == [
+        SILENCE_ID, 5, 7, 9, SILENCE_ID]
+
+
+def test_held_share_picks_the_layout_per_sequence_only_in_training():
+    pf = fixed(hold=1, held_gaps=(0, 1), held_share=0.5)  # held: phone + one silent frame; plain: phone twice
+    rng = random.Random(0)
+    ids, lens = pf.layout([[5, 7]] * 200, rng, train=True)
+    held = sum(row[:n].tolist() == [SILENCE_ID, 5, SILENCE_ID, 7, SILENCE_ID, SILENCE_ID] for row, n in zip(ids, lens))
+    plain = sum(row[:n].tolist() == [SILENCE_ID, 5, 5, 7, 7, SILENCE_ID] for row, n in zip(ids, lens))
+    assert held + plain == 200 and 70 < held < 130
+    ids, lens = pf.layout([[5, 7]] * 50, rng, train=False)  # validation reads the plain layout
+    assert all(row[:n].tolist() == [SILENCE_ID, 5, 5, 7, 7, SILENCE_ID] for row, n in zip(ids, lens))
+    # with held_share 0 no draw is spent on it: layouts made before the option stay the same
+    a, _ = fixed(frames_per_phone=(1, 5)).layout([[5, 7, 9]] * 5, random.Random(3), train=True)
+    b, _ = fixed(frames_per_phone=(1, 5), held_gaps=(0, 1)).layout([[5, 7, 9]] * 5, random.Random(3), train=True)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("bad", [{"held_share": 1.5}, {"hold": 0}, {"held_gaps": ()}, {"held_gaps": (1, -1)},
+                                 {"held_gaps": (0, 0)}])
+def test_held_layout_config_errors_name_the_key(bad):
+    with pytest.raises(ValueError, match=r"phone_frames\.held_(share|gaps)"):
+        PhoneFramesConfig(**bad)

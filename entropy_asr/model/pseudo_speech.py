@@ -69,6 +69,13 @@ class PhoneFramesConfig:
     confusion: float = 0.0
     noise: float = 0.3  # Gaussian noise on training frames, relative to the table's spread
     silence_frames: tuple[int, int] = (10, 150)  # length of a silence-only layout (a non-speech clip)
+    # share of training sequences laid out as the speech stages read a CTC encoder (adapter.hold = `hold`): phone
+    # after phone `held_gaps` frames apart (weights of a gap of 1, 2, ... frames), each phone held `hold` frames of
+    # its gap and silence for the rest. The default gaps are the tiny phone CTC encoder's spike-to-spike gaps on dev
+    # (docs/tiny_llm.md): a CTC encoder's phones come faster and more unevenly than frames_per_phone's.
+    held_share: float = 0.0
+    hold: int = 3
+    held_gaps: tuple[float, ...] = (0.40, 0.33, 0.14, 0.066, 0.022, 0.022, 0.012, 0.008)
 
     def __post_init__(self):
         for name in ("frames_per_phone", "edge_silence", "pause_frames", "silence_frames"):
@@ -80,6 +87,13 @@ class PhoneFramesConfig:
         for name in ("pause_prob", "substitution", "deletion"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.held_share <= 1 or self.hold < 1:
+            raise UserError(f"phone_frames.held_share must be in [0, 1] and hold >= 1 frames, got "
+                            f"held_share={self.held_share}, hold={self.hold}")
+        self.held_gaps = tuple(float(w) for w in self.held_gaps)
+        if not self.held_gaps or min(self.held_gaps) < 0 or sum(self.held_gaps) <= 0:
+            raise UserError(f"phone_frames.held_gaps must be weights >= 0 of a gap of 1, 2, ... frames with a positive "
+                            f"sum, got {list(self.held_gaps)}")
         if not 0 <= self.confusion <= 0.5:
             raise UserError(f"phone_frames.confusion must be in [0, 0.5] (sequences draw from [0, 2 x confusion]), "
                             f"got {self.confusion}")
@@ -95,14 +109,17 @@ class PhoneFrames(nn.Module):
         self.cfg = cfg
         self.table = nn.Embedding(len(PHONES), cfg.dim)  # row SILENCE_ID: silence
 
-    def layout(self, phones: list[list[int] | None], rng: random.Random, train: bool) -> tuple[Tensor, Tensor]:
+    def layout(self, phones: list[list[int] | None], rng: random.Random, train: bool,
+               held: bool | None = None) -> tuple[Tensor, Tensor]:
         """Frame-level phone ids (B, T) and lengths (B,); an empty phone list gives zero frames (no speech
         slot: text only), None a silence-only layout (a non-speech clip, which reads as nothing).
 
         Durations, pauses and edges are always random (from `rng`); substitutions, tone/stress confusions
-        and deletions only in training.
+        and deletions only in training. held: every sequence in the held layout (True), none (False), or in
+        training a `held_share` of them (None; outside training none).
         """
         c = self.cfg
+        gaps = range(1, len(c.held_gaps) + 1)
         rows = []
         for ids in phones:
             if ids is None:
@@ -112,6 +129,7 @@ class PhoneFrames(nn.Module):
                 rows.append([])
                 continue
             row = [SILENCE_ID] * rng.randint(*c.edge_silence)
+            is_held = held if held is not None else bool(train and c.held_share and rng.random() < c.held_share)
             confusion = rng.uniform(0, 2 * c.confusion) if train and c.confusion else 0.0
             for p in ids:
                 if train and c.deletion and rng.random() < c.deletion:
@@ -120,7 +138,11 @@ class PhoneFrames(nn.Module):
                     p = rng.randrange(_FIRST_REAL_PHONE, len(PHONES))
                 else:
                     p = confuse_tone(p, confusion, rng)
-                row += [p] * rng.randint(*c.frames_per_phone)
+                if is_held:
+                    gap = rng.choices(gaps, c.held_gaps)[0]
+                    row += [p] * min(gap, c.hold) + [SILENCE_ID] * max(gap - c.hold, 0)
+                else:
+                    row += [p] * rng.randint(*c.frames_per_phone)
                 if rng.random() < c.pause_prob:
                     row += [SILENCE_ID] * rng.randint(*c.pause_frames)
             rows.append(row + [SILENCE_ID] * rng.randint(*c.edge_silence))
