@@ -87,9 +87,12 @@ class PhoneFramesConfig:
         for name in ("pause_prob", "substitution", "deletion"):
             if not 0 <= getattr(self, name) <= 1:
                 raise UserError(f"phone_frames.{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.held_share <= 1 or self.hold < 1:
-            raise UserError(f"phone_frames.held_share must be in [0, 1] and hold >= 1 frames, got "
-                            f"held_share={self.held_share}, hold={self.hold}")
+        if not 0 <= self.held_share <= 1:
+            raise UserError(f"phone_frames.held_share must be in [0, 1], got {self.held_share}")
+        if isinstance(self.hold, bool) or int(self.hold) != self.hold or self.hold < 1:
+            raise UserError(f"phone_frames.hold must be a whole number of frames >= 1 (like adapter.hold), "
+                            f"got {self.hold}")
+        self.hold = int(self.hold)
         self.held_gaps = tuple(float(w) for w in self.held_gaps)
         if not self.held_gaps or min(self.held_gaps) < 0 or sum(self.held_gaps) <= 0:
             raise UserError(f"phone_frames.held_gaps must be weights >= 0 of a gap of 1, 2, ... frames with a positive "
