@@ -63,12 +63,14 @@ def load_reader(path: str | Path):
 
 @torch.no_grad()
 def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = None, nonspeech: int = 20,
-                    batch_size: int = 32, seed: int = 0, confusion: float = 0.0) -> dict[str, float]:
+                    batch_size: int = 32, seed: int = 0, confusion: float = 0.0,
+                    held: bool = False) -> dict[str, float]:
     """Reading error rates of pseudo speech of `sentences` (default: the dev split) + `nonspeech` silences.
 
     Clean by default; confusion > 0: each tone-bearing phone (Mandarin final, English vowel) gets another tone or
     stress with that probability first (fixed draws): how well the reader copes with a CTC encoder's commonest
-    confusion.
+    confusion. held: the phones laid out as the speech stages read a CTC encoder (spikes at a CTC encoder's gaps,
+    each held `phone_frames.hold` frames; entropy_asr.model.pseudo_speech) instead of 1-5 frames a phone.
     """
     from entropy_asr.errors import UserError
     from entropy_asr.metrics.error_rate import ErrorRates
@@ -86,7 +88,7 @@ def measure_reading(path: str | Path, sentences: list[tuple[str, str]] | None = 
     rng = random.Random(f"reading/{seed}")
     for i in range(0, len(items), batch_size):
         chunk = items[i:i + batch_size]
-        ids, lens = net.phone_frames.layout([p for _, _, p in chunk], rng, train=False)
+        ids, lens = net.phone_frames.layout([p for _, _, p in chunk], rng, train=False, held=held)
         frames = net.phone_frames(ids, lens)
         speech, speech_lens = net.adapter(frames, lens)
         hyps = net.decode_speech(speech, speech_lens, (lens * SECONDS_PER_FRAME).tolist(), DecodeConfig())
@@ -134,7 +136,8 @@ def package(run_dir: str | Path, out: str | Path = ROOT / NAME, dtype: str = "fl
                       metadata={"component": meta["component"], "meta": json.dumps(meta["meta"])})
         t0 = time.perf_counter()
         reading = {"float32_export": measure_reading(export), dtype: measure_reading(tmp),
-                   f"{dtype}_confusion_{READING_CONFUSION}": measure_reading(tmp, confusion=READING_CONFUSION)}
+                   f"{dtype}_confusion_{READING_CONFUSION}": measure_reading(tmp, confusion=READING_CONFUSION),
+                   f"{dtype}_held": measure_reading(tmp, held=True)}
         files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         config = json.loads((tmp / "llm" / "config.json").read_text())
         info = {
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     m.add_argument("dir", nargs="?", default=str(ROOT / NAME), help="asset or pretrain_lm export dir")
     m.add_argument("--confusion", type=float, default=0.0,
                    help=f"share of tones and stresses confused first (the card also records {READING_CONFUSION})")
+    m.add_argument("--held", action="store_true",
+                   help="lay the phones out as the speech stages read a CTC encoder (adapter.hold) instead")
     k = sub.add_parser("package", help="a pretrain_lm run dir -> the asset (weights, card)")
     k.add_argument("run_dir")
     k.add_argument("--out", default=str(ROOT / NAME))
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     if a.cmd == "measure":
         print(json.dumps({"dir": a.dir, "card": card(a.dir).get("reading_dev") if (Path(a.dir) / CARD).exists()
-                          else None, "measured": measure_reading(a.dir, confusion=a.confusion)}))
+                          else None, "measured": measure_reading(a.dir, confusion=a.confusion, held=a.held)}))
     else:
         info = package(a.run_dir, a.out, note=a.note, command=a.command)
         print(json.dumps({k: info[k] for k in ("data", "reading_dev", "training")}, ensure_ascii=False))
