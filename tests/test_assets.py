@@ -73,6 +73,17 @@ def test_reading_through_confused_tones_matches_the_card():
     assert measured["cer_zh"] > clean["cer_zh"] + 0.05  # the confusions do reach the reader
 
 
+def test_reading_the_held_layout_of_a_ctc_encoder_matches_the_card():
+    """The same sentences laid out as the speech stages read the phone CTC encoder (spikes at its gaps, each held
+    phone_frames.hold frames): the reader was trained on that layout too (phone_frames.held_share)."""
+    measured = measure_reading(ASSET, held=True)
+    expected = card(ASSET)["reading_dev"][f"{card(ASSET)['dtype']}_held"]
+    assert set(measured) == set(expected)
+    for key, value in expected.items():
+        assert measured[key] == pytest.approx(value, abs=0.02), (key, measured, expected)
+    assert measured != measure_reading(ASSET)  # the held layout does reach the reader
+
+
 def test_an_asset_trained_for_another_corpus_is_refused(copy):
     info = json.loads((copy / "card.json").read_text())
     info["data"]["corpus_version"] -= 1
