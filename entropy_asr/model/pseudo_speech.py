@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 import torch.nn.functional as F
@@ -122,7 +123,7 @@ class PhoneFrames(nn.Module):
         training a `held_share` of them (None; outside training none).
         """
         c = self.cfg
-        gaps = range(1, len(c.held_gaps) + 1)
+        gaps, cum = range(1, len(c.held_gaps) + 1), list(accumulate(c.held_gaps))  # once, not per phone
         rows = []
         for ids in phones:
             if ids is None:
@@ -142,7 +143,7 @@ class PhoneFrames(nn.Module):
                 else:
                     p = confuse_tone(p, confusion, rng)
                 if is_held:
-                    gap = rng.choices(gaps, c.held_gaps)[0]
+                    gap = rng.choices(gaps, cum_weights=cum)[0]
                     row += [p] * min(gap, c.hold) + [SILENCE_ID] * max(gap - c.hold, 0)
                 else:
                     row += [p] * rng.randint(*c.frames_per_phone)
