@@ -78,6 +78,9 @@ class SpeechDataModule(L.LightningDataModule):
             empty transcripts; `prepare --nonspeech` writes them from your own recordings) and the
             share of training utterances drawn from them, so the model learns to say nothing on
             silence and noise. Their shards are shared by all ranks.
+        babble_share: share of training utterances replaced by babble made on the fly from 5-8 recent
+            training utterances overlapped (half reversed), with empty transcripts: speech-like sound with no
+            words, so the model learns not to transcribe background chatter (entropy_asr.data.pipeline.BabbleSamples).
         batches_per_epoch: training batches per epoch per rank (the training stream is endless).
         context: hotword lists for context SFT (entropy_asr.data.context.ContextConfig; {} for its defaults):
             each training and validation utterance gets one (batch["hotwords"], with "hotwords_present" and
@@ -101,6 +104,7 @@ class SpeechDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         nonspeech_dirs: list[str] | None = None,
         nonspeech_share: float = 0.0,
+        babble_share: float = 0.0,
         rank: int | None = None,
         world_size: int | None = None,
         context: ContextConfig | None = None,
@@ -120,7 +124,10 @@ class SpeechDataModule(L.LightningDataModule):
             raise UserError("data.init_args.nonspeech_share > 0 needs data.init_args.nonspeech_dirs: shard dirs of "
                             "clips without speech (python -m entropy_asr.data.prepare jsonl ... --nonspeech)")
         self.train_dir, self.val_dir, self.test_dirs = train_dir, val_dir, list(test_dirs or [])
+        if not 0 <= babble_share < 1:
+            raise UserError(f"data.init_args.babble_share must be in [0, 1), got {babble_share}")
         self.nonspeech_dirs, self.nonspeech_share = list(nonspeech_dirs or []), nonspeech_share
+        self.babble_share = babble_share
         self.cmvn_path = cmvn
         self.batch = batch or BatchConfig()
         self.augment = augment if augment is not None else AugmentConfig()
@@ -193,6 +200,7 @@ class SpeechDataModule(L.LightningDataModule):
             rank=rank, world_size=world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             batches_per_epoch=self.batches_per_epoch, num_workers=self.num_workers,
             mix_urls=mix, mix_share=self.nonspeech_share,
+            babble_share=self.babble_share if train else 0.0,
         )
         if train:
             workers = max(1, self.num_workers)

@@ -428,3 +428,87 @@ def test_evaluation_batches_ignore_text_buckets(tiny_corpus):
     # in training the same edge does split them: no batch holds transcripts from both sides of it
     trained = batches(True, max_batch_size=len(sizes), **split)
     assert all(len({len(t.encode()) <= sizes[0] for t in b["text"]}) == 1 for b in trained)
+
+
+def _sine(freq: float, seconds: float, amp: float, sr: int = 16000) -> np.ndarray:
+    return (amp * np.sin(2 * np.pi * freq * np.arange(int(seconds * sr)) / sr)).astype(np.float32)
+
+
+def _flac_samples(n: int, seconds: float = 1.0) -> list[dict]:
+    """Raw shard samples of n tones (distinct pitches, 16 kHz FLAC) with a transcript each."""
+    out = []
+    for i in range(n):
+        x = _sine(200.0 + 37 * i, seconds, amp=0.1 + 0.02 * i)
+        meta = {"text": f"u{i}", "norm_text": f"u{i}", "language": "en", "phones": ["AH0"]}
+        out.append({"__key__": f"k{i}", "__url__": "mem", "flac": encode_flac(x), "json": json.dumps(meta).encode()})
+    return out
+
+
+def test_babble_samples_replace_the_share_with_wordless_overlaps():
+    from entropy_asr.data.pipeline import BabbleSamples
+
+    share, n = 0.2, 4000
+    src = _flac_samples(40, seconds=0.5)
+    stream = [s for s, _ in zip(BabbleSamples(iter(src * 200), share, "s"), range(n), strict=False)]
+    babble = [s for s in stream if s["__url__"] == "babble"]
+    speech = [s for s in stream if s["__url__"] != "babble"]
+    assert [s["__key__"] for s in speech] == [s["__key__"] for s in (src * 200)[:len(speech)]]  # order kept, none lost
+    # no babble before 8 utterances are in the pool; then Bernoulli(share) per emitted sample: 4 binomial sd
+    assert all(s["__url__"] != "babble" for s in stream[:8])
+    assert abs(len(babble) / (n - 8) - share) < 4 * (share * (1 - share) / n) ** 0.5
+    for s in babble[:20]:
+        meta = json.loads(s["json"])
+        assert meta == {"text": "", "norm_text": "", "language": "none", "phones": []}
+        x, sr = s["wav"]
+        assert sr == 16000 and len(x) == 8000 and x.dtype == np.float32  # as long as its (0.5 s) talkers
+        assert 0.1 * 10 ** (-10 / 20) * 0.9 < float(np.sqrt(np.mean(x.astype(np.float64) ** 2))) < 0.9  # talkers' level
+    again = [s["__key__"] for s, _ in zip(BabbleSamples(iter(src * 200), share, "s"), range(n), strict=False)]
+    assert again == [s["__key__"] for s in stream]  # seeded: the same stream
+    other = [s["__key__"] for s, _ in zip(BabbleSamples(iter(src * 200), share, "t"), range(n), strict=False)]
+    assert other != again
+    assert [s["__key__"] for s in BabbleSamples(iter(src), 0.0, "s")] == [s["__key__"] for s in src]
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match=r"data.init_args.babble_share must be in \[0, 1\)"):
+            BabbleSamples(iter(src), bad, "s")
+
+
+def test_babble_clip_overlaps_its_talkers_at_their_level():
+    import random
+
+    from entropy_asr.data.pipeline import babble_clip
+
+    a, b = _sine(300.0, 1.0, amp=0.2), _sine(500.0, 0.3, amp=0.05)
+    x, sr = babble_clip([(a, 16000), (b, 16000)], random.Random(0))
+    assert sr == 16000 and len(x) == len(a)  # the first talker's length; the short one is looped
+    spec = np.abs(np.fft.rfft(x))
+    f = np.fft.rfftfreq(len(x), 1 / 16000)
+    peaks = {round(float(f[i])) for i in np.argsort(spec)[-2:]}
+    assert peaks == {300, 500}  # both talkers are in it, at comparable levels (+-3 dB after level matching)
+    mean_rms = (0.2 + 0.05) / 2 / 2 ** 0.5
+    assert mean_rms * 10 ** (-10 / 20) * 0.99 < np.sqrt(np.mean(x.astype(np.float64) ** 2)) < mean_rms * 1.01
+    y, sr = babble_clip([(_sine(300.0, 1.0, amp=0.2, sr=8000), 8000)], random.Random(0))
+    assert sr == 16000 and abs(len(y) - 16000) <= 1  # another rate is resampled first
+    z, _ = babble_clip([(np.zeros(0, np.float32), 16000)], random.Random(0))
+    assert not z.any()  # nothing to overlap: silence, still with its empty transcript
+
+
+def test_babble_share_of_training_utterances(tiny_corpus):
+    dm = dm_for(tiny_corpus, batch=MIX_BATCH, num_workers=0, shuffle_buffer=20, augment=AugmentConfig.off(),
+                babble_share=0.3, batches_per_epoch=60)
+    torch.manual_seed(3)
+    stream = []
+    for b in dm.train_dataloader():
+        dm.account(b)
+        stream += zip(b["keys"], b["language"], b["text"], b["phone_lens"].tolist(), b["feat_lens"].tolist(),
+                      strict=True)
+    assert not dm.data_counts
+    babble = [u for u in stream if u[0].startswith("babble")]
+    assert babble and all(lang == "none" and text == "" and phones == 0 and frames > 0
+                          for _, lang, text, phones, frames in babble)
+    assert {u[0] for u in stream if not u[0].startswith("babble")} <= set(keys_in(tiny_corpus / "train"))
+    n = len(stream)
+    assert abs(len(babble) / n - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5 + (8 + MIX_BATCH.max_batch_size) / n
+    val = [lang for b in dm.val_dataloader() for lang in b["language"]]
+    assert "none" not in val  # evaluation never gets babble
+    with pytest.raises(ValueError, match=r"data.init_args.babble_share must be in \[0, 1\)"):
+        dm_for(tiny_corpus, babble_share=1.0)

@@ -160,6 +160,70 @@ class MixedSamples(IterableDataset):
             yield next(secondary if rng.random() < self.share else primary)
 
 
+class BabbleSamples(IterableDataset):
+    """Endless training samples from `source`, and with probability `share` a babble clip instead: 5-8 of the
+    stream's recent utterances overlapped (about half of them time-reversed), with an empty transcript
+    (language "none"). Speech-like sound with no words in it, made from the training speech itself (any
+    corpus), so the model learns not to transcribe background chatter. The clip is as long as its first
+    talker's utterance and sits at the talkers' mean level, -10..0 dB."""
+
+    def __init__(self, source, share: float, seed: str, clock: EpochClock | None = None,
+                 talkers: tuple[int, int] = (5, 8), pool: int = 32):
+        if not 0 <= share < 1:
+            raise UserError(f"data.init_args.babble_share must be in [0, 1), got {share}")
+        self.source, self.share, self.seed, self.talkers, self.pool = source, share, seed, talkers, pool
+        self.clock = clock or EpochClock()
+
+    def __iter__(self) -> Iterator[dict]:
+        worker, _ = worker_position()
+        rng = random.Random(f"babble/{self.seed}/{worker}/{self.clock.epoch}")
+        source, recent, made = iter(self.source), [], 0
+        while True:
+            if len(recent) >= self.talkers[1] and rng.random() < self.share:
+                clip = babble_clip([a for b in rng.sample(recent, rng.randint(*self.talkers))
+                                    if (a := _decoded_or_none(b)) is not None], rng)
+                made += 1
+                yield {"__key__": f"babble-{worker}-{self.clock.epoch}-{made}", "__url__": "babble",
+                       "json": b'{"text": "", "norm_text": "", "language": "none", "phones": []}', "wav": clip}
+                continue
+            sample = next(source, None)
+            if sample is None:
+                return
+            if isinstance(sample.get("flac"), bytes):
+                recent.append(sample["flac"])
+                del recent[:-self.pool]
+            yield sample
+
+
+def _decoded_or_none(data: bytes) -> tuple[np.ndarray, int] | None:
+    """decode_audio, or None for audio that does not decode (the Featurizer counts it when its sample comes)."""
+    try:
+        return decode_audio(data)
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return None
+
+
+def babble_clip(talkers: list[tuple[np.ndarray, int]], rng: random.Random) -> tuple[np.ndarray, int]:
+    """Overlap decoded utterances (samples, rate) into one clip at SAMPLE_RATE: each looped to the first one's
+    length from a random start, reversed with probability 1/2, within +-3 dB of the others."""
+    xs = [resample(x, sr) if sr != SAMPLE_RATE else x for x, sr in talkers]
+    xs = [x.astype(np.float64) for x in xs if len(x)]
+    if not xs:
+        return np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE
+    n = len(xs[0])
+    rms = [float(np.sqrt(np.mean(x ** 2))) for x in xs]
+    out = np.zeros(n)
+    for x, r in zip(xs, rms):
+        if rng.random() < 0.5:
+            x = x[::-1]
+        x = np.tile(x, 1 + n // len(x))
+        start = rng.randrange(len(x) - n + 1)
+        out += x[start:start + n] * 10 ** (rng.uniform(-3, 3) / 20) / max(r, 1e-9)
+    level = float(np.mean(rms)) * 10 ** (rng.uniform(-10, 0) / 20)
+    out *= level / max(float(np.sqrt(np.mean(out ** 2))), 1e-9)
+    return np.clip(out, -1, 1).astype(np.float32), SAMPLE_RATE
+
+
 def _shard_handler(counts: DataCounts, endless: bool = False):
     def handler(exn: Exception) -> bool:
         counts.add("corrupt_shard", f"unreadable tar member or shard ({exn!r}); rest of shard skipped")
@@ -210,7 +274,7 @@ class Featurizer:
         if "json" not in sample:
             self.counts.add("missing_json", f"{where}: no {key}.json member; skipped")
             return None
-        if "flac" not in sample:
+        if "flac" not in sample and "wav" not in sample:  # wav: decoded already (BabbleSamples)
             self.counts.add("missing_audio", f"{where}: no {key}.flac member; skipped")
             return None
         try:
@@ -220,7 +284,7 @@ class Featurizer:
             self.counts.add("bad_json", f"{where}: unreadable metadata ({e!r}); skipped")
             return None
         try:
-            x, sr = decode_audio(sample["flac"])
+            x, sr = sample["wav"] if "wav" in sample else decode_audio(sample["flac"])
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
             self.counts.add("corrupt_audio", f"{where}: cannot decode audio ({e}); skipped")
             return None
@@ -374,11 +438,13 @@ def build_pipeline(
     num_workers: int = 0,
     mix_urls: list[str] | None = None,
     mix_share: float = 0.0,
+    babble_share: float = 0.0,
 ) -> wds.DataPipeline:
     """A WebDataset pipeline yielding padded batches; iterate it through DataLoader(batch_size=None).
 
     Training with `mix_urls` and `mix_share` > 0 draws that share of the utterances from those
-    shards (every rank from all of them) instead of `urls`.
+    shards (every rank from all of them) instead of `urls`; with `babble_share` > 0 that share of the
+    speech stream's utterances are babble made from its own recent utterances (BabbleSamples).
     """
     counts = DataCounts()
     clock = EpochClock()
@@ -390,6 +456,8 @@ def build_pipeline(
                                     lambda src: _worker_shuffle(src, shuffle_buffer, f"{seed}/{rank}{tag}", clock))
 
         speech = samples(TrainShards(urls, rank, world_size, seed, clock=clock), "")
+        if babble_share > 0:
+            speech = BabbleSamples(speech, babble_share, f"{seed}/{rank}", clock)
         if mix_urls and mix_share > 0:
             other = samples(TrainShards(mix_urls, rank, world_size, seed + 1, shared=True, clock=clock), "/mix")
             stages = [MixedSamples(speech, other, mix_share, f"{seed}/{rank}", clock)]
