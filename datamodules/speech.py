@@ -200,7 +200,7 @@ class SpeechDataModule(L.LightningDataModule):
             rank=rank, world_size=world, seed=self.seed, shuffle_buffer=self.shuffle_buffer,
             batches_per_epoch=self.batches_per_epoch, num_workers=self.num_workers,
             mix_urls=mix, mix_share=self.nonspeech_share,
-            babble_share=self.babble_share if train else 0.0,
+            babble_share=self.babble_share,  # training only (build_pipeline)
         )
         if train:
             workers = max(1, self.num_workers)
