@@ -1,6 +1,7 @@
 """Evaluate a trained stage on shard dirs, or score hypotheses: error rates, edit operations, hallucination.
 
 python experiments/evaluate.py --checkpoint RUN_DIR --data DIR [--data DIR ...] --out OUT [--batch-size B] [--beam N]
+    [--max-silence F]
 python experiments/evaluate.py --score HYPS.jsonl [--score MORE.jsonl ...] --out OUT
 
 --checkpoint: a speech stage's run dir (align, ia_sft, joint_sft): its config.yaml gives the
@@ -349,6 +350,16 @@ def _check_cmvn(source: ModelSource, data) -> None:
                            f"not there (another cache or machine?); pass --cmvn PATH (the training data's cmvn.json)")
 
 
+def set_max_silence(net, frames: int) -> None:
+    """--max-silence: the model reads at most `frames` of silence next to speech (0: all of it)."""
+    if frames < 0:
+        raise UserError(f"--max-silence {frames}: give frames >= 1, or 0 to read all silence")
+    if frames and net.ctc_head is None:
+        raise UserError(f"--max-silence {frames}: the model has no CTC head to find silence with; use 0 or leave it "
+                        f"out")
+    net.max_silence = frames or None
+
+
 @torch.no_grad()
 def decode_sets(model, data, beam: int | None, device: torch.device) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Per data dir: rows {id, ref, hyp, language} and the RTFx (audio seconds per decoding second)."""
@@ -397,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, action="append", help="a shard dir to decode (repeatable; with --checkpoint)")
     p.add_argument("--batch-size", type=int, help="at most this many utterances a batch (default: the config's)")
     p.add_argument("--beam", type=int, help="beam size (default: the config's decode.num_beams)")
+    p.add_argument("--max-silence", type=int,
+                   help="adapter.max_silence for this evaluation: frames of silence next to speech the LLM reads (0: "
+                        "all of it; default: the model's own)")
     p.add_argument("--cmvn", type=Path, help="cmvn.json of the training data (default: from the run's data config, "
                                              "else the export's cmvn.json)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -488,6 +502,9 @@ def main(argv: list[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # (a checkpoint's CMVN statistics, as a file)
             source = resolve_source(a.checkpoint, a.cmvn, Path(scratch))
             model, data = build_stage(source, a.batch_size, a.data, a.out)
+            if a.max_silence is not None:
+                set_max_silence(model.net, a.max_silence)
+            metrics["decode"] = {"num_beams": a.beam or model.decode.num_beams, "max_silence": model.net.max_silence}
             decoded, rtfx = decode_sets(model, data, a.beam, torch.device(a.device))
         metrics["checkpoint"] = str(a.checkpoint)
         records = score_decoded(a.data, decoded, rtfx, params, normalize, metrics["sets"])

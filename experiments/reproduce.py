@@ -340,12 +340,15 @@ class _RecipePlan:
         s, lm = study.size, study.lm
         self.run = study.dir / name
         self.table = str(lm / "phone_frames.safetensors")
+        # every recipe reads all silence (no adapter.max_silence: the frame recipes have no CTC head past alignment
+        # to find it with), as the study's recorded results were made
         if self.bridged:  # the CTC head's phone posteriors through the asset's phone table, soft (hold 0), as the
             # study's recorded results were made; the tiny pipeline now holds the greedy phones (adapter.hold 3)
-            self.frames = {"model.init_args.adapter": {"k": 4, "input": "phone_posteriors", "hold": 0}}
+            self.frames = {"model.init_args.adapter": {"k": 4, "input": "phone_posteriors", "hold": 0,
+                                                       "max_silence": None}}
             self.no_head = dict(self.frames)
         else:  # the paper's adapter reads encoder frames (no phone table, no CTC head past alignment)
-            self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder", "hold": 0},
+            self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder", "hold": 0, "max_silence": None},
                            "model.init_args.phone_frames": None}
             self.no_head = {**self.frames, "model.init_args.ctc_head": None}
         self.lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
@@ -778,7 +781,8 @@ def prepare_study(out: Path, size: Size, recipes: list[str]) -> dict[str, Path]:
     if "d" in recipes and not (out / "chars.json").exists():
         inv = build_char_inventory(root / "train", out / "chars.json")
         print(f"== character inventory: {len(inv)} symbols -> {out / 'chars.json'}", flush=True)
-    return build_stress_sets(root, out / "stress", nonspeech=size.nonspeech, padded=size.padded)
+    return build_stress_sets(root, out / "stress", nonspeech=size.nonspeech, padded=size.padded,
+                             paused=0)
 
 
 class _Probe:

@@ -16,7 +16,7 @@ from entropy_asr.assets import check_if_asset
 from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
-from entropy_asr.model.masks import length_mask
+from entropy_asr.model.masks import keep_frames, length_mask
 from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
     PhoneFramesConfig,
@@ -155,17 +155,19 @@ class SpeechSFT(SpeechLLMModule):
 
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
-        speech, speech_lens = self.net.adapt(frames, lens)  # (B, N, H)
+        keep = self.net.silence_keep(frames, lens)  # (B, T') with adapter.max_silence: the frames the adapter reads
+        speech, speech_lens = self.net.adapt(frames, lens, keep)  # (B, N, H)
         # with data.context (context SFT), each utterance's hotword list goes into its prompt
         loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"], batch.get("hotwords"))
         if self.distill is not None and self.training:
-            mse = self.distill_loss(frames, lens, speech, speech_lens, batch)
+            mse = self.distill_loss(frames, lens, speech, speech_lens, batch, keep)
             self.log("train/distill_mse", mse.detach(), batch_size=self.batch_size(batch))
             loss = loss + self.distill.weight * mse
         return loss
 
-    def distill_loss(self, frames, lens, speech, speech_lens, batch) -> torch.Tensor:
-        """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones."""
+    def distill_loss(self, frames, lens, speech, speech_lens, batch, keep=None) -> torch.Tensor:
+        """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones (on the
+        frames `keep` says the adapter read, with adapter.max_silence)."""
         with torch.no_grad():
             if self.phone_aligner is not None:  # the fixed phone aligner: (B, T', V) from its own encoder
                 log_probs = torch.log_softmax(self.phone_aligner["ctc_head"](self.phone_aligner["encoder"](
@@ -174,6 +176,8 @@ class SpeechSFT(SpeechLLMModule):
                 log_probs = self.net.ctc_log_probs(frames)  # (B, T', V)
             ids = aligned_layout(log_probs, lens, batch["phones"], batch["phone_lens"],
                                  self.distill.max_frames_per_phone).to(frames.device)  # (B, T')
+            if keep is not None:  # the layout over the frames the adapter read
+                ids, lens = keep_frames(ids, keep)
             target, _ = self.distill_reader["adapter"](
                 self.distill_reader["phone_frames"](ids, lens), lens)  # (B, N, H)
         valid = length_mask(speech_lens, speech.shape[1])  # (B, N)

@@ -412,6 +412,16 @@ def test_evaluate_decodes_a_trained_stage_from_its_run_dir_or_its_checkpoint(eva
         assert overall["utterances"] == json.loads((d / "index.json").read_text())["utterances"]
         assert overall["rtfx"] > 0
     assert "nonspeech_emission_rate" in metrics["sets"]["nonspeech"]["none"]
+    # what decoded is written down: the beam asked for and the config's adapter.max_silence (the tiny configs cap
+    # silence), which --max-silence overrides (0: read all of it) and refuses below 0
+    cap = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["init_args"]["adapter"]["max_silence"]
+    assert isinstance(cap, int) and cap >= 1 and metrics["decode"] == {"num_beams": 1, "max_silence": cap}
+    uncapped = evaluate.main(["--checkpoint", str(run_dir), "--data", str(sets[0]), "--out", str(tmp_path / "all"),
+                              "--beam", "1", "--max-silence", "0"])
+    assert uncapped["decode"] == {"num_beams": 1, "max_silence": None}
+    with pytest.raises(ValueError, match="--max-silence -1: give frames >= 1"):
+        evaluate.main(["--checkpoint", str(run_dir), "--data", str(sets[0]), "--out", str(tmp_path / "neg"),
+                       "--max-silence", "-1"])
     # the Lightning checkpoint holds the same weights: the same transcripts
     again = evaluate.main(["--checkpoint", str(run_dir / "checkpoints" / "last.ckpt"), *data,
                            "--out", str(tmp_path / "eval2"), "--beam", "1"])
@@ -688,3 +698,71 @@ def test_a_stage_from_a_context_sft_llm_says_it_was_trained_with_hotword_prompts
     args[args.index("--model.init_args.llm.name_or_path") + 1] = str(start / "llm")
     run([*args, "--trainer.fast_dev_run", "true", *common(tiny_corpus), *small_models("joint_sft")])
     assert json.loads((tmp_path / "joint" / "export" / "model.json").read_text())["hotword_prompts"] is True
+
+
+def test_adapter_max_silence_reads_long_silence_as_the_short_one(exports):
+    """adapter.max_silence: runs of blank frames next to speech are shortened before the adapter, so a clip with
+    seconds of silence around and inside its speech gives the LLM what the same speech with short silence gives."""
+    from entropy_asr.model.pseudo_speech import SILENCE_ID as S
+
+    reader = exports["reader"]
+    init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"]),
+            "phone_frames": reader["phone_frames"], "adapter": reader["adapter"]}
+    m = build(Align, exports, ctc_head=CTCHeadConfig(dropout=0.0), phone_frames=PhoneFramesConfig(dim=ENC["d_model"]),
+              adapter=AdapterConfig(input="phone_posteriors", hold=3, max_silence=2), init=init)
+    assert m.describe()["init_args"]["adapter"]["max_silence"] == 2  # an export's model.json rebuilds it
+    net, phones = m.net.eval(), m.net.phone_frames.table.num_embeddings
+    long = [S] * 30 + [5, S, 9] + [S] * 25 + [12] + [S] * 40  # 99 frames
+    short = [S, S, 5, S, 9, S, S, 12, S, S]  # edges 2 frames, the long pause 2 (1 + 1), the 1-frame one as it was
+    padded = torch.tensor([long, short + [S] * (len(long) - len(short))])
+
+    def speech(ids: torch.Tensor, lens: torch.Tensor, cap):
+        net.max_silence = cap
+        net.ctc_head.forward = lambda frames: 1e4 * torch.nn.functional.one_hot(ids, phones).float()
+        return net.adapt(torch.zeros(*ids.shape, ENC["d_model"]), lens)
+
+    got, got_lens = speech(padded, torch.tensor([len(long), len(short)]), 2)
+    want, want_lens = speech(torch.tensor([short]), torch.tensor([len(short)]), None)
+    assert got_lens.tolist() == [int(want_lens), int(want_lens)]
+    assert torch.allclose(got[0, :int(want_lens)], want[0], atol=1e-5)
+    assert torch.allclose(got[1, :int(want_lens)], want[0], atol=1e-5)  # a row already short: unchanged
+    _, uncapped_lens = speech(padded, torch.tensor([len(long), len(short)]), None)
+    assert int(uncapped_lens[0]) > 3 * int(want_lens)
+    # no CTC head: nothing finds the silence, so the config is refused, not ignored
+    with pytest.raises(ValueError, match="adapter.max_silence"):
+        build(Align, exports, adapter=AdapterConfig(max_silence=2), init={"encoder": str(exports["snapshot"])})
+    with pytest.raises(ValueError, match="adapter.max_silence must be >= 1"):
+        AdapterConfig(max_silence=0)
+
+
+def test_align_distill_reads_the_same_frames_as_the_adapter_under_max_silence(exports):
+    """With adapter.max_silence the distill target is laid over the frames the adapter read: a batch whose CTC head
+    hears long silence at both edges trains with the shortened frames, shapes agree and the MSE is finite."""
+    init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    batch = {"feats": torch.randn(2, 400, 80), "feat_lens": torch.tensor([400, 330]), "text": ["你好", "hello"],
+             "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
+    for cap in (None, 2):
+        m = build(Align, exports, ctc_head=CTCHeadConfig(dropout=0.0), init=init,
+                  adapter=AdapterConfig(max_silence=cap), distill=DistillConfig(**exports["reader"]))
+        head = m.net.ctc_head.forward
+
+        def edges_blank(frames, head=head):  # the trained head's logits, with blank certain outside frames 40-64
+            logits = head(frames)
+            t = torch.arange(frames.shape[1])
+            edge = ((t < 40) | (t >= 65))[None, :, None]
+            return torch.where(edge, torch.nn.functional.one_hot(torch.zeros_like(t), logits.shape[-1]) * 1e4, logits)
+
+        m.net.ctc_head.forward = edges_blank
+        logged: dict = {}
+        m.log = lambda key, value, logged=logged, **kw: logged.setdefault(key, value)
+        m.train()
+        frames, lens = m.net.encode(batch["feats"], batch["feat_lens"])
+        keep = m.net.silence_keep(frames, lens)
+        if cap is None:
+            assert keep is None
+        else:  # each row: 25 frames of speech (some may read blank too) and at most 2 frames of each edge
+            assert (lens > 80).all() and (keep.sum(1) <= 25 + 2 * 2).all()
+        m.model_step(batch).backward()
+        mse = float(logged["train/distill_mse"])
+        assert mse == mse and mse > 0  # finite
+        assert all(p.grad is not None for p in m.net.adapter.parameters())

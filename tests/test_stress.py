@@ -1,4 +1,5 @@
-"""entropy_asr.data.stress: the hallucination test sets (wide non-speech, speech padded with silence/noise)."""
+"""entropy_asr.data.stress: the hallucination test sets (wide non-speech, speech padded with silence/noise, speech
+with a long pause inside)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from entropy_asr.data.shards import read_index
-from entropy_asr.data.stress import PAD_KINDS, PAD_SECONDS, build_stress_sets
+from entropy_asr.data.stress import PAD_KINDS, PAD_SECONDS, PAUSE_SECONDS, build_stress_sets, quietest_point
 from entropy_asr.data.synthetic import NONSPEECH_KINDS, nonspeech_clip
 from tests.test_prepare import read_shards
 
@@ -34,23 +35,47 @@ def test_nonspeech_wide_has_every_kind_equally_and_nothing_to_transcribe(stress)
     assert all(np.sqrt(np.mean(x.astype(np.float64) ** 2)) > 10 ** (-50 / 20) for x in loud)
 
 
-def test_padded_speech_is_the_test_utterance_unchanged_between_its_pads(stress, tiny_corpus):
+def _edited(stress, tiny_corpus, name: str):
+    """(metadata, samples, the source utterance's samples) of each test_<name> utterance, whose transcript, language
+    and phones are checked to be its source's."""
     source = {k: u for k, u in read_shards(tiny_corpus / "test").items() if u["json"]["language"] != "none"}
-    padded = read_shards(stress["test_padded"])
-    assert len(padded) == 3
-    for key, u in padded.items():
-        meta = u["json"]
-        src = source[key.removesuffix("_padded")]
+    edited = read_shards(stress[f"test_{name}"])
+    assert len(edited) == 3
+    for key, u in edited.items():
+        meta, src = u["json"], source[key.removesuffix(f"_{name}")]
         assert (meta["text"], meta["language"], meta["phones"]) == (src["json"]["text"], src["json"]["language"],
                                                                     src["json"]["phones"])
+        yield meta, u["audio"][0], src["audio"][0]
+
+
+def test_padded_speech_is_the_test_utterance_unchanged_between_its_pads(stress, tiny_corpus):
+    for meta, x, speech in _edited(stress, tiny_corpus, "padded"):
         assert set(meta["pad_kinds"]) <= set(PAD_KINDS)
         start, after = meta["pad_samples"]
         assert all(PAD_SECONDS[0] * 16000 <= n <= PAD_SECONDS[1] * 16000 for n in (start, after))
-        x, speech = u["audio"][0], src["audio"][0]
         assert len(x) == start + len(speech) + after
         np.testing.assert_array_equal(x[start:start + len(speech)], speech)  # 16-bit both ways: exact
         pads = np.concatenate([x[:start], x[start + len(speech):]]).astype(np.float64)
         assert np.sqrt(np.mean(pads ** 2)) <= 10 ** (-29 / 20)  # quiet: at most -30 dBFS, +1 dB for rounding
+
+
+def test_paused_speech_is_the_test_utterance_cut_at_its_quietest_point_around_a_pause(stress, tiny_corpus):
+    for meta, x, speech in _edited(stress, tiny_corpus, "paused"):
+        at, n = meta["pause_at"], meta["pause_samples"]
+        assert meta["pause_kind"] in PAD_KINDS and PAUSE_SECONDS[0] * 16000 <= n <= PAUSE_SECONDS[1] * 16000
+        assert len(speech) // 4 <= at <= 3 * len(speech) // 4 and at == quietest_point(speech)
+        assert len(x) == len(speech) + n
+        np.testing.assert_array_equal(np.concatenate([x[:at], x[at + n:]]), speech)  # 16-bit both ways: exact
+        assert np.sqrt(np.mean(x[at:at + n].astype(np.float64) ** 2)) <= 10 ** (-29 / 20)
+
+
+def test_quietest_point_finds_the_gap_between_two_bursts():
+    t = np.arange(16000 * 2) / 16000
+    x = np.sin(2 * np.pi * 200 * t).astype(np.float32)
+    x[int(0.9 * 16000):int(1.05 * 16000)] = 0  # a 150 ms gap at 0.9-1.05 s, inside the middle half
+    at = quietest_point(x)
+    assert int(0.9 * 16000) <= at <= int(1.05 * 16000)
+    assert quietest_point(np.ones(100, np.float32)) == 50  # too short for a window: the middle
 
 
 def test_a_second_build_keeps_the_sets_and_equal_arguments_give_equal_files(stress, tiny_corpus, tmp_path):
@@ -70,6 +95,10 @@ def test_bad_arguments_fail_with_one_clear_line(tiny_corpus, tmp_path):
         build_stress_sets(tmp_path, tmp_path / "out")
     with pytest.raises(ValueError, match="--padded 500: .* has only"):
         build_stress_sets(tiny_corpus, tmp_path / "big", nonspeech=10, padded=500)
+    with pytest.raises(ValueError, match="--paused 500: .* has only"):
+        build_stress_sets(tiny_corpus, tmp_path / "big2", nonspeech=10, padded=0, paused=500)
+    with pytest.raises(ValueError, match="--paused -1: give a count"):
+        build_stress_sets(tiny_corpus, tmp_path / "big3", nonspeech=10, paused=-1)
     with pytest.raises(ValueError, match="babble needs engine_pool"):
         nonspeech_clip(np.random.default_rng(0), None, kind="babble")
     with pytest.raises(ValueError, match="not one of"):

@@ -63,6 +63,9 @@ def test_transcribe_equals_evaluate_on_the_test_split(model):
     assert [t.text for t in got] == [model["hyps"][k] for k in keys]
     assert [t.source for t in got] == [str(files[k]) for k in keys]
     assert all(t.error is None and t.duration > 0 and len(t.segments) == 1 for t in got)
+    # the export's model.json carries the config's silence cap into the recognizer, as evaluate.py decoded with it
+    cap = json.loads((model["export"] / "model.json").read_text())["init_args"]["adapter"]["max_silence"]
+    assert isinstance(cap, int) and cap >= 1 and asr.net.max_silence == cap
 
 
 def test_cli_json_has_language_timestamps_and_segments(model, capsys):

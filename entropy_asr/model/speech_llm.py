@@ -18,7 +18,7 @@ from entropy_asr.model.encoder import ConformerEncoder, EncoderConfig
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.llm import LLMConfig, build_llm, llm_embed
 from entropy_asr.model.losses import chunked_lm_loss
-from entropy_asr.model.masks import length_mask
+from entropy_asr.model.masks import capped_silence, keep_frames, length_mask
 from entropy_asr.model.prompt import (
     DEFAULT_CONTEXT,
     DEFAULT_SYSTEM,
@@ -85,8 +85,17 @@ class AdapterConfig:
     # lays out its pseudo speech (a phone held 1-5 frames): the layout the tiny LLM learned to read, instead of
     # CTC's one-frame spikes between blanks; the posteriors still carry the gradient (straight through)
     hold: int = 0
+    # silence the LLM reads: runs of encoder frames the CTC head reads as blank, next to speech, are shortened to at
+    # most this many frames before the adapter (a leading run keeps its last frames, a trailing run its first, a pause
+    # inside speech half of each end; a clip with no phone at all is read whole). null reads every frame. An LLM that
+    # has only seen short silence around speech ends its transcript early after a second or more of it (docs/method.md,
+    # "Capping the silence the LLM reads": the tiny configs' 12 frames, measured)
+    max_silence: int | None = None
 
     def __post_init__(self):
+        if self.max_silence is not None and self.max_silence < 1:
+            raise UserError(f"adapter.max_silence must be >= 1 frames or null (read all silence), got "
+                            f"{self.max_silence}")
         if self.k < 1:
             raise UserError(f"adapter.k must be >= 1 (frames stacked per LLM token), got {self.k}")
         if self.input not in ("encoder", "phone_posteriors"):
@@ -161,6 +170,10 @@ class SpeechLLM(nn.Module):
             self.prompt = SpeechPrompt(self.tokenizer, system=p.system, user=p.user, context=p.context)
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
         self.adapter_hold = adapter.hold if adapter is not None else 0
+        self.max_silence = adapter.max_silence if adapter is not None else None
+        if self.max_silence is not None and ctc_head is None:
+            raise UserError(f"adapter.max_silence ({self.max_silence}) finds silence with the CTC head: set "
+                            f"model.ctc_head (and init it from the pretraining export), or adapter.max_silence: null")
         if self.reads_posteriors and (ctc_head is None or ctc_head.units != "phones" or phone_frames is None):
             raise UserError("adapter.input 'phone_posteriors' reads a phone CTC head's posteriors through a phone "
                             "table: set model.ctc_head (units: phones) and model.phone_frames, and init both")
@@ -188,12 +201,28 @@ class SpeechLLM(nn.Module):
         """(B, T', D) -> (B, T', V) CTC (phone or character) log-posteriors, float32 for a stable CTC loss."""
         return F.log_softmax(self.ctc_head(frames).float(), dim=-1)
 
-    def adapt(self, frames: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
+    def silence_keep(self, frames: Tensor, lens: Tensor, logits: Tensor | None = None) -> Tensor | None:
+        """(B, T') bool: the encoder frames the adapter reads under adapter.max_silence (runs of frames the CTC head
+        reads as blank, next to speech, shortened: entropy_asr.model.masks.capped_silence); None without it.
+        logits: the CTC head's (B, T', V) on these frames, if already computed."""
+        if not self.max_silence:
+            return None
+        logits = self.ctc_head(frames) if logits is None else logits
+        return capped_silence(logits.argmax(-1) == 0, lens, self.max_silence)  # CTC's blank is id 0
+
+    def adapt(self, frames: Tensor, lens: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, T', D) encoder frames -> (B, N, H) speech tokens through the adapter (adapter.input decides
         what it reads: the frames, or the CTC head's phones through the phone table as pseudo speech: its soft
-        posteriors, or with adapter.hold its greedy phones held as the text step lays them out)."""
+        posteriors, or with adapter.hold its greedy phones held as the text step lays them out). With
+        adapter.max_silence, long runs of blank frames are dropped first: `keep` (silence_keep's mask, for a
+        caller that needs the same frames elsewhere), else silence_keep here."""
+        logits = self.ctc_head(frames) if self.reads_posteriors or self.max_silence else None  # (B, T', V)
+        if self.max_silence:
+            keep = self.silence_keep(frames, lens, logits) if keep is None else keep
+            frames, _ = keep_frames(frames, keep)
+            logits, lens = keep_frames(logits, keep)
         if self.reads_posteriors:
-            posteriors = F.softmax(self.ctc_head(frames).float(), dim=-1)  # (B, T', phones)
+            posteriors = F.softmax(logits.float(), dim=-1)  # (B, T', phones)
             if self.adapter_hold:
                 posteriors = held_phones(posteriors, self.adapter_hold)
             frames = (posteriors @ self.phone_frames.table.weight.float()).to(frames.dtype)  # (B, T', dim)
