@@ -499,6 +499,8 @@ def main(argv: list[str] | None = None) -> dict:
     normalize = wetext_normalizer() if a.normalizer == "wetext" else None
     if a.checkpoint:
         check_data_dirs(p, a.data)
+        if a.max_silence is not None and a.max_silence < 0:  # before the model loads
+            raise UserError(f"--max-silence {a.max_silence}: give frames >= 1, or 0 to read all silence")
         with tempfile.TemporaryDirectory(prefix="evaluate-") as scratch:  # (a checkpoint's CMVN statistics, as a file)
             source = resolve_source(a.checkpoint, a.cmvn, Path(scratch))
             model, data = build_stage(source, a.batch_size, a.data, a.out)

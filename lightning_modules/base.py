@@ -364,8 +364,10 @@ class SpeechLLMModule(L.LightningModule):
 
     def exported_components(self) -> list[str]:
         """Components this stage writes: the ones that trained, and the frozen ones the adapter reads through
-        (adapter.input phone_posteriors: the CTC head and phone table), so the export is a whole model."""
-        through = ("ctc_head", "phone_frames") if getattr(self.net, "reads_posteriors", False) else ()
+        (adapter.input phone_posteriors: the CTC head and phone table; adapter.max_silence: the CTC head), so the
+        export is a whole model."""
+        through = (("ctc_head",) if getattr(self.net, "adapter_reads_ctc_head", False) else ()) + \
+            (("phone_frames",) if getattr(self.net, "reads_posteriors", False) else ())
         return [c for c in COMPONENTS if getattr(self.net, c) is not None
                 and (c in through or not fully_frozen(getattr(self.net, c)))]
 

@@ -115,6 +115,10 @@ class SpeechSFT(SpeechLLMModule):
                             f"and phone table; set model.init.{missing[0]} (ctc_head: the pretraining export or "
                             f"snapshot of this encoder; phone_frames: the tiny LLM's, "
                             f"${{asset:tiny_llm}}/phone_frames.safetensors)")
+        if a is not None and a.max_silence and "ctc_head" in missing:
+            raise UserError(f"{self.stage}: model.adapter.max_silence finds silence with a trained CTC head; set "
+                            f"model.init.ctc_head (the pretraining export or snapshot of this encoder), or "
+                            f"adapter.max_silence: null")
         self.distill = distill
         # frozen, with model.distill only: the text step's reader (phone_frames + adapter) that makes the target,
         # and (with distill.aligner) the fixed phone aligner (encoder + ctc_head) that times the phones
@@ -155,8 +159,10 @@ class SpeechSFT(SpeechLLMModule):
 
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
-        keep = self.net.silence_keep(frames, lens)  # (B, T') with adapter.max_silence: the frames the adapter reads
-        speech, speech_lens = self.net.adapt(frames, lens, keep)  # (B, N, H)
+        # the CTC head once (one dropout draw) for the silence cap and the posteriors the adapter may read
+        logits = self.net.ctc_head(frames) if self.net.adapter_reads_ctc_head else None  # (B, T', V)
+        keep = self.net.silence_keep(frames, lens, logits)  # (B, T') with adapter.max_silence: the frames read
+        speech, speech_lens = self.net.adapt(frames, lens, keep, logits)  # (B, N, H)
         # with data.context (context SFT), each utterance's hotword list goes into its prompt
         loss = self.net.lm_loss(speech.to(self.net.llm.dtype), speech_lens, batch["text"], batch.get("hotwords"))
         if self.distill is not None and self.training:
@@ -217,10 +223,10 @@ class IASFT(SpeechSFT):
         in eval mode; the optimizer is untouched because it never held encoder parameters.
         """
         enc, head = self.net.encoder, None
-        if self.net.reads_posteriors:  # checked before anything is loaded: never an encoder without its head
+        if self.net.adapter_reads_ctc_head:  # checked before anything is loaded: never an encoder without its head
             if isinstance(source, dict):
-                raise UserError("swap_encoder: with adapter.input phone_posteriors, swap from an export path, whose "
-                                "ctc_head-*.safetensors sibling is swapped in with it")
+                raise UserError("swap_encoder: with adapter.input phone_posteriors or adapter.max_silence, swap from "
+                                "an export path, whose ctc_head-*.safetensors sibling is swapped in with it")
             head = Path(source).with_name(Path(source).name.replace("encoder", "ctc_head", 1))
             if not head.is_file():
                 raise UserFileNotFound(f"swap_encoder: {head} (the CTC head of {Path(source).name}, which the adapter "

@@ -728,9 +728,17 @@ def test_adapter_max_silence_reads_long_silence_as_the_short_one(exports):
     assert torch.allclose(got[1, :int(want_lens)], want[0], atol=1e-5)  # a row already short: unchanged
     _, uncapped_lens = speech(padded, torch.tensor([len(long), len(short)]), None)
     assert int(uncapped_lens[0]) > 3 * int(want_lens)
-    # no CTC head: nothing finds the silence, so the config is refused, not ignored
+    # no CTC head, or an untrained one: nothing finds the silence, so the config is refused, not ignored
     with pytest.raises(ValueError, match="adapter.max_silence"):
         build(Align, exports, adapter=AdapterConfig(max_silence=2), init={"encoder": str(exports["snapshot"])})
+    with pytest.raises(ValueError, match="adapter.max_silence finds silence with a trained CTC head"):
+        build(Align, exports, ctc_head=CTCHeadConfig(), adapter=AdapterConfig(max_silence=2),
+              init={"encoder": str(exports["snapshot"])})
+    # reading encoder frames, the frozen head that decides the silence is exported with the adapter (a whole model)
+    pair = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    frames_m = build(Align, exports, ctc_head=CTCHeadConfig(), adapter=AdapterConfig(max_silence=2), init=pair)
+    assert frames_m.net.adapter_reads_ctc_head and frames_m.exported_components() == ["ctc_head", "adapter"]
+    assert build(Align, exports, ctc_head=CTCHeadConfig(), init=pair).exported_components() == ["adapter"]
     with pytest.raises(ValueError, match="adapter.max_silence must be >= 1"):
         AdapterConfig(max_silence=0)
 
@@ -739,6 +747,7 @@ def test_align_distill_reads_the_same_frames_as_the_adapter_under_max_silence(ex
     """With adapter.max_silence the distill target is laid over the frames the adapter read: a batch whose CTC head
     hears long silence at both edges trains with the shortened frames, shapes agree and the MSE is finite."""
     init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    torch.manual_seed(0)
     batch = {"feats": torch.randn(2, 400, 80), "feat_lens": torch.tensor([400, 330]), "text": ["你好", "hello"],
              "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
     for cap in (None, 2):
@@ -746,11 +755,12 @@ def test_align_distill_reads_the_same_frames_as_the_adapter_under_max_silence(ex
                   adapter=AdapterConfig(max_silence=cap), distill=DistillConfig(**exports["reader"]))
         head = m.net.ctc_head.forward
 
-        def edges_blank(frames, head=head):  # the trained head's logits, with blank certain outside frames 40-64
+        def edges_blank(frames, head=head):  # blank certain outside frames 40-64, phone 40 certain at frame 50
             logits = head(frames)
             t = torch.arange(frames.shape[1])
-            edge = ((t < 40) | (t >= 65))[None, :, None]
-            return torch.where(edge, torch.nn.functional.one_hot(torch.zeros_like(t), logits.shape[-1]) * 1e4, logits)
+            sure = torch.where(t == 50, 40, 0)
+            forced = ((t < 40) | (t >= 65) | (t == 50))[None, :, None]
+            return torch.where(forced, torch.nn.functional.one_hot(sure, logits.shape[-1]) * 1e4, logits)
 
         m.net.ctc_head.forward = edges_blank
         logged: dict = {}
@@ -764,5 +774,5 @@ def test_align_distill_reads_the_same_frames_as_the_adapter_under_max_silence(ex
             assert (lens > 80).all() and (keep.sum(1) <= 25 + 2 * 2).all()
         m.model_step(batch).backward()
         mse = float(logged["train/distill_mse"])
-        assert mse == mse and mse > 0  # finite
+        assert math.isfinite(mse) and mse > 0
         assert all(p.grad is not None for p in m.net.adapter.parameters())

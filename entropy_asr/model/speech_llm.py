@@ -171,6 +171,8 @@ class SpeechLLM(nn.Module):
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
         self.adapter_hold = adapter.hold if adapter is not None else 0
         self.max_silence = adapter.max_silence if adapter is not None else None
+        # the adapter's input depends on the CTC head (its phones, or where it hears silence): swap and export it along
+        self.adapter_reads_ctc_head = self.reads_posteriors or bool(self.max_silence)
         if self.max_silence is not None and ctc_head is None:
             raise UserError(f"adapter.max_silence ({self.max_silence}) finds silence with the CTC head: set "
                             f"model.ctc_head (and init it from the pretraining export), or adapter.max_silence: null")
@@ -210,17 +212,20 @@ class SpeechLLM(nn.Module):
         logits = self.ctc_head(frames) if logits is None else logits
         return capped_silence(logits.argmax(-1) == 0, lens, self.max_silence)  # CTC's blank is id 0
 
-    def adapt(self, frames: Tensor, lens: Tensor, keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def adapt(self, frames: Tensor, lens: Tensor, keep: Tensor | None = None,
+              logits: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(B, T', D) encoder frames -> (B, N, H) speech tokens through the adapter (adapter.input decides
         what it reads: the frames, or the CTC head's phones through the phone table as pseudo speech: its soft
         posteriors, or with adapter.hold its greedy phones held as the text step lays them out). With
-        adapter.max_silence, long runs of blank frames are dropped first: `keep` (silence_keep's mask, for a
-        caller that needs the same frames elsewhere), else silence_keep here."""
-        logits = self.ctc_head(frames) if self.reads_posteriors or self.max_silence else None  # (B, T', V)
+        adapter.max_silence, long runs of blank frames are dropped first. A caller that needs the same frames or
+        head outputs elsewhere passes them: `keep` (silence_keep's mask), `logits` (the CTC head's on `frames`)."""
+        if logits is None and (self.reads_posteriors or (self.max_silence and keep is None)):
+            logits = self.ctc_head(frames)  # (B, T', V)
         if self.max_silence:
             keep = self.silence_keep(frames, lens, logits) if keep is None else keep
-            frames, _ = keep_frames(frames, keep)
-            logits, lens = keep_frames(logits, keep)
+            frames, lens = keep_frames(frames, keep)
+            if self.reads_posteriors:
+                logits, _ = keep_frames(logits, keep)
         if self.reads_posteriors:
             posteriors = F.softmax(logits.float(), dim=-1)  # (B, T', phones)
             if self.adapter_hold:
