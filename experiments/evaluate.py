@@ -351,9 +351,7 @@ def _check_cmvn(source: ModelSource, data) -> None:
 
 
 def set_max_silence(net, frames: int) -> None:
-    """--max-silence: the model reads at most `frames` of silence next to speech (0: all of it)."""
-    if frames < 0:
-        raise UserError(f"--max-silence {frames}: give frames >= 1, or 0 to read all silence")
+    """--max-silence: the model reads at most `frames` (>= 0, checked by main) of silence next to speech (0: all)."""
     if frames and net.ctc_head is None:
         raise UserError(f"--max-silence {frames}: the model has no CTC head to find silence with; use 0 or leave it "
                         f"out")

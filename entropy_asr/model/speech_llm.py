@@ -171,8 +171,6 @@ class SpeechLLM(nn.Module):
         self.reads_posteriors = adapter is not None and adapter.input == "phone_posteriors"
         self.adapter_hold = adapter.hold if adapter is not None else 0
         self.max_silence = adapter.max_silence if adapter is not None else None
-        # the adapter's input depends on the CTC head (its phones, or where it hears silence): swap and export it along
-        self.adapter_reads_ctc_head = self.reads_posteriors or bool(self.max_silence)
         if self.max_silence is not None and ctc_head is None:
             raise UserError(f"adapter.max_silence ({self.max_silence}) finds silence with the CTC head: set "
                             f"model.ctc_head (and init it from the pretraining export), or adapter.max_silence: null")
@@ -202,6 +200,12 @@ class SpeechLLM(nn.Module):
     def ctc_log_probs(self, frames: Tensor) -> Tensor:
         """(B, T', D) -> (B, T', V) CTC (phone or character) log-posteriors, float32 for a stable CTC loss."""
         return F.log_softmax(self.ctc_head(frames).float(), dim=-1)
+
+    @property
+    def adapter_reads_ctc_head(self) -> bool:
+        """Whether what the adapter reads depends on the CTC head (its phones, or where it hears silence): the head is
+        then swapped and exported with the encoder and adapter."""
+        return self.reads_posteriors or bool(self.max_silence)
 
     def silence_keep(self, frames: Tensor, lens: Tensor, logits: Tensor | None = None) -> Tensor | None:
         """(B, T') bool: the encoder frames the adapter reads under adapter.max_silence (runs of frames the CTC head
