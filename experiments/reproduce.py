@@ -190,7 +190,9 @@ SIZES = {
 
 
 def _optim(lr: float, warmup: int) -> dict:
-    return {"lr": lr, "warmup_steps": warmup, "weight_decay": 0.01}
+    # lr_scale named: the override merges into the stage config's optim, and the tiny joint SFT's {encoder: 100} is
+    # not what the study measured
+    return {"lr": lr, "warmup_steps": warmup, "weight_decay": 0.01, "lr_scale": None}
 
 
 def _snapshot(pretrain: Path, component: str, step: int) -> str:
@@ -351,6 +353,8 @@ class _RecipePlan:
             self.frames = {"model.init_args.adapter": {"k": 4, "input": "encoder", "hold": 0, "max_silence": None},
                            "model.init_args.phone_frames": None}
             self.no_head = {**self.frames, "model.init_args.ctc_head": None}
+        # the LM loss alone in every SFT stage, as recorded (the tiny joint SFT now keeps the encoder's phone CTC)
+        self.no_head["model.init_args.ctc_weight"] = 0.0
         self.lm_init = {"model.init_args.llm.name_or_path": str(lm / "llm")}
         self.distill = {"phone_frames": self.table, "adapter": str(lm / "adapter.safetensors"), "weight": 1.0}
         units = self.recipe.pretraining

@@ -82,8 +82,17 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.01
+    # per component (encoder, ctc_head, adapter, llm, phone_frames): its lr = lr x this, e.g. {encoder: 10} when an
+    # encoder that pretrained at a high lr trains beside an LLM that needs a small one (joint SFT)
+    lr_scale: dict[str, float] | None = None
 
     def __post_init__(self):
+        for name, scale in (self.lr_scale or {}).items():
+            if name not in COMPONENTS:
+                raise UserError(f"optim.lr_scale: unknown component {name!r}; use {list(COMPONENTS)}")
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (
+                    math.isfinite(scale) and scale > 0):
+                raise UserError(f"optim.lr_scale.{name} must be a finite number > 0, got {scale!r}")
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise UserError(f"optim.lr must be a finite number > 0, got {self.lr}")
         if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
@@ -219,11 +228,17 @@ class SpeechLLMModule(L.LightningModule):
         params = [p for p in self.net.parameters() if p.requires_grad]  # frozen ones never reach AdamW
         if not params:
             raise UserError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
-        decay = [p for p in params if p.ndim >= 2]  # no weight decay on biases and norm gains
-        no_decay = [p for p in params if p.ndim < 2]
         o = self.optim
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=o.betas, eps=o.eps)
+        scale = o.lr_scale or {}
+        lrs: dict[float, tuple[list, list]] = {}  # lr -> (params with weight decay, biases and norm gains without)
+        for name, p in self.net.named_parameters():
+            if p.requires_grad:
+                decay, no_decay = lrs.setdefault(o.lr * scale.get(name.split(".", 1)[0], 1.0), ([], []))
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd}
+                                 for lr, (decay, no_decay) in lrs.items()
+                                 for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0))],
+                                lr=o.lr, betas=o.betas, eps=o.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: warmup_cosine(s, min(o.warmup_steps, total // 2), total, o.min_lr_ratio))

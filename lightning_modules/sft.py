@@ -24,6 +24,7 @@ from entropy_asr.model.pseudo_speech import (
 )
 from entropy_asr.text import PHONES
 from lightning_modules.base import SpeechLLMModule
+from lightning_modules.pretrain_ctc import ctc_loss
 from lightning_modules.strategies import gathered
 
 
@@ -88,15 +89,28 @@ class SpeechSFT(SpeechLLMModule):
 
     Args:
         distill: optional DistillConfig (needs model.ctc_head and init.ctc_head).
+        ctc_weight: > 0 adds the phone CTC loss of the encoder through model.ctc_head (weight x CTC summed over each
+            utterance's frames, averaged over the batch) to the LM loss, for a stage whose encoder trains (joint
+            SFT): the encoder keeps learning its phones while it trains end to end, and the phones the adapter
+            reads through that head stay phones. Off by default (the paper's joint SFT has the LM loss alone).
     """
 
     components = ("encoder", "adapter", "llm", "ctc_head", "phone_frames")
     optional_components = ("ctc_head", "phone_frames")  # phone_frames: with adapter.input phone_posteriors
     inference_overrides: ClassVar[dict[str, object]] = {"distill": None}  # the distillation only shapes training
 
-    def __init__(self, *, distill: DistillConfig | None = None, **kwargs):
+    def __init__(self, *, distill: DistillConfig | None = None, ctc_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.register_load_state_dict_pre_hook(_rename_teacher_keys_hook)  # checkpoints from before the split
+        if isinstance(ctc_weight, bool) or not isinstance(ctc_weight, (int, float)) or not ctc_weight >= 0:
+            raise UserError(f"{self.stage}: model.ctc_weight must be a number >= 0, got {ctc_weight!r}")
+        if ctc_weight:
+            head = self.configs["ctc_head"]
+            if head is None or head.units != "phones" or "ctc_head" not in self.init_from:
+                raise UserError(f"{self.stage}: model.ctc_weight trains the encoder on phone CTC through a trained "
+                                f"phone head; set model.ctc_head (units: phones) and model.init.ctc_head (the "
+                                f"pretraining export or snapshot of this encoder), or model.ctc_weight: 0")
+        self.ctc_weight = float(ctc_weight)
         own_head = self.configs["ctc_head"] is not None and "ctc_head" in self.init_from
         if distill is not None and distill.aligner is None and not own_head:
             raise UserError(f"{self.stage}: model.distill aligns with a CTC head; set model.ctc_head and "
@@ -127,6 +141,9 @@ class SpeechSFT(SpeechLLMModule):
 
     def configure_model(self) -> None:
         super().configure_model()
+        if self.ctc_weight and not any(p.requires_grad for p in self.net.encoder.parameters()):
+            raise UserError(f"{self.stage}: model.ctc_weight trains the encoder, which is frozen in this stage "
+                            f"(model.trainable {list(self.trainable_patterns)}); set model.ctc_weight: 0")
         if self.distill is None or self.distill_reader is not None:
             return
         a = self.configs["adapter"]
@@ -160,7 +177,7 @@ class SpeechSFT(SpeechLLMModule):
     def model_step(self, batch: dict) -> torch.Tensor:
         frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
         # the CTC head once (one dropout draw) for the silence cap and the posteriors the adapter may read
-        logits = self.net.ctc_head(frames) if self.net.adapter_reads_ctc_head else None  # (B, T', V)
+        logits = self.net.ctc_head(frames) if self.net.adapter_reads_ctc_head or self.ctc_weight else None  # (B, T', V)
         keep = self.net.silence_keep(frames, lens, logits)  # (B, T') with adapter.max_silence: the frames read
         speech, speech_lens = self.net.adapt(frames, lens, keep, logits)  # (B, N, H)
         # with data.context (context SFT), each utterance's hotword list goes into its prompt
@@ -169,6 +186,10 @@ class SpeechSFT(SpeechLLMModule):
             mse = self.distill_loss(frames, lens, speech, speech_lens, batch, keep)
             self.log("train/distill_mse", mse.detach(), batch_size=self.batch_size(batch))
             loss = loss + self.distill.weight * mse
+        if self.ctc_weight and self.training:
+            ctc = ctc_loss(torch.log_softmax(logits.float(), -1), lens, batch["phones"], batch["phone_lens"])
+            self.log("train/ctc", ctc.detach(), batch_size=self.batch_size(batch))
+            loss = loss + self.ctc_weight * ctc
         return loss
 
     def distill_loss(self, frames, lens, speech, speech_lens, batch, keep=None) -> torch.Tensor:

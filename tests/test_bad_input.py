@@ -14,7 +14,9 @@ from lightning_modules.base import OptimConfig
 
 
 @pytest.mark.parametrize("bad", [{"lr": float("nan")}, {"lr": float("inf")}, {"lr": 0.0}, {"weight_decay": -5.0},
-                                 {"weight_decay": float("nan")}, {"betas": (0.9, 1.5)}, {"eps": 0.0}])
+                                 {"weight_decay": float("nan")}, {"betas": (0.9, 1.5)}, {"eps": 0.0},
+                                 {"lr_scale": {"encoder": 0.0}}, {"lr_scale": {"encoder": float("inf")}},
+                                 {"lr_scale": {"encoder": "10"}}, {"lr_scale": {"encodr": 10.0}}])
 def test_optimizer_settings_that_cannot_train_are_refused(bad):
     key = next(iter(bad))
     with pytest.raises(ValueError, match=f"optim.{key}"):

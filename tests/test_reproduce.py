@@ -303,6 +303,11 @@ def test_every_adapter_override_spells_out_hold(tmp_path):
                 # configs' adapter, so each must say so)
                 assert adapter["hold"] == 0 and adapter["max_silence"] is None, (mode, r, st["name"])
                 AdapterConfig(**adapter)
+                # and the LM loss alone at one learning rate (not the tiny joint SFT's phone CTC and encoder lr)
+                o = st["overrides"]
+                assert o["model.init_args.optim"]["lr_scale"] is None, (mode, r, st["name"])
+                if st["config"].endswith(("ia_sft.yaml", "joint_sft.yaml")):
+                    assert o["model.init_args.ctc_weight"] == 0.0, (mode, r, st["name"])
 
 
 def test_the_study_scores_its_recipes_greedily(tmp_path, monkeypatch):

@@ -33,8 +33,8 @@ from lightning_modules import (
     PretrainCTC,
     PretrainLM,
 )
-from lightning_modules.base import warmup_cosine
-from lightning_modules.pretrain_ctc import symmetric_kl
+from lightning_modules.base import OptimConfig, warmup_cosine
+from lightning_modules.pretrain_ctc import ctc_loss, symmetric_kl
 from tests.stage_helpers import (
     ENC,
     ROOT,
@@ -151,6 +151,59 @@ def test_trainable_sets_per_stage(cls, expected, exports):
     given = [p for g in opt.param_groups for p in g["params"]]
     assert given and all(p.requires_grad for p in given)
     assert len(given) == sum(p.requires_grad for p in m.net.parameters())
+
+
+def test_lr_scale_gives_each_component_its_learning_rate(exports):
+    m = build(JointSFT, exports, optim=OptimConfig(lr=1e-4, lr_scale={"encoder": 10.0}))
+    m.trainer = stub_trainer()
+    opt = m.configure_optimizers()["optimizer"]
+    # (initial_lr: what the schedule scales; lr is already its first warm-up step)
+    lr_of = {id(p): (g["initial_lr"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    for name, p in m.net.named_parameters():
+        if p.requires_grad:
+            lr, wd = lr_of.pop(id(p))  # every trainable parameter once
+            assert lr == pytest.approx(1e-3 if name.startswith("encoder.") else 1e-4), name
+            assert wd == (m.optim.weight_decay if p.ndim >= 2 else 0.0), name
+    assert not lr_of
+    # the schedule scales each group from its own learning rate: the ratio holds at every step
+    sched = m.configure_optimizers()["lr_scheduler"]["scheduler"]
+    for _ in range(3):
+        lrs = sorted({g["lr"] for g in sched.optimizer.param_groups})
+        assert len(lrs) == 2 and lrs[1] == pytest.approx(10 * lrs[0])
+        sched.optimizer.step()
+        sched.step()
+
+
+def test_joint_sft_ctc_weight_adds_the_phone_ctc_of_the_encoder(exports):
+    init = {"encoder": str(exports["snapshot"]), "ctc_head": str(exports["ctc_snapshot"])}
+    torch.manual_seed(0)
+    batch = {"feats": torch.randn(2, 200, 80), "feat_lens": torch.tensor([200, 160]), "text": ["你好", "hello"],
+             "phones": torch.tensor([[40, 50, 60], [70, 80, 0]]), "phone_lens": torch.tensor([3, 2])}
+    losses, logged = {}, {}
+    for weight in (0.0, 0.5):
+        m = build(JointSFT, exports, ctc_head=CTCHeadConfig(dropout=0.0), init=init, ctc_weight=weight)
+        m.log = lambda key, value, weight=weight, **kw: logged.setdefault((weight, key), float(value))
+        m.train()  # a training step (the CTC term is a training loss), with dropout off for exact comparisons
+        m.net.eval()
+        losses[weight] = m.model_step(batch)
+    frames, lens = m.net.encode(batch["feats"], batch["feat_lens"])
+    want = ctc_loss(m.net.ctc_log_probs(frames), lens, batch["phones"], batch["phone_lens"])
+    want = want.item()
+    assert want > 0 and logged[(0.5, "train/ctc")] == pytest.approx(want, rel=1e-4)
+    assert (0.0, "train/ctc") not in logged
+    assert (losses[0.5] - losses[0.0]).item() == pytest.approx(0.5 * want, rel=1e-4)
+    # the CTC term reaches the encoder through the (frozen) head
+    m.zero_grad()
+    (losses[0.5] - losses[0.0].detach()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.encoder.parameters())
+    assert all(p.grad is None for p in m.net.ctc_head.parameters())
+    # refused where it cannot work: no trained phone head, or a stage whose encoder is frozen
+    with pytest.raises(ValueError, match="model.ctc_weight trains the encoder on phone CTC through a trained"):
+        build(JointSFT, exports, ctc_weight=0.5, init={"encoder": str(exports["snapshot"])})
+    with pytest.raises(ValueError, match="model.ctc_weight trains the encoder, which is frozen in this stage"):
+        build(IASFT, exports, ctc_head=CTCHeadConfig(), init=init, ctc_weight=0.5)
+    with pytest.raises(ValueError, match="model.ctc_weight must be a number >= 0"):
+        build(JointSFT, exports, ctc_head=CTCHeadConfig(), init=init, ctc_weight=-1.0)
 
 
 def test_trainable_pattern_matching_nothing_is_an_error(exports):
