@@ -55,7 +55,9 @@ RUN_PY = Path(__file__).resolve().parent / "run.py"
 # failures
 ECHO = ("[drift]", "Traceback", "Error")
 
-COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix"), ("nonempty_none", "non-speech emission")]
+# PER: the final model's CTC head on the same clips, where it has one (what the encoder heard; the LLM reads it)
+COLUMNS = [("cer_zh", "CER zh"), ("wer_en", "WER en"), ("mer_mix", "MER mix"), ("per", "PER (encoder)"),
+           ("nonempty_none", "non-speech emission")]
 
 
 def _fill(value, run_dir: str, llm: str | None = None):
@@ -104,7 +106,7 @@ def stage_args(stage: dict, run_dir: str, extra: list[str], llm: str | None = No
 
 
 def format_table(results: dict, sets: list[str]) -> str:
-    """Markdown table: one row per test set, CER/WER/MER columns in percent."""
+    """Markdown table: one row per test set, CER/WER/MER/PER and the non-speech emission in percent."""
     lines = ["| test set | " + " | ".join(c for _, c in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name in sets:
         row = results.get(name, {})

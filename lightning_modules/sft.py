@@ -14,6 +14,7 @@ from torch import nn
 
 from entropy_asr.assets import check_if_asset
 from entropy_asr.errors import UserError, UserFileNotFound
+from entropy_asr.metrics.error_rate import TranscriptAndPhoneRates, ctc_greedy
 from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
 from entropy_asr.model.masks import keep_frames, length_mask
@@ -133,6 +134,9 @@ class SpeechSFT(SpeechLLMModule):
             raise UserError(f"{self.stage}: model.adapter.max_silence finds silence with a trained CTC head; set "
                             f"model.init.ctc_head (the pretraining export or snapshot of this encoder), or "
                             f"adapter.max_silence: null")
+        if self.configs["ctc_head"] is not None and self.configs["ctc_head"].units == "phones" and (
+                "ctc_head" in self.init_from or head_trains):  # a phone head that means something: its PER too
+            self.val_rates = TranscriptAndPhoneRates()  # (val/per, test/<set>/per beside the transcripts' rates)
         self.distill = distill
         # frozen, with model.distill only: the text step's reader (phone_frames + adapter) that makes the target,
         # and (with distill.aligner) the fixed phone aligner (encoder + ctc_head) that times the phones
@@ -191,6 +195,15 @@ class SpeechSFT(SpeechLLMModule):
             self.log("train/ctc", ctc.detach(), batch_size=self.batch_size(batch))
             loss = loss + self.ctc_weight * ctc
         return loss
+
+    def evaluate_batch(self, batch: dict, rates) -> None:
+        """The generated transcripts, and with a phone CTC head the PER of its greedy phones (the encoder's side of
+        the error: what the LLM was handed)."""
+        super().evaluate_batch(batch, rates)
+        if isinstance(rates, TranscriptAndPhoneRates):
+            frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])
+            hyps = ctc_greedy(self.net.ctc_log_probs(frames), lens)
+            rates.update_phones(hyps, [p[:int(n)].tolist() for p, n in zip(batch["phones"], batch["phone_lens"])])
 
     def distill_loss(self, frames, lens, speech, speech_lens, batch, keep=None) -> torch.Tensor:
         """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones (on the

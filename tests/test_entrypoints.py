@@ -72,13 +72,15 @@ def test_pipeline_runs_every_stage_and_writes_the_table(tiny_corpus, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "| test set | CER zh | WER en | MER mix | non-speech emission |" in out.stdout
+    assert "| test set | CER zh | WER en | MER mix | PER (encoder) | non-speech emission |" in out.stdout
     summary = json.loads((tmp_path / "runs" / "results.json").read_text())
     assert set(summary["stages"]) == {"pretrain_ctc", "align", "ia_sft", "joint_sft"}
     assert set(summary["table"]) == {"test", "test_unseen_voice", "nonspeech"}
     scored = summary["table"]["test"]  # the 60-utterance corpus' test split holds a few utterances
-    assert scored and set(scored) <= {"cer_zh", "wer_en", "mer_mix"} and all(v >= 0 for v in scored.values())
-    assert set(summary["table"]["nonspeech"]) == {"nonempty_none"}
+    # with the PER of the final model's CTC head beside the transcripts' rates; on non-speech, its phones per clip
+    assert scored and {"per"} < set(scored) <= {"cer_zh", "wer_en", "mer_mix", "per"}
+    assert all(v >= 0 for v in scored.values())
+    assert set(summary["table"]["nonspeech"]) == {"nonempty_none", "phones_per_clip"}
     from entropy_asr.assets import ROOT as ASSETS
 
     align_cfg = yaml.safe_load((tmp_path / "runs" / "align" / "config.yaml").read_text())

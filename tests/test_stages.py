@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from callbacks.spectral_logger import representation_spectra
 from entropy_asr.errors import UserError
-from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, ctc_greedy
+from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, TranscriptAndPhoneRates, ctc_greedy
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
 from entropy_asr.model.llm import LLMConfig
@@ -62,6 +62,7 @@ def test_fast_dev_run_llm_stage(stage, exports, tiny_corpus, tmp_path):
     assert out["global_step"] == 1 and out["skipped_batches"] == 0
     assert math.isfinite(out["val"]["val/loss"])
     assert {"val/cer_zh", "val/wer_en", "val/mer_mix"} & set(out["val"])  # validation decoded text and scored it
+    assert 0 <= out["val"]["val/per"] <= 2  # and the phones of its (trained) CTC head: what the encoder hears
     written = sorted(p.name for p in (tmp_path / stage / "export").iterdir())
     # what trained, plus what the adapter reads through (the CTC head and phone table): a whole model
     through = ["ctc_head.safetensors", "phone_frames.safetensors"]
@@ -368,6 +369,15 @@ def test_error_rates_known_answers():
         lp[0, t, k] = 0.0
     assert ctc_greedy(lp, torch.tensor([6])) == [[2, 2, 3]]
     assert ctc_greedy(lp, torch.tensor([3])) == [[2]]
+    both = TranscriptAndPhoneRates()  # an LLM stage with a phone head: the transcripts' rates and the PER, merged
+    assert not both.update_called and both.compute() == {}
+    both.update_phones([[1, 2, 3], []], [[1, 2, 4, 5], []])
+    assert {k: float(v) for k, v in both.compute().items()} == {"per": pytest.approx(2 / 4),
+                                                                "phones_per_clip": pytest.approx(0.0)}
+    both.update(["你好世间"], ["你好世界"], ["zh"])
+    assert set(both.compute()) == {"cer_zh", "per", "phones_per_clip"}
+    both.reset()
+    assert not both.update_called
 
 
 def test_warmup_cosine_schedule():

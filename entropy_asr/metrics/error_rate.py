@@ -123,3 +123,31 @@ def ctc_greedy(log_probs: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> l
         keep[1:] = seq[1:] != seq[:-1]
         out.append([int(t) for t in seq[keep & (seq != blank)]])
     return out
+
+
+class TranscriptAndPhoneRates(torch.nn.Module):
+    """An LLM stage's error rates: the transcripts' (ErrorRates: update) and, beside them, the phone error of the
+    CTC head's greedy phones (PhoneErrorRate: update_phones), so that a stage with a phone head shows how well its
+    encoder hears next to how well the whole model transcribes. compute() merges the two dicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.text, self.phones = ErrorRates(), PhoneErrorRate()
+
+    @property
+    def update_called(self) -> bool:
+        return self.text.update_called or self.phones.update_called
+
+    def update(self, hyps: list[str], refs: list[str], languages: list[str]) -> None:
+        self.text.update(hyps, refs, languages)
+
+    def update_phones(self, hyps: list[list[int]], refs: list[list[int]]) -> None:
+        self.phones.update(hyps, refs)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {**(self.text.compute() if self.text.update_called else {}),
+                **(self.phones.compute() if self.phones.update_called else {})}
+
+    def reset(self) -> None:
+        self.text.reset()
+        self.phones.reset()
