@@ -105,12 +105,6 @@ class SpeechSFT(SpeechLLMModule):
         self.register_load_state_dict_pre_hook(_rename_teacher_keys_hook)  # checkpoints from before the split
         if isinstance(ctc_weight, bool) or not isinstance(ctc_weight, (int, float)) or not ctc_weight >= 0:
             raise UserError(f"{self.stage}: model.ctc_weight must be a number >= 0, got {ctc_weight!r}")
-        if ctc_weight:
-            head = self.configs["ctc_head"]
-            if head is None or head.units != "phones" or "ctc_head" not in self.init_from:
-                raise UserError(f"{self.stage}: model.ctc_weight trains the encoder on phone CTC through a trained "
-                                f"phone head; set model.ctc_head (units: phones) and model.init.ctc_head (the "
-                                f"pretraining export or snapshot of this encoder), or model.ctc_weight: 0")
         self.ctc_weight = float(ctc_weight)
         own_head = self.configs["ctc_head"] is not None and "ctc_head" in self.init_from
         if distill is not None and distill.aligner is None and not own_head:
@@ -134,9 +128,14 @@ class SpeechSFT(SpeechLLMModule):
             raise UserError(f"{self.stage}: model.adapter.max_silence finds silence with a trained CTC head; set "
                             f"model.init.ctc_head (the pretraining export or snapshot of this encoder), or "
                             f"adapter.max_silence: null")
-        if self.configs["ctc_head"] is not None and self.configs["ctc_head"].units == "phones" and (
-                "ctc_head" in self.init_from or head_trains):  # a phone head that means something: its PER too
-            self.val_rates = TranscriptAndPhoneRates()  # (val/per, test/<set>/per beside the transcripts' rates)
+        phone_head = self.configs["ctc_head"] is not None and self.configs["ctc_head"].units == "phones" and (
+            "ctc_head" in self.init_from or head_trains)  # a trained phone head (or one that trains here)
+        if ctc_weight and not phone_head:
+            raise UserError(f"{self.stage}: model.ctc_weight trains the encoder on phone CTC through a trained "
+                            f"phone head; set model.ctc_head (units: phones) and model.init.ctc_head (the "
+                            f"pretraining export or snapshot of this encoder), or model.ctc_weight: 0")
+        if phone_head:  # its PER too: val/per, test/<set>/per beside the transcripts' rates
+            self.val_rates = TranscriptAndPhoneRates()
         self.distill = distill
         # frozen, with model.distill only: the text step's reader (phone_frames + adapter) that makes the target,
         # and (with distill.aligner) the fixed phone aligner (encoder + ctc_head) that times the phones
@@ -200,7 +199,7 @@ class SpeechSFT(SpeechLLMModule):
         """The generated transcripts, and with a phone CTC head the PER of its greedy phones (the encoder's side of
         the error: what the LLM was handed)."""
         super().evaluate_batch(batch, rates)
-        if isinstance(rates, TranscriptAndPhoneRates):
+        if isinstance(rates, TranscriptAndPhoneRates) and "phones" in batch:
             frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])
             hyps = ctc_greedy(self.net.ctc_log_probs(frames), lens)
             rates.update_phones(hyps, [p[:int(n)].tolist() for p, n in zip(batch["phones"], batch["phone_lens"])])

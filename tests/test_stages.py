@@ -198,6 +198,10 @@ def test_joint_sft_ctc_weight_adds_the_phone_ctc_of_the_encoder(exports):
     (losses[0.5] - losses[0.0].detach()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.encoder.parameters())
     assert all(p.grad is None for p in m.net.ctc_head.parameters())
+    # a head that trains here (single-stage training from scratch) is a phone head too
+    fresh = build(JointSFT, exports, ctc_head=CTCHeadConfig(), ctc_weight=0.5,
+                  trainable=["encoder.*", "ctc_head.*", "adapter.*", "llm.*"])
+    assert fresh.ctc_weight == 0.5 and all(p.requires_grad for p in fresh.net.ctc_head.parameters())
     # refused where it cannot work: no trained phone head, or a stage whose encoder is frozen
     with pytest.raises(ValueError, match="model.ctc_weight trains the encoder on phone CTC through a trained"):
         build(JointSFT, exports, ctc_weight=0.5, init={"encoder": str(exports["snapshot"])})
