@@ -225,16 +225,15 @@ class SpeechLLMModule(L.LightningModule):
             self.print(f"[{self.stage}] {name} <- {source}")
 
     def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]  # frozen ones never reach AdamW
-        if not params:
-            raise UserError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
         o = self.optim
         scale = o.lr_scale or {}
         lrs: dict[float, tuple[list, list]] = {}  # lr -> (params with weight decay, biases and norm gains without)
         for name, p in self.net.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad:  # frozen ones never reach AdamW
                 decay, no_decay = lrs.setdefault(o.lr * scale.get(name.split(".", 1)[0], 1.0), ([], []))
                 (decay if p.ndim >= 2 else no_decay).append(p)
+        if not lrs:
+            raise UserError(f"{self.stage}: nothing trains; model.trainable = {self.trainable_patterns}")
         opt = torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd}
                                  for lr, (decay, no_decay) in lrs.items()
                                  for ps, wd in ((decay, o.weight_decay), (no_decay, 0.0))],

@@ -7,20 +7,9 @@ import torch.nn.functional as F
 
 from entropy_asr.errors import UserError
 from entropy_asr.metrics.error_rate import CharCTCErrorRate, PhoneErrorRate, ctc_greedy
+from entropy_asr.model.losses import ctc_loss
 from entropy_asr.model.masks import length_mask
 from lightning_modules.base import SpeechLLMModule
-
-
-def ctc_loss(log_probs: torch.Tensor, lens: torch.Tensor, phones: torch.Tensor,
-             phone_lens: torch.Tensor) -> torch.Tensor:
-    """CTC summed over the batch, divided by the batch size; log_probs (B, T, V), blank = 0.
-
-    Impossible alignments (fewer frames than the label needs) give 0 instead of inf, so one
-    unusable utterance does not poison the batch.
-    """
-    loss = F.ctc_loss(log_probs.transpose(0, 1), phones, lens, phone_lens, blank=0, reduction="sum",
-                      zero_infinity=True)
-    return loss / log_probs.shape[0]
 
 
 def symmetric_kl(log_p: torch.Tensor, log_q: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from entropy_asr.errors import UserError, UserFileNotFound
 from entropy_asr.metrics.error_rate import TranscriptAndPhoneRates, ctc_greedy
 from entropy_asr.model.export import load_component, read_component
 from entropy_asr.model.heads import Adapter, CTCHead
+from entropy_asr.model.losses import ctc_loss
 from entropy_asr.model.masks import keep_frames, length_mask
 from entropy_asr.model.pseudo_speech import (
     PhoneFrames,
@@ -25,7 +26,6 @@ from entropy_asr.model.pseudo_speech import (
 )
 from entropy_asr.text import PHONES
 from lightning_modules.base import SpeechLLMModule
-from lightning_modules.pretrain_ctc import ctc_loss
 from lightning_modules.strategies import gathered
 
 
@@ -197,12 +197,18 @@ class SpeechSFT(SpeechLLMModule):
 
     def evaluate_batch(self, batch: dict, rates) -> None:
         """The generated transcripts, and with a phone CTC head the PER of its greedy phones (the encoder's side of
-        the error: what the LLM was handed)."""
-        super().evaluate_batch(batch, rates)
-        if isinstance(rates, TranscriptAndPhoneRates) and "phones" in batch:
-            frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])
-            hyps = ctc_greedy(self.net.ctc_log_probs(frames), lens)
-            rates.update_phones(hyps, [p[:int(n)].tolist() for p, n in zip(batch["phones"], batch["phone_lens"])])
+        the error: what the LLM was handed), from the same encoder pass and head outputs the LLM reads."""
+        if not (isinstance(rates, TranscriptAndPhoneRates) and "phones" in batch):
+            return super().evaluate_batch(batch, rates)
+        with torch.no_grad():
+            frames, lens = self.net.encode(batch["feats"], batch["feat_lens"])  # (B, T', D)
+            logits = self.net.ctc_head(frames)  # (B, T', V)
+            speech, speech_lens = self.net.adapt(frames, lens, logits=logits)
+        hyps = self.net.decode_speech(speech.to(self.net.llm.dtype), speech_lens, batch["durations"].tolist(),
+                                      self.decode, batch.get("hotwords"))
+        rates.update(hyps, batch["text"], batch["language"])
+        phones = ctc_greedy(torch.log_softmax(logits.float(), -1), lens)
+        rates.update_phones(phones, [p[:int(n)].tolist() for p, n in zip(batch["phones"], batch["phone_lens"])])
 
     def distill_loss(self, frames, lens, speech, speech_lens, batch, keep=None) -> torch.Tensor:
         """MSE between the adapter's tokens and the reader's tokens for the aligned transcript phones (on the

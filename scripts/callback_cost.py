@@ -31,13 +31,13 @@ from entropy_asr.data.sentences import SentenceGenerator
 from entropy_asr.metrics import linear_cka, normalized_spectral_entropy
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.losses import ctc_loss
 from entropy_asr.model.params import set_trainable
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, SpeechLLM
 from entropy_asr.text.inventory import phones_to_ids
 from entropy_asr.text.phonemizer import Phonemizer
 from experiments.benchmark import QWEN3_1_7B
 from experiments.sizes import encoder_config
-from lightning_modules.pretrain_ctc import ctc_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 # --smoke: overrides of the paper shapes that make the script run on a CPU in seconds

@@ -22,6 +22,7 @@ from entropy_asr.metrics.error_rate import ErrorRates, PhoneErrorRate, Transcrip
 from entropy_asr.model.encoder import EncoderConfig
 from entropy_asr.model.export import load_component, save_component
 from entropy_asr.model.llm import LLMConfig
+from entropy_asr.model.losses import ctc_loss
 from entropy_asr.model.pseudo_speech import PhoneFramesConfig
 from entropy_asr.model.speech_llm import AdapterConfig, CTCHeadConfig, DecodeConfig
 from experiments.run import build_cli, run
@@ -34,7 +35,7 @@ from lightning_modules import (
     PretrainLM,
 )
 from lightning_modules.base import OptimConfig, warmup_cosine
-from lightning_modules.pretrain_ctc import ctc_loss, symmetric_kl
+from lightning_modules.pretrain_ctc import symmetric_kl
 from tests.stage_helpers import (
     ENC,
     ROOT,
@@ -198,6 +199,21 @@ def test_joint_sft_ctc_weight_adds_the_phone_ctc_of_the_encoder(exports):
     (losses[0.5] - losses[0.0].detach()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.net.encoder.parameters())
     assert all(p.grad is None for p in m.net.ctc_head.parameters())
+    # scoring: one encoder pass gives the same transcripts as transcribe() and the head's PER beside them
+    m.eval()
+    batch["durations"] = torch.tensor([2.0, 1.6])
+    batch["language"] = ["zh", "en"]
+    assert isinstance(m.val_rates, TranscriptAndPhoneRates)
+    both, text_only = TranscriptAndPhoneRates(), ErrorRates()
+    m.evaluate_batch(batch, both)
+    text_only.update(m.net.transcribe(batch["feats"], batch["feat_lens"], [2.0, 1.6], m.decode), batch["text"],
+                     batch["language"])
+    scored = {k: float(v) for k, v in both.compute().items()}
+    assert {k: scored[k] for k in ("cer_zh", "wer_en")} == {k: float(v) for k, v in text_only.compute().items()}
+    greedy = ctc_greedy(m.net.ctc_log_probs(frames), lens)
+    per = PhoneErrorRate()
+    per.update(greedy, [[40, 50, 60], [70, 80]])
+    assert scored["per"] == pytest.approx(float(per.compute()["per"]))
     # a head that trains here (single-stage training from scratch) is a phone head too
     fresh = build(JointSFT, exports, ctc_head=CTCHeadConfig(), ctc_weight=0.5,
                   trainable=["encoder.*", "ctc_head.*", "adapter.*", "llm.*"])

@@ -1,4 +1,5 @@
-"""Next-token cross-entropy without the full logits: Qwen3's 151,936-row vocabulary times every
+"""The training losses: phone CTC (ctc_loss), and next-token cross-entropy without the full logits
+(chunked_lm_loss): Qwen3's 151,936-row vocabulary times every
 position of a batch is the largest tensor of a step (16 x 2,000 positions in float32: 19 GB).
 
 Only the positions whose next token is a label (the transcript and EOS; the prompt and the
@@ -44,3 +45,14 @@ def chunked_lm_loss(hidden: Tensor, weight: Tensor, labels: Tensor, bias: Tensor
         total = total + (checkpoint(_chunk_ce_sum, *part, use_reentrant=False) if torch.is_grad_enabled()
                          else _chunk_ce_sum(*part))
     return total / n
+
+
+def ctc_loss(log_probs: Tensor, lens: Tensor, phones: Tensor, phone_lens: Tensor) -> Tensor:
+    """CTC summed over the batch, divided by the batch size; log_probs (B, T, V), blank = 0.
+
+    Impossible alignments (fewer frames than the label needs) give 0 instead of inf, so one
+    unusable utterance does not poison the batch.
+    """
+    loss = F.ctc_loss(log_probs.transpose(0, 1), phones, lens, phone_lens, blank=0, reduction="sum",
+                      zero_infinity=True)
+    return loss / log_probs.shape[0]
