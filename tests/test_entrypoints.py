@@ -115,6 +115,13 @@ def test_pipeline_retrains_the_llm_when_asked(tiny_corpus, tmp_path):
     cfg.pop("drift_plot")
     cfg["table"] = {"stage": "align", "sets": ["test"]}
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    refused = subprocess.run(pipeline_command(tiny_corpus, tmp_path), capture_output=True, text=True, cwd=ROOT,
+                             check=False, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    # the tiny pipeline tests only its last stage: a table of align's test results is refused before anything runs
+    assert refused.returncode == 2 and "table.stage 'align'" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "runs" / "pretrain_ctc").exists()
+    next(s for s in cfg["stages"] if s["name"] == "align")["overrides"].pop("test")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
     out = subprocess.run(pipeline_command(tiny_corpus, tmp_path, "--retrain-llm", "--trainer.enable_progress_bar",
                                           "false"), capture_output=True, text=True, cwd=ROOT, check=False,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
