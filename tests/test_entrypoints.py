@@ -206,8 +206,9 @@ def _dev_rates(stage: dict) -> dict[str, float]:
                    "on 2 CPU cores in 20 minutes: test CER/WER/MER 32.2-35.4 / 55.5-58.7 / 31.5-35.3% in five runs "
                    "(2026-12-02), 35.2-36.3 / 52.6-55.9 / 32.4-34.4% in three with the silence cap (2026-12-07), "
                    "32.9-36.1 / 56.7-59.3 / 31.9-36.1% in three with joint SFT keeping the phone CTC (2026-12-08), "
-                   "and joint SFT improves every dev rate in one run of twelve; the phone CTC encoder "
-                   "(PER 24-26%) is the first limit, the tiny LLM's reading the second (true phones: 12.3 / 25.6 / "
+                   "34.2 / 55.2 / 34.0% with 4,000 pretraining steps (PER 23.0%, one run, 2026-12-08), "
+                   "and joint SFT improves every dev rate in two runs of fifteen; the phone CTC encoder "
+                   "(PER 23-26%) is the first limit, the tiny LLM's reading the second (true phones: 12.3 / 25.6 / "
                    "12.4%); 3x the steps reach 22.0 / 43.7 / 23.0% (README)")
 def test_tiny_pipeline_reaches_issue_targets(tiny_pipeline):
     """The miniature's targets: a recognizer that works, says nothing on non-speech, holds on unseen voices, and
