@@ -304,7 +304,8 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
     if not isinstance(config.get("vars") or {}, dict):
         raise UserError(f"pipeline config `vars`: expected a mapping NAME: value, got {config['vars']!r}")
     table_stage = (config.get("table") or {}).get("stage", stages[-1]["name"])
-    if any(s.get("name") == table_stage and (s.get("overrides") or {}).get("test") is False for s in stages):
+    if any(s.get("name") == table_stage and str((s.get("overrides") or {}).get("test")).lower() == "false"
+           for s in stages):
         raise UserError(f"pipeline table.stage {table_stage!r} has `overrides: {{test: false}}`, but the table is its "
                         "test results: drop that override or set table.stage to a stage that tests")
     summary: dict = {"stages": {}}
