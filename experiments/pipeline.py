@@ -349,7 +349,7 @@ def run_pipeline(config: dict, extra: list[str] | None = None, force: bool = Fal
         if out:
             print(f"pipeline: drift plot {out}")
     table = config.get("table") or {}
-    final = summary["stages"].get(table.get("stage", stages[-1]["name"]), {})
+    final = summary["stages"].get(table_stage, {})
     sets = table.get("sets") or list(final.get("test", {}))
     summary["table"] = {s: final.get("test", {}).get(s, {}) for s in sets}
     summary["table_markdown"] = format_table(final.get("test", {}), sets)
